@@ -1,0 +1,26 @@
+"""The hint curriculum: the host-side HintScheduler and its running pass-rate statistics.
+
+    from jaxghpo import curriculum
+    cfg = curriculum.default_config()          # config.curriculum; cfg.mode selects the mode
+    sched = curriculum.HintScheduler(cfg)
+    ratios = sched.plan(problem_ids)           # float32 [B]: first-attempt hint ratios
+    nxt = sched.retry(problem_ids, ratios, rewards)   # float32 [B]: NaN = no retry
+    metrics = sched.update(problem_ids, final_ratios, final_rewards)
+
+Hint text cutting lives in curriculum/hints.py (imported on its own).
+"""
+from jaxghpo.curriculum.config import MODES, default_config, resolve_config, validate_config
+from jaxghpo.curriculum.driver import run_step
+from jaxghpo.curriculum.scheduler import HintScheduler
+from jaxghpo.curriculum.stats import LevelStats, ProblemStats
+
+__all__ = [
+    "MODES",
+    "HintScheduler",
+    "LevelStats",
+    "ProblemStats",
+    "default_config",
+    "resolve_config",
+    "run_step",
+    "validate_config",
+]

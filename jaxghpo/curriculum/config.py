@@ -1,0 +1,127 @@
+"""Every key of the hint scheduler, with its default (`config.curriculum` in experiment configs).
+
+One place for each default: `default_config()` lists them all; `resolve_config()` fills a partial
+config from it and rejects unknown keys, so a typo on the command line fails at start instead of
+being silently ignored.
+"""
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+MODES = ("none", "filter", "ghpo", "adaptive", "anneal")
+ANNEAL_SCHEDULES = ("linear", "cosine")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The scheduler's configuration with every key at its default."""
+  c = ml_collections.ConfigDict()
+  # "none" (plain GRPO) | "filter" (DAPO dynamic sampling) | "ghpo" (in-step hint ladder)
+  # | "adaptive" (per-problem ratio from running pass rates) | "anneal" (ratio decays over training).
+  c.mode = "none"
+  c.seed = 0  # keys the random hint draws of "anneal" (a counter-based hash, see counter_rng.py)
+  c.total_steps = 0  # the trainer fills this from config.num_steps; "anneal" uses it when anneal_steps == 0
+
+  # A sample succeeds when its accuracy reward is > difficulty_threshold; a group is difficult
+  # when none of its samples succeeds (GHPO: every accuracy reward <= 0).
+  c.difficulty_threshold = 0.0
+  # No hint at all (and no retries) while step < cold_start_steps. GHPO's paper used 20.
+  c.cold_start_steps = 0
+
+  # ghpo (and adaptive with adaptive_retry): a difficult group is re-sampled within the step at the
+  # next ladder ratio above the one it was sampled with; after the last rung the group is kept as is.
+  c.ladder = (0.25, 0.5, 0.75)
+
+  # filter: groups whose rewards are all equal carry no advantage and are dropped.
+  c.filter_refill = True  # True: the trainer draws replacement problems; False: trains on fewer groups
+  c.filter_max_rounds = 3  # most refill rounds per step, so a batch of solved problems cannot loop forever
+
+  # adaptive: aim each problem's pass rate into [target_low, target_high] (a group of G carries the
+  # most signal near 0.5); the ratio goes down by ratio_step_down above the band (hints fade) and up
+  # by ratio_step_up below it, snapped to multiples of ratio_grid so hint lengths take few values.
+  c.initial_ratio = 0.0  # first-attempt ratio of a problem never seen (and of unknown level)
+  c.target_low = 0.25
+  c.target_high = 0.75
+  c.ratio_step_up = 0.25
+  c.ratio_step_down = 0.125
+  c.ratio_grid = 0.125  # also the width of the statistics' ratio buckets; 1 / ratio_grid must be an integer
+  c.max_ratio = 0.75  # never plan more than this (a hint of 1.0 is the whole solution, answer included)
+  c.adaptive_retry = False  # also climb the ghpo ladder within the step for difficult groups
+
+  # anneal: ratio(step) decays from anneal_start_ratio to 0 over anneal_steps (0: use total_steps).
+  c.anneal_start_ratio = 0.5
+  c.anneal_steps = 0
+  c.anneal_schedule = "cosine"  # "linear" | "cosine"
+  # UFT-like random length: each problem draws Binomial(anneal_draw_n, ratio(step)) / anneal_draw_n,
+  # so the mean follows the schedule and each draw lies on a grid of anneal_draw_n + 1 values.
+  c.anneal_random = False
+  c.anneal_draw_n = 8
+
+  # Running statistics.
+  c.ema_decay = 0.8  # ema <- ema_decay * ema + (1 - ema_decay) * group pass rate
+  c.prior_alpha = 1.0  # Beta prior of a problem's pass rate at its current ratio
+  c.prior_beta = 1.0
+  c.posterior_decay = 0.5  # old evidence at the same ratio is discounted by this per new group (skill drifts)
+  c.max_problems = 131072  # problems held; beyond it the least recently seen are folded into level summaries
+  c.max_levels = 64  # difficulty levels must lie in [0, max_levels)
+  return c
+
+
+def resolve_config(cfg) -> ml_collections.ConfigDict:
+  """Returns default_config() overridden by `cfg` (a ConfigDict or dict), validated.
+
+  Raises:
+    KeyError: `cfg` has a key the scheduler does not know (named, with the known keys).
+    ValueError: a value is out of range or keys conflict (the keys are named).
+  """
+  out = default_config()
+  given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+  unknown = sorted(set(given) - set(out.keys()))
+  if unknown:
+    raise KeyError(f"curriculum config has unknown key(s) {unknown}; known keys: {sorted(out.keys())}")
+  for key, value in given.items():
+    if key == "ladder":
+      value = tuple(float(v) for v in value)
+    out[key] = value
+  validate_config(out)
+  return out
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+  """Checks ranges and conflicts; each error names the key(s) at fault and how to mend them."""
+
+  def fail(msg):
+    raise ValueError(f"curriculum config: {msg}")
+
+  if c.mode not in MODES:
+    fail(f"mode={c.mode!r} is not one of {MODES}")
+  ladder = tuple(c.ladder)
+  if not ladder or any(not 0.0 < r <= 1.0 for r in ladder) or any(b <= a for a, b in zip(ladder, ladder[1:])):
+    fail(f"ladder={ladder} must be non-empty, strictly increasing, within (0, 1]")
+  if not 0.0 <= c.target_low < c.target_high <= 1.0:
+    fail(f"need 0 <= target_low < target_high <= 1, got target_low={c.target_low}, target_high={c.target_high}")
+  cells = 1.0 / c.ratio_grid if c.ratio_grid > 0 else math.inf
+  if not (0.0 < c.ratio_grid <= 1.0 and abs(cells - round(cells)) < 1e-6):
+    fail(f"ratio_grid={c.ratio_grid} must be in (0, 1] with 1 / ratio_grid an integer (e.g. 0.125, 0.25)")
+  for key in ("initial_ratio", "max_ratio", "anneal_start_ratio", "ratio_step_up", "ratio_step_down"):
+    if not 0.0 <= c[key] <= 1.0:
+      fail(f"{key}={c[key]} must be in [0, 1]")
+  if c.initial_ratio > c.max_ratio:
+    fail(f"initial_ratio={c.initial_ratio} exceeds max_ratio={c.max_ratio}")
+  if c.anneal_schedule not in ANNEAL_SCHEDULES:
+    fail(f"anneal_schedule={c.anneal_schedule!r} is not one of {ANNEAL_SCHEDULES}")
+  if c.mode == "anneal" and c.anneal_steps <= 0 and c.total_steps <= 0:
+    fail("mode='anneal' needs anneal_steps > 0 or total_steps > 0 (the trainer sets total_steps from num_steps)")
+  if c.anneal_draw_n < 1:
+    fail(f"anneal_draw_n={c.anneal_draw_n} must be >= 1")
+  if not 0.0 <= c.ema_decay < 1.0:
+    fail(f"ema_decay={c.ema_decay} must be in [0, 1)")
+  if not 0.0 <= c.posterior_decay <= 1.0:
+    fail(f"posterior_decay={c.posterior_decay} must be in [0, 1]")
+  if c.prior_alpha <= 0 or c.prior_beta <= 0:
+    fail(f"prior_alpha={c.prior_alpha} and prior_beta={c.prior_beta} must be > 0")
+  if c.max_problems < 1 or c.max_levels < 1:
+    fail(f"max_problems={c.max_problems} and max_levels={c.max_levels} must be >= 1")
+  if c.cold_start_steps < 0 or c.filter_max_rounds < 0:
+    fail(f"cold_start_steps={c.cold_start_steps} and filter_max_rounds={c.filter_max_rounds} must be >= 0")

@@ -1,0 +1,85 @@
+"""The decision rules of the scheduler's modes, as pure numpy functions of arrays.
+
+Ratios are fractions of the solution trace given as hint: 0 is no hint, 1 the whole trace.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from jaxghpo.curriculum import counter_rng
+
+_EPS = 1e-6  # ratios are float32; compare with this slack so 0.25 + float noise is still 0.25
+
+
+def group_successes(rewards_BxG: np.ndarray, threshold: float) -> np.ndarray:
+  """int32 [B]: samples per group whose accuracy reward is > threshold (a success)."""
+  return np.count_nonzero(rewards_BxG > threshold, axis=1).astype(np.int32)
+
+
+def is_difficult(rewards_BxG: np.ndarray, threshold: float) -> np.ndarray:
+  """bool [B]: GHPO's test, every accuracy reward of the group is <= threshold."""
+  return np.all(rewards_BxG <= threshold, axis=1)
+
+
+def has_signal(rewards_BxG: np.ndarray) -> np.ndarray:
+  """bool [B]: the group's rewards are not all equal, so its group-relative advantage is non-zero."""
+  return np.max(rewards_BxG, axis=1) != np.min(rewards_BxG, axis=1)
+
+
+def snap_to_grid(ratio: np.ndarray, grid: float, max_ratio: float) -> np.ndarray:
+  """float32: ratio rounded to the nearest multiple of `grid`, clipped to [0, max_ratio] (NaN stays NaN)."""
+  snapped = np.round(np.asarray(ratio, np.float64) / grid) * grid
+  top = math.floor(max_ratio / grid + _EPS) * grid  # the largest grid point not above max_ratio
+  return np.clip(snapped, 0.0, top).astype(np.float32)
+
+
+def ratio_bucket(ratio: np.ndarray, grid: float) -> np.ndarray:
+  """int32: index of the nearest multiple of `grid` (the statistics' ratio bucket), in [0, 1 / grid]."""
+  num_buckets = int(round(1.0 / grid)) + 1
+  return np.clip(np.round(np.asarray(ratio, np.float64) / grid), 0, num_buckets - 1).astype(np.int32)
+
+
+def ladder_next(ratio_B: np.ndarray, ladder) -> np.ndarray:
+  """float32 [B]: the smallest ladder ratio strictly above each ratio; NaN past the last rung or for NaN input."""
+  rungs = np.asarray(ladder, np.float64)
+  idx = np.searchsorted(rungs, np.asarray(ratio_B, np.float64) + _EPS, side="left")
+  out = np.full(idx.shape, np.nan, np.float32)
+  ok = idx < rungs.size
+  out[ok] = rungs[idx[ok]]
+  return out
+
+
+def adaptive_next_ratio(ratio_B, pass_mean_B, *, target_low, target_high, step_up, step_down, grid,
+                        max_ratio) -> np.ndarray:
+  """float32 [B]: the next first-attempt ratio after a group sampled at ratio_B.
+
+  pass_mean_B is the pass-rate estimate at ratio_B (the Beta posterior mean). Above the band the
+  hint shrinks (the model no longer needs it), below the band it grows, inside it stays.
+  """
+  ratio = np.asarray(ratio_B, np.float64)
+  p = np.asarray(pass_mean_B, np.float64)
+  nxt = np.where(p > target_high, ratio - step_down, np.where(p < target_low, ratio + step_up, ratio))
+  return snap_to_grid(nxt, grid, max_ratio)
+
+
+def anneal_ratio(step: int, *, start_ratio: float, num_steps: int, schedule: str) -> float:
+  """The annealed hint ratio at `step`: start_ratio at step 0, 0 from step num_steps on."""
+  frac = min(max(step / max(num_steps, 1), 0.0), 1.0)
+  if schedule == "linear":
+    return float(start_ratio * (1.0 - frac))
+  if schedule == "cosine":
+    return float(start_ratio * 0.5 * (1.0 + math.cos(math.pi * frac)))
+  raise ValueError(f"curriculum.anneal_schedule={schedule!r} is not 'linear' or 'cosine'")
+
+
+def binomial_ratio(p: float, seed: int, step: int, ids_B: np.ndarray, num_draws: int) -> np.ndarray:
+  """float32 [B]: Binomial(num_draws, p) / num_draws per problem, from counter-based uniforms.
+
+  UFT draws the hint length as Binomial(L, p) over the L steps of a trace; the scheduler does not
+  know L (hints.py cuts the trace), so it draws the ratio on a fixed grid of num_draws + 1 values
+  with the same mean p and variance p (1 - p) / num_draws.
+  """
+  u_BxN = counter_rng.uniforms(seed, step, ids_B, num_draws)
+  return (np.count_nonzero(u_BxN < p, axis=1) / num_draws).astype(np.float32)

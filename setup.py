@@ -1,0 +1,37 @@
+"""jaxghpo: guided hybrid policy optimisation (GHPO) for RLVR in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxghpo",
+    version="0.1.0",
+    description="RL from verifiable rewards in JAX, with solution-trace hints for problems the model cannot yet solve (GHPO).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jaxghpo", "jaxghpo.*"]),
+    include_package_data=True,
+    package_data={"jaxghpo": ["assets/**/*", "assets/*/*", "assets/*"]},
+    install_requires=[
+        "jax>=0.8.0",
+        "flax>=0.12.0",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11.0",
+        "transformers>=4.56",
+        "tensorflow-datasets>=4.9.9",
+        "array-record>=0.8.0",
+        "grain>=0.2.12",
+        "ml-collections>=1.1.0",
+        "math-verify[antlr4_13_2]>=0.8.0",
+        "jinja2>=3.1",
+        "safetensors>=0.6",
+        "ml-dtypes>=0.5",
+        "numpy>=1.26",
+        "absl-py>=2.1",
+        "matplotlib>=3.8",
+        "pyarrow>=16",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0"],
+    },
+)

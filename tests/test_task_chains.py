@@ -1,0 +1,124 @@
+"""The letter-chains task: hand-worked traces, verification, splits, level mixes, registry."""
+import collections
+import dataclasses
+
+import pytest
+
+from jaxghpo.data import tasks
+from jaxghpo.data.example import stable_id
+from jaxghpo.data.tasks import chains
+
+
+def test_hand_worked_trace():
+  ex = chains.make_example("k+3-5+2=")
+  # k(10)+3 = n(13); n-5 = i(8); i+2 = k(10)
+  assert ex.steps == ("n-5+2", "i+2", "k")
+  assert ex.solution == "n-5+2;i+2;k"
+  assert ex.answer == "k" and ex.level == 3 and ex.step_sep == ";"
+  assert ex.problem_id == stable_id("chains", "k+3-5+2=")
+  assert chains.verify_trace(ex)
+
+
+def test_wraps_around_mod_26():
+  assert chains.solve("z+1=") == ("a",)
+  assert chains.solve("a-1=") == ("z",)
+  assert chains.solve("y+9-9=") == ("h-9", "y")
+  with pytest.raises(ValueError, match="malformed"):
+    chains.solve("k+10=")
+
+
+@pytest.mark.parametrize("split", chains.SPLITS)
+def test_generated_traces_verify(split):
+  examples = chains.generate(split, 400, seed=1)
+  assert len(examples) == 400
+  for ex in examples:
+    assert chains.verify_trace(ex), ex
+    assert ex.steps[-1] == ex.answer and len(ex.steps) == ex.level
+    assert len(ex.problem) == chains.problem_len(ex.level)
+    assert len(ex.solution) == chains.solution_len(ex.level)
+    assert ex.problem_id == stable_id("chains", ex.problem)
+
+
+def test_verify_rejects_every_kind_of_error():
+  good = chains.make_example("k+3-5+2=")
+  bad = {
+      "wrong letter": ("o-5+2", "j+2", "l"),
+      "wrong tail": ("n-5+3", "i+3", "l"),
+      "dropped op": ("n+2", "p", "p"),
+      "skipped step": ("n-5+2", "k", "k"),
+      "missing step": ("n-5+2", "i+2"),
+  }
+  for why, steps in bad.items():
+    assert not chains.verify_trace(dataclasses.replace(good, steps=steps, answer=steps[-1])), why
+  assert not chains.verify_trace(dataclasses.replace(good, answer="j"))
+  assert not chains.verify_trace(dataclasses.replace(good, level=4))
+  assert not chains.verify_trace(dataclasses.replace(good, problem="k+3-5+2"))
+  assert not chains.verify_trace(dataclasses.replace(good, steps=()))
+
+
+def test_deterministic_from_seed():
+  a = chains.generate("train", 50, seed=7)
+  assert a == chains.generate("train", 50, seed=7)
+  assert a != chains.generate("train", 50, seed=8)
+  assert [e.problem for e in chains.generate("test", 50, seed=7)] != [e.problem for e in a]
+
+
+def test_test_split_is_disjoint_from_train():
+  # levels 1-2 have only 468 + 8424 problems, so overlap would show if the hash rule failed
+  train = {e.problem for e in chains.generate("train", 3000, seed=0, levels=[1, 2])}
+  test = {e.problem for e in chains.generate("test", 600, seed=0, levels=[1, 2])}
+  assert not train & test
+  assert all(chains.split_of(p) == "test" for p in test)
+  assert all(chains.split_of(p) == "train" for p in train)
+  # about one problem in TEST_BUCKETS is a test problem
+  level1 = [f"{c}{s}{d}=" for c in "abcdefghijklmnopqrstuvwxyz" for s in "+-" for d in range(1, 10)]
+  frac = sum(chains.split_of(p) == "test" for p in level1) / len(level1)
+  assert 0.05 < frac < 0.15
+
+
+def test_ood_is_longer_than_every_train_level():
+  ood = chains.generate("ood", 100, seed=0)
+  assert {e.level for e in ood} == {9, 10}
+  assert min(e.level for e in ood) > max(chains.DEFAULT_LEVELS["train"])
+
+
+def test_level_mixes_are_exact():
+  counts = collections.Counter(e.level for e in chains.generate("train", 80, seed=2))
+  assert counts == {lv: 10 for lv in range(1, 9)}
+  weights = {1: 1, 2: 1, 7: 3, 8: 3}
+  assert chains.level_counts(weights, 80) == {1: 10, 2: 10, 7: 30, 8: 30}
+  # 10 / 3 = 3.33 each: the one left over goes to the lowest level
+  assert chains.level_counts({1: 1, 2: 1, 3: 1}, 10) == {1: 4, 2: 3, 3: 3}
+  mixed = chains.generate("train", 80, seed=2, levels=weights)
+  assert collections.Counter(e.level for e in mixed) == {1: 10, 2: 10, 7: 30, 8: 30}
+  drawn = chains.draw_levels(weights, 80, seed=5)
+  assert list(drawn) == list(chains.draw_levels(weights, 80, seed=5))
+  assert list(drawn) != sorted(drawn)
+  with pytest.raises(ValueError, match="weights"):
+    chains.level_counts({1: -1, 2: 1}, 4)
+
+
+def test_extract_answer_and_count_steps():
+  assert chains.extract_answer("n-5+2;i+2;k") == "k"
+  assert chains.extract_answer(" k ") == "k"
+  assert chains.extract_answer("") == ""
+  assert chains.extract_answer("n-5+2;") == ""
+  assert chains.extract_answer("i+2;k<eos>;z") == "k"
+  assert chains.count_steps("n-5+2;i+2;k") == 3
+  assert chains.count_steps("k") == 1
+  assert chains.count_steps("") == 0
+  assert chains.count_steps("n;;k;") == 2
+
+
+def test_bad_arguments_name_the_input():
+  with pytest.raises(ValueError, match="split"):
+    chains.generate("dev", 3, seed=0)
+  with pytest.raises(ValueError, match="seed"):
+    chains.generate("train", 3, seed=-1)
+
+
+def test_registry():
+  assert tasks.TASKS == {"chains": chains}
+  assert tasks.get_task("chains") is chains
+  with pytest.raises(KeyError, match="chains"):
+    tasks.get_task("sudoku")
