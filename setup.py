@@ -30,6 +30,9 @@ setup(
         "matplotlib>=3.8",
         "pyarrow>=16",
         "tensorboardX>=2.6",
+        "importlib_resources>=6",  # tensorflow-datasets builders need it but do not declare it
+        "portpicker>=1.6",
+        "psutil>=5.9",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0"],

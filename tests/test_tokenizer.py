@@ -1,4 +1,4 @@
-"""The chains task tokenizer: fixed ids, exact round trips, the packaged files equal a fresh build."""
+"""The chains tokenizer: fixed ids, exact round trips, the packaged files equal a fresh build."""
 import json
 import string
 

@@ -60,8 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Running statistics.
   c.ema_decay = 0.8  # ema <- ema_decay * ema + (1 - ema_decay) * group pass rate
-  c.prior_alpha = 1.0  # Beta prior of a problem's pass rate at its current ratio
-  c.prior_beta = 1.0
+  # Beta prior of a problem's pass rate at its current ratio: Jeffreys' (0.5, 0.5) lets one group of
+  # G = 2 move the estimate out of the band (0 of 2 -> 0.17), which a uniform (1, 1) prior would not.
+  c.prior_alpha = 0.5
+  c.prior_beta = 0.5
   c.posterior_decay = 0.5  # old evidence at the same ratio is discounted by this per new group (skill drifts)
   c.max_problems = 131072  # problems held; beyond it the least recently seen are folded into level summaries
   c.max_levels = 64  # difficulty levels must lie in [0, max_levels)

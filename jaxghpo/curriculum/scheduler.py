@@ -19,10 +19,11 @@ the groups that are finished: rows whose ratio is NaN are ignored and return NaN
 rewards hold, so both call styles give the same answers and the same metrics. The ghpo ladder ends
 after len(cfg.ladder) rounds, so a trainer with fixed shapes may run exactly that many rounds.
 
-Multi-host: plan and retry are local and read the state only; `update` all-gathers every host's
-rows (and per-step counters) so all hosts record the same groups in the same order; call it on
-every host each step with the host's slice (equal or unequal sizes). Decisions then agree across
-hosts, and equal those of a one-host run over the concatenated batch.
+Multi-host: plan and retry are local (they change only per-step metric counters, never the
+statistics); `update` all-gathers every host's rows (and per-step counters) so all hosts record
+the same groups in the same order; call it on every host each step with the host's slice (equal
+or unequal sizes). Decisions then agree across hosts, and equal those of a one-host run over the
+concatenated batch.
 
 The step: `set_step(step)` (or step= on plan/update) sets it; without it the scheduler counts
 updates (update ends a step and advances it by one). Cold start and anneal read it.
@@ -145,7 +146,10 @@ class HintScheduler:
 
     Pass the rewards that make the advantages (accuracy + format if used). Counts of checked and
     dropped groups appear in the step's metrics. Whether dropped groups are replaced is the
-    trainer's choice, cfg.filter_refill (at most cfg.filter_max_rounds refill rounds).
+    trainer's choice, cfg.filter_refill (at most cfg.filter_max_rounds refill rounds). Give
+    `update` every group sampled in the step, kept or dropped: the statistics then hold every
+    outcome, and frac_groups_nonzero_adv stays the yield of the samples drawn (it would read 1.0
+    over kept groups only).
     """
     rewards = np.asarray(rewards)
     if rewards.ndim != 2:
@@ -170,6 +174,8 @@ class HintScheduler:
     rewards = _rewards(rewards, ids.size, "rewards").astype(np.float32)
     if not (np.isfinite(ratios).all() and np.isfinite(rewards).all()):
       raise ValueError("update: ratios and rewards must be finite (pass the final ratio of every group)")
+    if ((ratios < 0) | (ratios > 1)).any():
+      raise ValueError(f"update: ratios must lie in [0, 1], got {ratios[(ratios < 0) | (ratios > 1)][:5].tolist()}")
     levels = self._levels(levels, ids.size, "levels")
     rows = multihost.allgather_rows({"ids": ids, "ratios": ratios, "rewards": rewards, "levels": levels})
     counters_PxC = multihost.allgather_rows({"c": self._counter_row()})["c"]

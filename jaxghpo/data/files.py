@@ -10,7 +10,6 @@ line (row for Parquet), the fault and how to mend it (with on_bad_row="error").
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -54,7 +53,8 @@ class LoadReport:
   def duplicates(self) -> int:
     return self.skipped.get("duplicate", 0)
 
-  def _skip(self, reason: str, line: int) -> None:
+  def count_skip(self, reason: str, line: int) -> None:
+    """Counts one skipped row (1-based line or row number) under `reason`."""
     self.skipped[reason] = self.skipped.get(reason, 0) + 1
     lines = self.skipped_lines.setdefault(reason, [])
     if len(lines) < _MAX_LINES_KEPT:
@@ -271,13 +271,13 @@ def row_to_example(row: Any, *, fmap: dict[str, str], dataset_name: str,
     raise BadRow("empty_solution", f"field {fmap['solution']!r} (solution) is empty; hints are cut "
                  f"from the solution, so give one or drop the row")
   # GHPO's Math3to5 keeps the trace that hints are cut from in `solution_hint`.
-  trace = hint if hint is not None and hint.strip() else solution
-  steps = split_steps(trace)
+  has_hint = hint is not None and bool(hint.strip())
+  steps = split_steps(hint if has_hint else solution)
   answer = answer.strip() if answer is not None else ""
   if not answer:
     boxed = last_boxed(solution) if answer_from_boxed else None
-    if boxed is None and answer_from_boxed and trace is not solution:
-      boxed = last_boxed(trace)
+    if boxed is None and answer_from_boxed and has_hint:
+      boxed = last_boxed(hint)
     if boxed is None:
       how = ("it has no complete, non-empty \\boxed{...} to take the answer from" if answer_from_boxed
              else "answer_from_boxed is off")
@@ -382,10 +382,10 @@ def load_file(path: str | os.PathLike, *, fields: Mapping[str, str] | Any | None
       if on_bad_row == "error":
         raise ValueError(f"{path}:{unit} {line_no}: {bad} (or pass on_bad_row='skip' to skip and "
                          f"count such rows)") from None
-      report._skip(bad.reason, line_no)  # pylint: disable=protected-access
+      report.count_skip(bad.reason, line_no)
       continue
     if example.problem_id in seen_ids and not keep_duplicates:
-      report._skip("duplicate", line_no)  # pylint: disable=protected-access
+      report.count_skip("duplicate", line_no)
       continue
     seen_ids.add(example.problem_id)
     examples.append(example)

@@ -11,7 +11,7 @@ Styles (answer formats):
                   has no English, so the in-prompt hint is marked by a single token:
                       no hint          <bos>k+3-5+2=
                       prompt placement <bos>k+3-5+2=n-5+2;i+2;|     -> model writes  k<eos>
-                      response         <bos>k+3-5+2=   + hint ids  n-5+2;i+2;  -> model writes  k<eos>
+                      response         <bos>k+3-5+2=  + hint ids n-5+2;i+2;  -> model writes k<eos>
                   A "steps" hint ends with the step separator, so in both placements the model
                   continues the trace at the step after the hint: the work left in a hinted level-L
                   problem is the response of a level-(L - s) problem.
@@ -137,6 +137,6 @@ def target_text(example: Example, hint_text: str, placement: str, style: str, *,
   if not continues or not hint_text:
     return solution
   if not solution.startswith(hint_text):
-    raise ValueError(f"hint {hint_text[:40]!r}... is not a prefix of problem {example.problem_id}'s "
-                     "solution, so it has no continuation; use target_text only with true hints.")
+    raise ValueError(f"hint {hint_text[:40]!r}... is not a prefix of problem "
+                     f"{example.problem_id}'s solution, so it has no continuation; use target_text only with true hints.")
   return solution[len(hint_text):]

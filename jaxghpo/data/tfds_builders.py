@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from etils import epath
@@ -269,7 +270,7 @@ def files_builder(paths: Mapping[str, str | os.PathLike | Sequence[str | os.Path
       if not os.path.isfile(p):
         raise ValueError(f"paths[{split!r}]: {os.fspath(p)!r} is not a file.")
     by_split[str(split)] = [os.path.abspath(os.fspath(p)) for p in value]
-  field_map = None if fields is None else {str(k): str(v) for k, v in dict(fields).items()}
+  field_map = None if fields is None else {str(k): str(v) for k, v in fields.items()}
   content = {
       "files": {s: [(os.path.basename(p), _file_digest(p)) for p in ps] for s, ps in by_split.items()},
       "fields": field_map, "on_bad_row": on_bad_row, "answer_from_boxed": bool(answer_from_boxed),
@@ -291,9 +292,22 @@ def _data_dir(data_dir: str | os.PathLike | None) -> str | None:
   return None if data_dir is None else os.fspath(data_dir)
 
 
-def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-  """Builds the dataset if its directory does not hold it yet; returns the builder."""
-  builder.download_and_prepare(file_format=FILE_FORMAT)
+def prepare(builder: tfds.core.DatasetBuilder, *,
+            progress: bool | None = None) -> tfds.core.DatasetBuilder:
+  """Builds the dataset if its directory does not hold it yet; returns the builder.
+
+  progress: show TFDS's progress bars; None shows them only when stderr is a terminal (logs of
+  unattended runs stay clean).
+  """
+  if progress is None:
+    progress = sys.stderr.isatty()
+  tqdm_utils = tfds.core.utils.tqdm_utils
+  was_active = getattr(tqdm_utils, "_active", True)  # TFDS has a setter but no getter
+  tfds.display_progress_bar(progress)
+  try:
+    builder.download_and_prepare()
+  finally:
+    tfds.display_progress_bar(was_active)
   return builder
 
 

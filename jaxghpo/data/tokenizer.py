@@ -1,8 +1,8 @@
 """Tokenizers: the embedded task's character tokenizer, and one loader for every HF tokenizer dir.
 
 The chains task (jaxghpo/data/tasks/chains.py) ships its own tokenizer, saved in HF format under
-jaxghpo/assets/chains_tokenizer/, so the task tokenizer and a real model's tokenizer load through the
-same call: `load(path)` -> `transformers.AutoTokenizer.from_pretrained(path)`.
+jaxghpo/assets/chains_tokenizer/, so the task tokenizer and a real model's tokenizer load through
+the same call: `load(path)` -> `transformers.AutoTokenizer.from_pretrained(path)`.
 
 Vocabulary of the task tokenizer (ids are fixed; the shipped base policy depends on them):
   0 <pad>, 1 <eos>, 2 <bos>, 3 <unk>, 4 "|" (the hint marker of the in-prompt placement, see

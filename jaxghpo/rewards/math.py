@@ -255,15 +255,17 @@ _last_stats = RewardStats()
 
 
 def configure(**kwargs) -> None:
-    """Sets the default verifier's options (MathVerifier's arguments: num_workers, deadline_s,
-    max_completion_chars, soft_fraction, memory_limit_mb); restarts its pool if they change."""
+    """Sets options of the default verifier behind math_reward (MathVerifier's arguments: num_workers,
+    deadline_s, max_completion_chars, soft_fraction, memory_limit_mb); options not named keep their
+    values. Its pool restarts (on next use) only if an option changes."""
     global _default, _default_kwargs
-    MathVerifier(**kwargs)  # validate before touching the running one
+    merged = {**_default_kwargs, **kwargs}
+    MathVerifier(**merged)  # validate before touching the running one
     with _default_lock:
-        if kwargs != _default_kwargs and _default is not None:
+        if merged != _default_kwargs and _default is not None:
             _default.close()
             _default = None
-        _default_kwargs = dict(kwargs)
+        _default_kwargs = merged
 
 
 def default_verifier() -> MathVerifier:

@@ -1,8 +1,9 @@
 """Procedural reasoning tasks with step-by-step traces, by name.
 
 A task is a module with NAME, STEP_SEP, SPLITS, DEFAULT_LEVELS and the functions
-`generate(split, num_examples, seed, levels=None) -> list[Example]`, `verify_trace(example) -> bool`,
-`extract_answer(completion) -> str` and `count_steps(completion) -> int` (see tasks/chains.py).
+`generate(split, num_examples, seed, levels=None) -> list[Example]`,
+`verify_trace(example) -> bool`, `extract_answer(completion) -> str` and
+`count_steps(completion) -> int` (see tasks/chains.py).
 Its tokenizer is `jaxghpo.data.tokenizer.load(NAME)`.
 """
 from __future__ import annotations

@@ -1,0 +1,133 @@
+"""Every key of the RL loss, train step and optimizer, with its default (`config.rl` in experiment configs).
+
+One place for each default: `default_config()` lists them all; `resolve_config()` fills a partial
+config from it and rejects unknown keys, so a typo on the command line fails at start.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from jaxghpo.rl.advantages import ESTIMATORS
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+HINT_PLACEMENTS = ("prompt", "response")
+LR_SCHEDULES = ("warmup_cosine", "warmup_constant", "constant")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The RL configuration with every key at its default."""
+  c = ml_collections.ConfigDict()
+  # Advantages (rl.group_advantages): "grpo" | "drgrpo" | "rloo" (or any registered name).
+  c.advantage_estimator = "grpo"
+  c.adv_eps = 1e-6  # grpo: (r - mean) / (std + adv_eps); verl 1e-6, TRL 1e-4
+
+  # PPO clipped surrogate. Clip range [1 - clip_low, 1 + clip_high]; DAPO's clip-higher uses
+  # clip_high = 0.28 > clip_low = 0.2. clip_c > 1 bounds the loss of negative-advantage tokens
+  # (dual clip, verl's clip_ratio_c).
+  c.clip_low = 0.2
+  c.clip_high = 0.2
+  c.clip_c = 3.0
+
+  # KL to a frozen reference (computed only when kl_coef != 0) and entropy bonus.
+  c.kl_coef = 0.0
+  c.kl_estimator = "k3"  # "k1" | "k2" | "k3" (k3 clamped to [-10, 10] as verl does)
+  c.entropy_coef = 0.0
+
+  # "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum" | "seq-mean-token-sum-norm".
+  c.loss_agg = "token-mean"
+  # seq-mean-token-sum-norm (Dr. GRPO) divides each sequence's token sum by this constant;
+  # 0 = the batch's response length (max_new_tokens).
+  c.loss_norm_len = 0
+
+  # Where hint (trace-prefix) tokens sit: "prompt" (GHPO: inside the prompt, context only) or
+  # "response" (LUFFY / QuestA: the first tokens of the response, which the model continues).
+  # Hint tokens never enter the policy-gradient loss, the KL or the entropy. With "response",
+  # hint_nll_coef > 0 adds a separate negative log-likelihood term on them (UFT).
+  c.hint_placement = "prompt"
+  c.hint_nll_coef = 0.0
+
+  # Logprobs are log_softmax(logits / temperature): the sampler's temperature.
+  c.temperature = 1.0
+
+  # Train step: gradient accumulation over micro_batches (the batch size must divide), ppo_epochs
+  # optimizer updates on each batch; recompute_old_logp recomputes the old logprobs with the
+  # current params before the first update instead of using the sampler's.
+  c.micro_batches = 1
+  c.ppo_epochs = 1
+  c.recompute_old_logp = False
+
+  # Optimizer (rl.make_optimizer): AdamW, linear warm-up then cosine decay to
+  # learning_rate * end_lr_ratio, gradients clipped by global norm (0 = no clipping).
+  c.learning_rate = 1e-6
+  c.lr_schedule = "warmup_cosine"  # "warmup_cosine" | "warmup_constant" | "constant"
+  c.warmup_steps = 0
+  c.end_lr_ratio = 0.0
+  c.weight_decay = 0.01  # applied to matrices only (ndim >= 2), not to norms or biases
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.adam_eps = 1e-8
+  c.max_grad_norm = 1.0
+  return c
+
+
+def resolve_config(cfg=None) -> ml_collections.ConfigDict:
+  """Returns default_config() overridden by `cfg` (a ConfigDict, dict or None), validated.
+
+  Raises:
+    KeyError: `cfg` has a key the RL config does not know (named, with the known keys).
+    ValueError: a value is out of range or keys conflict (the keys are named).
+  """
+  out = default_config()
+  given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+  unknown = sorted(set(given) - set(out.keys()))
+  if unknown:
+    raise KeyError(f"rl config has unknown key(s) {unknown}; known keys: {sorted(out.keys())}")
+  for key, value in given.items():
+    out[key] = value
+  validate_config(out)
+  return out
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+  """Checks ranges and conflicts; each error names the key(s) at fault and how to mend them."""
+
+  def fail(msg):
+    raise ValueError(f"rl config: {msg}")
+
+  if c.advantage_estimator not in ESTIMATORS:
+    fail(f"advantage_estimator={c.advantage_estimator!r} is not one of {sorted(ESTIMATORS)} "
+         "(register a new one with rl.register_estimator)")
+  if c.adv_eps < 0:
+    fail(f"adv_eps={c.adv_eps} must be >= 0")
+  if not 0.0 <= c.clip_low < 1.0:
+    fail(f"clip_low={c.clip_low} must be in [0, 1)")
+  if c.clip_high < 0.0:
+    fail(f"clip_high={c.clip_high} must be >= 0")
+  if c.clip_c <= 1.0:
+    fail(f"clip_c={c.clip_c} must be > 1 (dual clip bound for negative advantages)")
+  if c.kl_estimator not in KL_ESTIMATORS:
+    fail(f"kl_estimator={c.kl_estimator!r} is not one of {KL_ESTIMATORS}")
+  if c.loss_agg not in LOSS_AGG_MODES:
+    fail(f"loss_agg={c.loss_agg!r} is not one of {LOSS_AGG_MODES}")
+  if c.loss_norm_len < 0:
+    fail(f"loss_norm_len={c.loss_norm_len} must be >= 0 (0 = the batch's response length)")
+  if c.hint_placement not in HINT_PLACEMENTS:
+    fail(f"hint_placement={c.hint_placement!r} is not one of {HINT_PLACEMENTS}")
+  if c.hint_nll_coef < 0:
+    fail(f"hint_nll_coef={c.hint_nll_coef} must be >= 0")
+  if c.hint_nll_coef > 0 and c.hint_placement != "response":
+    fail(f"hint_nll_coef={c.hint_nll_coef} needs hint_placement='response' (hint tokens in the prompt are "
+         f"context, not targets); got hint_placement={c.hint_placement!r}")
+  if c.temperature <= 0:
+    fail(f"temperature={c.temperature} must be > 0 (greedy sampling has no logprob ratio; train at the "
+         "sampling temperature, e.g. 1.0)")
+  if c.micro_batches < 1 or c.ppo_epochs < 1:
+    fail(f"micro_batches={c.micro_batches} and ppo_epochs={c.ppo_epochs} must be >= 1")
+  if c.lr_schedule not in LR_SCHEDULES:
+    fail(f"lr_schedule={c.lr_schedule!r} is not one of {LR_SCHEDULES}")
+  if c.learning_rate < 0 or c.warmup_steps < 0 or not 0.0 <= c.end_lr_ratio <= 1.0:
+    fail(f"need learning_rate >= 0, warmup_steps >= 0, 0 <= end_lr_ratio <= 1; got learning_rate="
+         f"{c.learning_rate}, warmup_steps={c.warmup_steps}, end_lr_ratio={c.end_lr_ratio}")
+  if c.max_grad_norm < 0 or c.weight_decay < 0:
+    fail(f"max_grad_norm={c.max_grad_norm} and weight_decay={c.weight_decay} must be >= 0")

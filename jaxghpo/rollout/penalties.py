@@ -1,0 +1,58 @@
+"""Decode-time thought-switch penalty (TIP, "Thoughts Are All Over the Place", see shared/GHPO.md).
+
+Reasoning models abandon promising lines of thought too early ("underthinking"). TIP subtracts ``alpha``
+from the logits of thought-switch tokens (the first tokens of "Alternatively", "Wait", ...) while the
+current thought is younger than ``beta`` tokens. The paper uses alpha = 3, beta = 600.
+
+Counting: each row keeps ``tokens_since_switch``, the number of tokens generated since the last switch
+token (the switch token itself not counted) or since the start of the response. It is 0 when the first
+response token is chosen and resets to 0 after a switch token. The penalty applies while
+``tokens_since_switch < beta``. Example with beta = 2 and switch token S: the response ``a b c S d e f``
+is generated with counters 0 1 2 3 0 1 2, so ``a``, ``b``, ``d``, ``e`` are chosen under the penalty.
+
+The penalty only changes which token is chosen; the reported logprobs are those of the unpenalised
+policy (like top-k/top-p filtering), which is what the trainer recomputes.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ThoughtSwitchPenalty:
+  """TIP settings. Off by default (alpha 0, no tokens); every field is a traced input of the sampler.
+
+  token_ids: the thought-switch token ids to penalise.
+  alpha: subtracted from those tokens' logits (logit units, before the temperature).
+  beta: the penalty holds while fewer than beta tokens have passed since the last switch (or the start).
+  """
+  token_ids: tuple[int, ...] = ()
+  alpha: float = 0.0
+  beta: int = 0
+
+  def arrays(self, vocab_size: int) -> dict[str, np.ndarray]:
+    """Fixed-shape inputs for the jitted sampler: switch mask float32 [V], alpha, beta."""
+    ids = np.asarray(self.token_ids, np.int64).reshape(-1)
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+      raise ValueError(f"ThoughtSwitchPenalty.token_ids {bad.tolist()} are outside the vocabulary "
+                       f"[0, {vocab_size}); use the model tokenizer's ids")
+    if self.alpha < 0 or self.beta < 0:
+      raise ValueError(f"ThoughtSwitchPenalty alpha={self.alpha} and beta={self.beta} must be >= 0")
+    switch_V = np.zeros((vocab_size,), np.float32)
+    switch_V[ids] = 1.0
+    return {"switch_V": switch_V, "alpha": np.float32(self.alpha), "beta": np.int32(self.beta)}
+
+
+def apply_thought_switch_penalty(logits_BxV, tokens_since_switch_B, switch_V, alpha, beta):
+  """logits - alpha on switch tokens for rows whose current thought is younger than beta tokens."""
+  young_Bx1 = (tokens_since_switch_B < beta)[:, None]
+  return logits_BxV - jnp.where(young_Bx1, alpha * switch_V[None, :], 0.0)
+
+
+def update_tokens_since_switch(tokens_since_switch_B, token_B, switch_V):
+  """Counter after choosing ``token_B``: 0 after a switch token, else one more."""
+  return jnp.where(switch_V[token_B] > 0, 0, tokens_since_switch_B + 1).astype(jnp.int32)

@@ -1,0 +1,298 @@
+"""The jitted sampler: one prefill pass over left-padded prompts, then a KV-cache decode ``while_loop``.
+
+Shapes are fixed per :class:`Sampler` (batch of prompts B, samples per prompt G, prompt bucket P, new
+tokens N), so a call with other prompts, seeds or sampling controls never compiles again; params are a
+traced argument (the weights being trained, with their own shardings, no copy).
+
+Layout: rows are prompt-major (row ``p * G + g`` is sample g of prompt p). The KV cache has S = P + N
+slots shared by all rows: slots [0, P) hold the left-padded prompt, slot P + t the t-th new token. RoPE
+positions count from each row's first real prompt token, so padding changes nothing.
+
+Outputs (:class:`SampleOutput`):
+  tokens int32 [R, N]: new tokens, ``pad_id`` after the end; the EOS token itself is kept.
+  lengths int32 [R]: new tokens up to and including EOS (N when no EOS came; 0 for inactive rows).
+  logprobs float32 [R, N]: ``log_softmax(logits / T)`` of each new token (T = 1 when greedy), before
+    top-k/top-p and the thought-switch penalty; 0 after the end.
+  confidence float32 [R, N] or None: DeepConf ``-mean(top-k logprobs)``, 0 after the end.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+from jax.sharding import NamedSharding
+
+from jaxghpo import models, parallel
+from jaxghpo.rollout import filters, penalties
+
+_CACHE_NAMES = ("batch", "length", "kv_heads", "head_dim")
+
+
+@struct.dataclass
+class SampleOutput:
+  """Result of one sampling call; arrays stay on device (R = prompts x samples per prompt)."""
+  tokens: jax.Array      # int32 [R, N]
+  logprobs: jax.Array    # float32 [R, N]
+  lengths: jax.Array     # int32 [R]
+  confidence: jax.Array | None = None  # float32 [R, N] when asked for
+  decode_steps: jax.Array | None = None  # int32 []: decode steps run (fewer than N when all rows ended)
+
+
+def _pad_prompts(prompts: Sequence[Sequence[int]], batch_size: int, max_prompt_len: int, pad_id: int):
+  """Left-pads ragged prompts into ids int32 [B, P], valid bool [B, P] and active bool [B]."""
+  if len(prompts) > batch_size:
+    raise ValueError(f"got {len(prompts)} prompts but this Sampler was built for batch_size={batch_size}; "
+                     "build a Sampler with a larger batch_size or split the call")
+  ids = np.full((batch_size, max_prompt_len), pad_id, np.int32)
+  valid = np.zeros((batch_size, max_prompt_len), bool)
+  active = np.zeros((batch_size,), bool)
+  for i, prompt in enumerate(prompts):
+    n = len(prompt)
+    if n == 0:
+      raise ValueError(f"prompt {i} is empty; every prompt needs at least one token (a BOS token will do)")
+    if n > max_prompt_len:
+      raise ValueError(f"prompt {i} has {n} tokens, more than max_prompt_len={max_prompt_len}; "
+                       "raise max_prompt_len (the prompt bucket) or shorten the prompt")
+    ids[i, max_prompt_len - n:] = np.asarray(prompt, np.int32)
+    valid[i, max_prompt_len - n:] = True
+    active[i] = True
+  # Inactive filler rows get one valid token so that their attention rows are not empty.
+  valid[~active, -1] = True
+  return ids, valid, active
+
+
+def _eos_mask(eos_id, vocab_size: int) -> np.ndarray:
+  """bool [V]: True at the end-of-sequence ids (None: no EOS; an int or a list of ints)."""
+  mask = np.zeros((vocab_size,), bool)
+  if eos_id is None:
+    return mask
+  ids = np.asarray(eos_id, np.int64).reshape(-1)
+  if ((ids < 0) | (ids >= vocab_size)).any():
+    raise ValueError(f"eos_id={eos_id} is outside the vocabulary [0, {vocab_size})")
+  mask[ids] = True
+  return mask
+
+
+class Sampler:
+  """A compiled sampler for one model structure and fixed sizes.
+
+  Args:
+    model: the policy (its graph structure is captured; weights are passed at call time).
+    batch_size: prompts per call B (a call may bring fewer: the rest are inactive filler rows).
+    max_prompt_len: the prompt bucket P; any prompt up to P tokens runs without compiling.
+    max_new_tokens: N, new tokens per row.
+    num_samples: G samples per prompt; the prompt's prefill is computed once and its cache repeated.
+    cache_dtype: KV cache dtype (default: the model's compute dtype).
+    mesh: the training mesh; rows and cache are sharded over ("data", "fsdp") (and KV heads over
+      "tensor" when it divides them). Params keep their own shardings.
+    return_confidence: also return DeepConf token confidence, from the top ``confidence_k`` logprobs
+      (default 20, or V when the vocabulary is smaller).
+    donate_cache: keep a preallocated cache [R, P + N] and donate it to each call (True), or build it
+      inside the jitted function (False). See BENCHMARKS.md for which is faster.
+  """
+
+  def __init__(self, model: nnx.Module, *, batch_size: int, max_prompt_len: int, max_new_tokens: int,
+               num_samples: int = 1, cache_dtype=None, mesh: jax.sharding.Mesh | None = None,
+               return_confidence: bool = False, confidence_k: int = 20, donate_cache: bool = False):
+    for name, value in (("batch_size", batch_size), ("max_prompt_len", max_prompt_len),
+                        ("max_new_tokens", max_new_tokens), ("num_samples", num_samples),
+                        ("confidence_k", confidence_k)):
+      if int(value) < 1:
+        raise ValueError(f"Sampler {name}={value} must be >= 1")
+    self.graphdef, _ = nnx.split(model)
+    self.cfg: models.ModelConfig = model.cfg
+    self.batch_size, self.num_samples = int(batch_size), int(num_samples)
+    self.num_rows = self.batch_size * self.num_samples
+    self.max_prompt_len, self.max_new_tokens = int(max_prompt_len), int(max_new_tokens)
+    self.cache_dtype = jnp.dtype(cache_dtype or self.cfg.compute_dtype)
+    self.mesh = mesh
+    self.return_confidence = bool(return_confidence)
+    self.confidence_k = min(int(confidence_k), self.cfg.vocab_size)
+    self.donate_cache = bool(donate_cache)
+    self._cache = None
+    if self.donate_cache:
+      self._fn = jax.jit(self._generate, donate_argnames=("cache",))
+    else:
+      self._fn = jax.jit(functools.partial(self._generate, cache=None))
+
+  # ---- placement -------------------------------------------------------------------------------------
+  def _sharding(self, shape, names):
+    if self.mesh is None:
+      return None
+    return NamedSharding(self.mesh, parallel.spec_for_shape(shape, names, self.mesh))
+
+  def _constrain(self, x, names):
+    sharding = self._sharding(x.shape, names)
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+  def _put(self, x, names):
+    sharding = self._sharding(np.shape(x), names)
+    return jnp.asarray(x) if sharding is None else jax.device_put(x, sharding)
+
+  def _empty_cache(self) -> models.KVCache:
+    slots = self.max_prompt_len + self.max_new_tokens
+    cache = models.KVCache.zeros(self.cfg, self.num_rows, slots, self.cache_dtype)
+    return jax.tree.map(lambda x: self._constrain(x, _CACHE_NAMES), cache)
+
+  # ---- the jitted function ---------------------------------------------------------------------------
+  def _generate(self, params, prompt_ids_BxP, prompt_valid_BxP, active_B, rng, controls, cache):
+    cfg, G, N = self.cfg, self.num_samples, self.max_new_tokens
+    B, P = prompt_ids_BxP.shape
+    R, S = B * G, P + N
+    model = nnx.merge(self.graphdef, params)
+
+    # Prefill: the prompts' own cache [B, P], computed once per prompt.
+    positions_BxP = models.positions_from_valid(prompt_valid_BxP)
+    small = models.KVCache.zeros(cfg, B, P, self.cache_dtype)
+    logits_BxPxV, small = model(prompt_ids_BxP, positions_BxP, models.causal_mask(prompt_valid_BxP),
+                                cache=small, cache_pos=0)
+
+    def rows(x):  # [B, ...] -> [R, ...], prompt-major
+      return jnp.repeat(x, G, axis=0) if G > 1 else x
+
+    def grow(part, full):  # the prompt cache into the first P slots of the decode cache
+      part = rows(part)
+      if full is None:
+        full = jnp.pad(part, ((0, 0), (0, N), (0, 0), (0, 0)))
+      else:
+        full = jax.lax.dynamic_update_slice(full, part, (0, 0, 0, 0))
+      return self._constrain(full, _CACHE_NAMES)
+
+    if cache is None:
+      cache = jax.tree.map(lambda s: grow(s, None), small)
+    else:
+      cache = jax.tree.map(grow, small, cache)
+
+    logits_RxV = self._constrain(rows(logits_BxPxV[:, -1]), ("batch", "vocab"))
+    prompt_len_R = rows(jnp.sum(prompt_valid_BxP, axis=1, dtype=jnp.int32))
+    prompt_valid_RxP = rows(prompt_valid_BxP)
+    done_R = ~rows(active_B)
+
+    temperature, top_k, top_p = controls["temperature"], controls["top_k"], controls["top_p"]
+    is_eos_V, pad_id = controls["is_eos_V"], controls["pad_id"]
+    switch_V, alpha, beta = controls["switch_V"], controls["alpha"], controls["beta"]
+
+    def choose(t, logits_RxV, state):
+      """Chooses token t for every row and records it; rows that have ended write pad."""
+      tokens, logps, confs, done, since, lengths = state
+      penalised = penalties.apply_thought_switch_penalty(logits_RxV, since, switch_V, alpha, beta)
+      token_R = filters.choose_tokens(jax.random.fold_in(rng, t), penalised, temperature, top_k, top_p)
+      logp_RxV = filters.log_probs(logits_RxV, temperature)
+      logp_R = jnp.take_along_axis(logp_RxV, token_R[:, None], axis=1)[:, 0]
+      live = ~done
+      tokens = tokens.at[:, t].set(jnp.where(live, token_R, pad_id))
+      logps = logps.at[:, t].set(jnp.where(live, logp_R, 0.0))
+      if confs is not None:
+        conf_R = filters.deepconf_confidence(logp_RxV, self.confidence_k)
+        confs = confs.at[:, t].set(jnp.where(live, conf_R, 0.0))
+      lengths = lengths + live.astype(jnp.int32)
+      done = done | is_eos_V[token_R]
+      since = penalties.update_tokens_since_switch(since, token_R, switch_V)
+      return tokens, logps, confs, done, since, lengths
+
+    batch2 = ("batch", None)
+    state = (self._constrain(jnp.full((R, N), pad_id, jnp.int32), batch2),
+             self._constrain(jnp.zeros((R, N), jnp.float32), batch2),
+             self._constrain(jnp.zeros((R, N), jnp.float32), batch2) if self.return_confidence else None,
+             done_R, jnp.zeros((R,), jnp.int32), jnp.zeros((R,), jnp.int32))
+    state = choose(0, logits_RxV, state)
+
+    def cond(carry):
+      t, _, state = carry
+      return (t < N) & ~jnp.all(state[3])
+
+    def body(carry):
+      t, cache, state = carry
+      # Feed token t-1 (slot P+t-1, position prompt_len+t-1); it attends to the prompt and slots <= P+t-1.
+      token_Rx1 = jax.lax.dynamic_slice_in_dim(state[0], t - 1, 1, axis=1)
+      positions_Rx1 = (prompt_len_R + t - 1)[:, None]
+      mask_RxS = jnp.concatenate([prompt_valid_RxP, jnp.broadcast_to(jnp.arange(N) < t, (R, N))], axis=1)
+      logits_Rx1xV, cache = model(token_Rx1, positions_Rx1, mask_RxS[:, None, :], cache=cache,
+                                  cache_pos=P + t - 1)
+      return t + 1, cache, choose(t, logits_Rx1xV[:, 0], state)
+
+    steps, cache, state = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, state))
+    tokens, logps, confs, _, _, lengths_R = state
+    out = SampleOutput(tokens=tokens, logprobs=logps, lengths=lengths_R, confidence=confs, decode_steps=steps)
+    return out, (cache if self.donate_cache else None)
+
+  # ---- the call --------------------------------------------------------------------------------------
+  def __call__(self, params, prompts: Sequence[Sequence[int]], *, rng, temperature: float = 0.0,
+               top_p: float = 1.0, top_k: int = 0, eos_id=None, pad_id: int = 0,
+               penalty: penalties.ThoughtSwitchPenalty | None = None) -> SampleOutput:
+    """Samples ``num_samples`` continuations of each prompt.
+
+    params: the model (nnx.Module) or its state from ``nnx.split(model)`` (same structure as at build).
+    prompts: up to ``batch_size`` ragged lists of token ids, each 1..max_prompt_len long.
+    rng: a JAX PRNG key (or an int seed). temperature 0 is greedy.
+    eos_id: None, an id, or a list of ids that end a row. pad_id: written after the end.
+    penalty: the TIP thought-switch penalty (off by default).
+    Rows beyond ``len(prompts) * num_samples`` are inactive: length 0, all pad.
+    """
+    if isinstance(params, nnx.Module):
+      params = nnx.split(params)[1]
+    if not 0.0 < float(top_p) <= 1.0:
+      raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    if float(temperature) < 0 or int(top_k) < 0:
+      raise ValueError(f"temperature={temperature} and top_k={top_k} must be >= 0")
+    if isinstance(rng, int):
+      rng = jax.random.key(rng)
+    V = self.cfg.vocab_size
+    ids, valid, active = _pad_prompts(prompts, self.batch_size, self.max_prompt_len, int(pad_id))
+    controls = {"temperature": np.float32(temperature), "top_p": np.float32(top_p), "top_k": np.int32(top_k),
+                "is_eos_V": _eos_mask(eos_id, V), "pad_id": np.int32(pad_id),
+                **(penalty or penalties.ThoughtSwitchPenalty()).arrays(V)}
+    controls = jax.tree.map(jnp.asarray, controls)
+    args = (params, self._put(ids, ("batch", None)), self._put(valid, ("batch", None)),
+            self._put(active, ("batch",)), rng, controls)
+    if not self.donate_cache:
+      out, _ = self._fn(*args)
+      return out
+    if self._cache is None:
+      self._cache = jax.jit(self._empty_cache)()
+    out, self._cache = self._fn(*args, cache=self._cache)
+    return out
+
+
+_SAMPLERS: "collections.OrderedDict[tuple, Sampler]" = collections.OrderedDict()
+_MAX_SAMPLERS = 8
+
+
+def prompt_bucket(longest: int, minimum: int = 8) -> int:
+  """The prompt bucket for a longest prompt: the next power of two, at least ``minimum``."""
+  return max(minimum, 1 << max(0, int(longest) - 1).bit_length())
+
+
+def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, rng,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, eos_id=None, pad_id: int = 0,
+             num_samples: int = 1, max_prompt_len: int | None = None, return_confidence: bool = False,
+             confidence_k: int = 20, penalty: penalties.ThoughtSwitchPenalty | None = None,
+             mesh: jax.sharding.Mesh | None = None, cache_dtype=None) -> SampleOutput:
+  """Samples continuations of ragged prompts (DESIGN.md contract); see :class:`Sampler`.
+
+  Builds (and keeps, for the next call with the same sizes) a :class:`Sampler` with batch_size
+  ``len(prompts)`` and prompt bucket ``max_prompt_len`` (default: the next power of two >= the longest
+  prompt), so repeated calls of the same shape do not compile again.
+  Returns tokens int32 [B*G, N], logprobs float32 [B*G, N], lengths int32 [B*G] (rows prompt-major).
+  """
+  if not prompts:
+    raise ValueError("generate() got no prompts")
+  bucket = max_prompt_len or prompt_bucket(max(len(p) for p in prompts))
+  graphdef, params = nnx.split(model)
+  key = (graphdef, len(prompts), bucket, int(max_new_tokens), int(num_samples), bool(return_confidence),
+         int(confidence_k), mesh, None if cache_dtype is None else jnp.dtype(cache_dtype).name)
+  sampler = _SAMPLERS.pop(key, None)
+  if sampler is None:
+    sampler = Sampler(model, batch_size=len(prompts), max_prompt_len=bucket, max_new_tokens=max_new_tokens,
+                      num_samples=num_samples, cache_dtype=cache_dtype, mesh=mesh,
+                      return_confidence=return_confidence, confidence_k=confidence_k)
+  _SAMPLERS[key] = sampler
+  while len(_SAMPLERS) > _MAX_SAMPLERS:
+    _SAMPLERS.popitem(last=False)
+  return sampler(params, prompts, rng=rng, temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id,
+                 pad_id=pad_id, penalty=penalty)

@@ -1,0 +1,119 @@
+"""Makes the embedded experiment's base policy: SFT of a small Qwen2-style model on easy chains.
+
+    python tools/make_base_policy.py --out jaxghpo/assets/chains_base [--steps 3000]
+
+Deterministic from --seed. Trains on the easy levels only (with random in-prompt hints, so the
+hinted format is known), then reports greedy pass@1 per level without hints and with hints, so the
+precondition of the experiment (easy solved, hard failed, hinted hard above chance) is visible.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxghpo import models
+from jaxghpo.curriculum import hints as hints_lib
+from jaxghpo.data import templates, tokenizer as tok_lib
+from jaxghpo.data.tasks import chains
+from jaxghpo import sft
+
+
+def model_config(tok, args) -> models.ModelConfig:
+  return models.ModelConfig(
+      model_type="qwen2", vocab_size=64, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+      num_layers=args.layers, num_heads=args.hidden // 32, num_kv_heads=args.hidden // 32, head_dim=32,
+      rope_theta=10000.0, tie_word_embeddings=True, attention_bias=True, max_position_embeddings=512,
+      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
+def teacher_forced_pass(model, tok, examples, hint_ratio: float, max_len: int) -> float:
+  """Fraction of examples whose whole target is the argmax at every position (= greedy pass)."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for ex in examples:
+    hint = hints_lib.cut(ex.steps, hint_ratio, "steps", step_sep=ex.step_sep) if hint_ratio > 0 else ""
+    rows.append((ex, hint))
+  ok = []
+  for start in range(0, len(rows), 128):
+    chunk = rows[start:start + 128]
+    toks = np.full((len(chunk), max_len), tok.pad_token_id, np.int32)
+    mask = np.zeros((len(chunk), max_len), np.float32)
+    valid = np.zeros((len(chunk), max_len), bool)
+    for i, (ex, hint) in enumerate(chunk):
+      r = templates.render(ex, hint, "prompt", tok, "plain")
+      tgt = tok.encode(templates.target_text(ex, hint, "prompt", "plain"), add_special_tokens=False)
+      ids = list(r.prompt_ids) + tgt + [tok.eos_token_id]
+      toks[i, :len(ids)] = ids
+      valid[i, :len(ids)] = True
+      mask[i, len(r.prompt_ids):len(ids)] = 1
+    logits = _logits(model, toks, valid)
+    pred = np.asarray(jnp.argmax(logits[:, :-1], -1))
+    wrong = ((pred != toks[:, 1:]) & (mask[:, 1:] > 0)).any(-1)
+    ok.extend((~wrong).tolist())
+  return float(np.mean(ok))
+
+
+@nnx.jit
+def _logits(model, toks, valid):
+  return models.logits_padded(model, toks, valid)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--out", default=None)
+  p.add_argument("--steps", type=int, default=3000)
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--lr", type=float, default=2e-3)
+  p.add_argument("--hidden", type=int, default=128)
+  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--levels", default="1,2,3,4")
+  p.add_argument("--hint_prob", type=float, default=0.5)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--eval_every", type=int, default=500)
+  args = p.parse_args()
+  levels = [int(x) for x in args.levels.split(",")]
+  tok = tok_lib.load(tok_lib.task_tokenizer_path())
+  cfg = model_config(tok, args)
+  model = models.init_model(cfg, seed=args.seed)
+  print(f"params: {sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))):,}")
+  schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(200, args.steps // 10), args.steps, args.lr * 0.05)
+  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.98, weight_decay=0.01))
+  graphdef, params = nnx.split(model)
+  opt_state = optimizer.init(params)
+  step_fn = sft.make_sft_step(graphdef, optimizer)
+  max_len = max(chains.problem_len(l) + chains.solution_len(l) + 3 for l in levels)
+  rng = np.random.default_rng(args.seed)
+  eval_sets = {l: chains.generate("test", 256, 1000 + l, levels=[l]) for l in range(1, 11)}
+  t0 = time.time()
+  for step in range(1, args.steps + 1):
+    exs = chains.generate("train", args.batch, args.seed * 1_000_003 + step, levels=levels)
+    b = sft.encode_examples(exs, tok, max_len=max_len, rng=rng, hint_prob=args.hint_prob)
+    params, opt_state, loss = step_fn(params, opt_state, b.tokens_BxT, b.loss_mask_BxT, b.valid_BxT)
+    if step % 100 == 0:
+      print(f"step {step} loss {float(loss):.4f} {time.time() - t0:.0f}s", flush=True)
+    if step % args.eval_every == 0 or step == args.steps:
+      m = nnx.merge(graphdef, params)
+      row = {}
+      for l, exs_l in eval_sets.items():
+        L = chains.problem_len(l) + chains.solution_len(l) + 4
+        row[l] = [teacher_forced_pass(m, tok, exs_l, r, L) for r in (0.0, 0.5, 0.75)]
+      print("pass (no hint, 50%, 75%) by level:",
+            " ".join(f"L{l}:{a:.2f}/{b:.2f}/{c:.2f}" for l, (a, b, c) in row.items()), flush=True)
+  if args.out:
+    m = nnx.merge(graphdef, params)
+    models.save_pretrained(m, cfg, args.out)
+    tok.save_pretrained(args.out)
+    print("saved", args.out)
+
+
+if __name__ == "__main__":
+  main()
