@@ -81,3 +81,64 @@ def make_sft_step(graphdef, optimizer: optax.GradientTransformation):
     return optax.apply_updates(params, updates), opt_state, loss
 
   return jax.jit(step, donate_argnums=(0, 1))
+
+
+def run(config, workdir: str) -> dict:
+  """``config.mode = "sft"``: teacher-forced training on full traces of the configured problems.
+
+  The model comes from config.model.path (HF dir or builtin:NAME), or is built at random from
+  config.sft.random_model (a dict of ModelConfig fields) when config.model.path is "random".
+  Writes DIR/metrics.jsonl (step, loss) and the trained policy to DIR/export (HF format).
+  """
+  import json
+  import os
+  import time
+
+  from jaxghpo import experiment
+  from jaxghpo.data import tokenizer as tok_lib
+  from jaxghpo.data.tasks import get_task
+
+  os.makedirs(workdir, exist_ok=True)
+  c = config.sft
+  if config.model.path == "random":
+    tokenizer = tok_lib.load(config.model.tokenizer or tok_lib.task_tokenizer_path(config.data.task))
+    fields = dict(c.random_model)
+    cfg = models.ModelConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, **fields)
+    model = models.init_model(cfg, seed=int(config.seed))
+  else:
+    mesh = experiment.make_mesh(config)
+    model, cfg, tokenizer = experiment.load_policy(config, mesh)
+  levels = experiment.parse_levels(c.levels)
+  if config.data.source == "task":
+    task = get_task(config.data.task)
+    draw = lambda step: task.generate("train", int(c.batch_size), int(config.seed) * 1_000_003 + step,
+                                      levels=levels)
+  else:
+    problems = experiment.load_problems(config).train
+    order = np.random.default_rng(int(config.seed)).permutation(len(problems))
+    draw = lambda step: [problems[order[(step * int(c.batch_size) + i) % len(problems)]]
+                         for i in range(int(c.batch_size))]
+  steps = int(config.num_steps)
+  lr = float(c.learning_rate)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, min(200, steps // 10)), steps, lr * 0.05)
+  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.98, weight_decay=0.01))
+  graphdef, params = nnx.split(model)
+  opt_state = optimizer.init(params)
+  step_fn = make_sft_step(graphdef, optimizer)
+  rng = np.random.default_rng(int(config.seed))
+  t0 = time.time()
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
+    for step in range(1, steps + 1):
+      b = encode_examples(draw(step), tokenizer, max_len=int(c.max_len), rng=rng, hint_prob=float(c.hint_prob),
+                          placement=config.hints.placement, style=config.data.style, hint_unit=config.hints.unit)
+      params, opt_state, loss = step_fn(params, opt_state, b.tokens_BxT, b.loss_mask_BxT, b.valid_BxT)
+      if step % int(config.log_every_steps) == 0 or step == steps:
+        row = {"step": step, "loss": float(loss), "time/elapsed_s": time.time() - t0}
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        print(f"sft step {step}/{steps} loss {row['loss']:.4f} ({row['time/elapsed_s']:.0f}s)", flush=True)
+  out = os.path.join(workdir, "export")
+  models.save_pretrained(nnx.merge(graphdef, params), cfg, out)
+  tokenizer.save_pretrained(out)
+  return {"export": out, "loss": float(loss), "time_s": time.time() - t0}

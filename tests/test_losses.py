@@ -13,6 +13,17 @@ def make_cfg(**kw):
   return rl.resolve_config(kw)
 
 
+def run_loss(cfg, logp, old, adv, mask, ref=None, **kw):
+  """rl.policy_loss under jit (one compile per call instead of one per primitive: fast tests)."""
+  return jax.jit(lambda lp, o, a, m, r, k: rl.policy_loss(lp, o, a, m, cfg, r, **k))(logp, old, adv, mask, ref, kw)
+
+
+def run_grad(cfg, logp, old, adv, mask, ref=None, **kw):
+  """d loss / d logp, jitted."""
+  fn = lambda lp, o, a, m, r, k: rl.policy_loss(lp, o, a, m, cfg, r, **k)[0]
+  return jax.jit(jax.grad(fn))(logp, old, adv, mask, ref, kw)
+
+
 def test_clip_higher_and_dual_clip_hand_worked():
   # One token per sequence, old_logp = 0 so ratio = exp(logp). clip range [0.8, 1.28], dual bound c = 3.
   adv = jnp.array([1.0, 1.0, -1.0, -1.0, -1.0, 2.0])
@@ -29,10 +40,10 @@ def test_clip_higher_and_dual_clip_hand_worked():
   logp = jnp.log(ratio)[:, None]
   old = jnp.zeros_like(logp)
   mask = jnp.ones_like(logp, bool)
-  loss, m = rl.policy_loss(logp, old, adv, mask, cfg)
+  loss, m = run_loss(cfg, logp, old, adv, mask)
   np.testing.assert_allclose(loss, per_token.mean(), rtol=1e-6)
   np.testing.assert_allclose(m["pg_loss"], per_token.mean(), rtol=1e-6)
-  grad = jax.grad(lambda lp: rl.policy_loss(lp, old, adv, mask, cfg)[0])(logp)
+  grad = run_grad(cfg, logp, old, adv, mask)
   np.testing.assert_allclose(grad[:, 0], np.array([0.0, -0.5, 0.0, 0.0, 2.0, -2.2]) / 6, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(m["clip_frac_high"], 1 / 6, rtol=1e-6)
   np.testing.assert_allclose(m["clip_frac_low"], 1 / 6, rtol=1e-6)
@@ -48,7 +59,7 @@ def test_clip_higher_and_dual_clip_hand_worked():
 def test_log_ratio_is_clamped_to_20():
   cfg = make_cfg(clip_high=1e9, clip_c=1e12)  # no clipping: the clamp alone bounds the ratio
   logp, old = jnp.array([[30.0]]), jnp.array([[0.0]])
-  _, m = rl.policy_loss(logp, old, jnp.array([1.0]), jnp.ones((1, 1), bool), cfg)
+  _, m = run_loss(cfg, logp, old, jnp.array([1.0]), jnp.ones((1, 1), bool))
   np.testing.assert_allclose(m["ratio_max"], math.exp(20.0), rtol=1e-5)
 
 
@@ -58,30 +69,31 @@ AGG_MASK = jnp.array([[1, 1, 0], [1, 1, 1], [0, 0, 0]], bool)
 AGG_ADV = jnp.array([1.0, -2.0, 5.0])
 
 
-@pytest.mark.parametrize("mode,norm_len,expected", [
+AGG_CASES = [
     ("token-mean", 0, (-2 + 6) / 5),                    # all tokens / 5 tokens
     ("seq-mean-token-mean", 0, (-1 + 2) / 2),           # per-seq means, / 2 sequences with tokens
     ("seq-mean-token-sum", 0, (-2 + 6) / 2),            # per-seq sums / 2
     ("seq-mean-token-sum-norm", 4, (-2 / 4 + 6 / 4) / 2),  # per-seq sums / 4 (constant), / 2
     ("seq-mean-token-sum-norm", 0, (-2 / 3 + 6 / 3) / 2),  # loss_norm_len 0: T = 3
-])
-def test_aggregation_modes_hand_worked(mode, norm_len, expected):
-  cfg = make_cfg(loss_agg=mode, loss_norm_len=norm_len)
-  logp = jnp.full((3, 3), -1.0)
-  loss, m = rl.policy_loss(logp, logp, AGG_ADV, AGG_MASK, cfg)
-  np.testing.assert_allclose(loss, expected, rtol=1e-6)
-  assert float(m["num_tokens"]) == 5 and float(m["num_seqs"]) == 2
+]
 
 
-def test_seq_mean_counts_only_sequences_with_loss_tokens():
-  # Appending all-padding rows (a dropped group kept for shape) changes no aggregation mode.
-  for mode in rl.LOSS_AGG_MODES:
-    cfg = make_cfg(loss_agg=mode)
-    logp = jnp.full((3, 3), -1.0)
-    base, _ = rl.policy_loss(logp, logp, AGG_ADV, AGG_MASK, cfg)
-    padded, _ = rl.policy_loss(jnp.full((5, 3), -1.0), jnp.full((5, 3), -1.0), jnp.concatenate([AGG_ADV, jnp.ones(2)]),
-                               jnp.concatenate([AGG_MASK, jnp.zeros((2, 3), bool)]), cfg)
-    np.testing.assert_allclose(padded, base, rtol=1e-7)
+def test_aggregation_modes_hand_worked():
+  cfgs = [make_cfg(loss_agg=mode, loss_norm_len=norm_len) for mode, norm_len, _ in AGG_CASES]
+
+  @jax.jit
+  def losses(logp, adv, mask):
+    return [rl.policy_loss(logp, logp, adv, mask, cfg) for cfg in cfgs]
+
+  out = losses(jnp.full((3, 3), -1.0), AGG_ADV, AGG_MASK)
+  # Appending all-padding rows (a dropped group kept for shape) changes no mode: seq-mean modes count
+  # only the sequences with at least one loss token.
+  padded = losses(jnp.full((5, 3), -1.0), jnp.concatenate([AGG_ADV, jnp.ones(2)]),
+                  jnp.concatenate([AGG_MASK, jnp.zeros((2, 3), bool)]))
+  for (mode, norm_len, expected), (loss, m), (loss_padded, _) in zip(AGG_CASES, out, padded):
+    np.testing.assert_allclose(loss, expected, rtol=1e-6, err_msg=f"{mode} norm_len={norm_len}")
+    np.testing.assert_allclose(loss_padded, expected, rtol=1e-6, err_msg=f"{mode} padded")
+    assert float(m["num_tokens"]) == 5 and float(m["num_seqs"]) == 2
 
 
 def test_kl_estimators_hand_worked():
@@ -103,11 +115,11 @@ def test_kl_term_enters_the_loss(est, value):
   logp = jnp.log(jnp.array([[0.5, 0.5]]))
   ref = jnp.log(jnp.array([[0.25, 0.25]]))
   mask = jnp.ones((1, 2), bool)
-  loss, m = rl.policy_loss(logp, logp, jnp.array([1.0]), mask, cfg, ref_logp=ref)
+  loss, m = run_loss(cfg, logp, logp, jnp.array([1.0]), mask, ref)
   np.testing.assert_allclose(m["kl"], value, rtol=1e-5)
   np.testing.assert_allclose(loss, -1.0 + 0.1 * value, rtol=1e-5)  # pg = -A * 1
   with pytest.raises(ValueError, match="kl_coef=0.1 needs reference logprobs"):
-    rl.policy_loss(logp, logp, jnp.array([1.0]), mask, cfg)
+    run_loss(cfg, logp, logp, jnp.array([1.0]), mask)
 
 
 def test_token_entropy_and_entropy_bonus():
@@ -121,11 +133,11 @@ def test_token_entropy_and_entropy_bonus():
   cfg = make_cfg(entropy_coef=0.01)
   ent = rl.token_entropy(logits)
   zeros = jnp.zeros((1, 2))
-  loss, m = rl.policy_loss(zeros, zeros, jnp.array([1.0]), jnp.array([[True, False]]), cfg, entropy=ent)
+  loss, m = run_loss(cfg, zeros, zeros, jnp.array([1.0]), jnp.array([[True, False]]), entropy=ent)
   np.testing.assert_allclose(m["entropy"], math.log(4), rtol=1e-6)  # the masked token's 0 is not averaged in
   np.testing.assert_allclose(loss, -1.0 - 0.01 * math.log(4), rtol=1e-6)
   with pytest.raises(ValueError, match="entropy_coef"):
-    rl.policy_loss(zeros, zeros, jnp.array([1.0]), jnp.ones((1, 2), bool), cfg)
+    run_loss(cfg, zeros, zeros, jnp.array([1.0]), jnp.ones((1, 2), bool))
 
 
 def _random_inputs(seed, B=6, T=5):
@@ -140,38 +152,44 @@ def _random_inputs(seed, B=6, T=5):
   return logp, old, ref, adv, mask, ent
 
 
-@pytest.mark.parametrize("mode", rl.LOSS_AGG_MODES)
-def test_split_batch_equals_whole_batch(mode):
+def test_split_batch_equals_whole_batch():
   """Sums/counts of two halves merge into the whole batch's; half gradients against whole-batch
   denominators add up to the whole batch's gradient (gradient accumulation and data shards)."""
-  cfg = make_cfg(loss_agg=mode, kl_coef=0.05, entropy_coef=0.01, clip_high=0.28)
+  cfgs = {mode: make_cfg(loss_agg=mode, kl_coef=0.05, entropy_coef=0.01, clip_high=0.28)
+          for mode in rl.LOSS_AGG_MODES}
   logp, old, ref, adv, mask, ent = _random_inputs(0)
-
-  def terms(lp, sl):
-    return rl.policy_loss_terms(lp, old[sl], adv[sl], mask[sl], cfg, ref[sl], entropy=ent[sl])
-
-  whole = slice(0, 6)
-  loss, metrics = rl.finalize(*terms(logp, whole), cfg)
-  a, b = slice(0, 2), slice(2, 6)
-  merged_loss, merged_metrics = rl.finalize(*rl.merge_terms(terms(logp[a], a), terms(logp[b], b)), cfg)
-  np.testing.assert_allclose(merged_loss, loss, rtol=1e-6, atol=1e-6)
-  for k in metrics:
-    np.testing.assert_allclose(merged_metrics[k], metrics[k], rtol=1e-6, atol=1e-6, err_msg=k)
-
+  whole, a, b = slice(0, 6), slice(0, 2), slice(2, 6)
   counts = rl.loss_counts(mask)
-  grad_whole = jax.grad(lambda lp: rl.weighted_loss(terms(lp, whole)[0], counts, cfg))(logp)
-  grad_a = jax.grad(lambda lp: rl.weighted_loss(terms(lp, a)[0], counts, cfg))(logp[a])
-  grad_b = jax.grad(lambda lp: rl.weighted_loss(terms(lp, b)[0], counts, cfg))(logp[b])
-  np.testing.assert_allclose(jnp.concatenate([grad_a, grad_b]), grad_whole, atol=1e-6)
-  # Averaging the halves' own losses would not give the whole batch's loss (the test can tell).
-  own_a, own_b = rl.finalize(*terms(logp[a], a), cfg)[0], rl.finalize(*terms(logp[b], b), cfg)[0]
-  assert abs(float((own_a + own_b) / 2 - loss)) > 1e-4
+
+  @jax.jit
+  def everything(logp):
+    results = {}
+    for mode, cfg in cfgs.items():
+      terms = lambda lp, sl: rl.policy_loss_terms(lp, old[sl], adv[sl], mask[sl], cfg, ref[sl], entropy=ent[sl])
+      grad = lambda sl: jax.grad(lambda lp: rl.weighted_loss(terms(lp, sl)[0], counts, cfg))(logp[sl])
+      results[mode] = {
+          "whole": rl.finalize(*terms(logp, whole), cfg),
+          "merged": rl.finalize(*rl.merge_terms(terms(logp[a], a), terms(logp[b], b)), cfg),
+          "own_a": rl.finalize(*terms(logp[a], a), cfg)[0], "own_b": rl.finalize(*terms(logp[b], b), cfg)[0],
+          "grad_whole": grad(whole), "grad_split": jnp.concatenate([grad(a), grad(b)])}
+    return results
+
+  for mode, out in everything(logp).items():
+    (loss, metrics), (merged_loss, merged_metrics) = out["whole"], out["merged"]
+    np.testing.assert_allclose(merged_loss, loss, rtol=1e-6, atol=1e-6, err_msg=mode)
+    for k in metrics:
+      np.testing.assert_allclose(merged_metrics[k], metrics[k], rtol=1e-6, atol=1e-6, err_msg=f"{mode} {k}")
+    np.testing.assert_allclose(out["grad_split"], out["grad_whole"], atol=1e-6, err_msg=mode)
+    assert np.any(np.asarray(out["grad_whole"]) != 0.0)
+    # Averaging the halves' own losses would not give the whole batch's loss (the test can tell).
+    assert abs(float((out["own_a"] + out["own_b"]) / 2 - loss)) > 1e-4, mode
 
 
 def test_values_outside_the_mask_never_matter():
   cfg = make_cfg(kl_coef=0.1, entropy_coef=0.01)
   logp, old, ref, adv, mask, ent = _random_inputs(1)
 
+  @jax.jit
   def run(lp, o, r, e, a):
     fn = lambda x: rl.policy_loss(x, o, a, mask, cfg, r, entropy=e)[0]
     return jax.value_and_grad(fn)(lp)
@@ -190,9 +208,9 @@ def test_values_outside_the_mask_never_matter():
 def test_moving_a_token_into_the_mask_changes_the_loss():
   cfg = make_cfg()
   logp, old, _, adv, mask, _ = _random_inputs(2)
-  loss = rl.policy_loss(logp, old, adv, mask, cfg)[0]
+  loss = run_loss(cfg, logp, old, adv, mask)[0]
   b, t = map(int, np.argwhere(~np.asarray(mask[:-1]))[0])
-  loss2 = rl.policy_loss(logp, old, adv, mask.at[b, t].set(True), cfg)[0]
+  loss2 = run_loss(cfg, logp, old, adv, mask.at[b, t].set(True))[0]
   assert abs(float(loss2 - loss)) > 1e-4
 
 
@@ -202,16 +220,15 @@ def test_hint_nll_term_on_response_hint_tokens():
   logp = jnp.log(jnp.array([[0.5, 0.25, 0.8, 0.9]]))
   mask = jnp.array([[False, False, True, True]])
   hint = jnp.array([[True, True, False, False]])
-  loss, m = rl.policy_loss(logp, logp, jnp.array([1.0]), mask, cfg, hint_mask=hint)
+  loss, m = run_loss(cfg, logp, logp, jnp.array([1.0]), mask, hint_mask=hint)
   nll = (math.log(2) + math.log(4)) / 2
   np.testing.assert_allclose(m["hint_nll"], nll, rtol=1e-6)
   np.testing.assert_allclose(m["pg_loss"], -1.0, rtol=1e-6)  # hint tokens are not in the pg loss
   np.testing.assert_allclose(loss, -1.0 + 0.5 * nll, rtol=1e-6)
-  grad = jax.grad(lambda lp: rl.policy_loss(lp, logp, jnp.array([1.0]), mask, cfg, hint_mask=hint)[0])(logp)
+  grad = run_grad(cfg, logp, logp, jnp.array([1.0]), mask, hint_mask=hint)
   np.testing.assert_allclose(grad[0, :2], [-0.5 / 2, -0.5 / 2], rtol=1e-6)  # -coef / #hint tokens each
   # Off by default: the metric is reported, the loss does not change.
-  loss0, m0 = rl.policy_loss(logp, logp, jnp.array([1.0]), mask, make_cfg(hint_placement="response"),
-                             hint_mask=hint)
+  loss0, m0 = run_loss(make_cfg(hint_placement="response"), logp, logp, jnp.array([1.0]), mask, hint_mask=hint)
   np.testing.assert_allclose(loss0, -1.0, rtol=1e-6)
   np.testing.assert_allclose(m0["hint_nll"], nll, rtol=1e-6)
 
@@ -222,13 +239,13 @@ def test_all_equal_group_gives_zero_policy_gradient():
   logp, old, _, _, mask, _ = _random_inputs(3, B=6, T=4)
   for mode in rl.LOSS_AGG_MODES:
     cfg = make_cfg(loss_agg=mode)
-    grad = jax.grad(lambda lp: rl.policy_loss(lp, old, adv, mask, cfg)[0])(logp)
+    grad = run_grad(cfg, logp, old, adv, mask)
     assert np.all(np.asarray(grad) == 0.0)
 
 
 def test_no_loss_tokens_gives_zero_loss_not_nan():
   cfg = make_cfg()
-  loss, m = rl.policy_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.ones(2), jnp.zeros((2, 3), bool), cfg)
+  loss, m = run_loss(cfg, jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.ones(2), jnp.zeros((2, 3), bool))
   assert float(loss) == 0.0 and float(m["ratio_max"]) == 0.0 and float(m["num_tokens"]) == 0.0
 
 

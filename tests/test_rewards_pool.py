@@ -204,12 +204,12 @@ def test_processes_end_when_the_parent_exits_or_is_killed(tmp_path):
     path = tmp_path / "parent.py"
     path.write_text(script)
     for mode in ("exit", "hang"):
-        proc = subprocess.Popen([sys.executable, str(path), mode], stdout=subprocess.PIPE, text=True)
-        pids = [int(x) for x in proc.stdout.readline().split()]
-        assert len(pids) == 3
-        if mode == "hang":
-            proc.send_signal(signal.SIGKILL)   # no atexit: the children must notice on their own
-        proc.wait(timeout=30)
+        with subprocess.Popen([sys.executable, str(path), mode], stdout=subprocess.PIPE, text=True) as proc:
+            pids = [int(x) for x in proc.stdout.readline().split()]
+            assert len(pids) == 3
+            if mode == "hang":
+                proc.send_signal(signal.SIGKILL)   # no atexit: the children must notice on their own
+            proc.wait(timeout=30)
         assert _gone(pids, timeout_s=5.0), mode
 
 

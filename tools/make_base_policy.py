@@ -29,7 +29,7 @@ from jaxghpo import sft
 
 def model_config(tok, args) -> models.ModelConfig:
   return models.ModelConfig(
-      model_type="qwen2", vocab_size=64, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+      model_type="qwen2", vocab_size=64, hidden_size=args.hidden, intermediate_size=args.mlp,
       num_layers=args.layers, num_heads=args.hidden // 32, num_kv_heads=args.hidden // 32, head_dim=32,
       rope_theta=10000.0, tie_word_embeddings=True, attention_bias=True, max_position_embeddings=512,
       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -74,7 +74,8 @@ def main():
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--lr", type=float, default=2e-3)
   p.add_argument("--hidden", type=int, default=128)
-  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--layers", type=int, default=3)
+  p.add_argument("--mlp", type=int, default=384)
   p.add_argument("--levels", default="1,2,3,4")
   p.add_argument("--hint_prob", type=float, default=0.5)
   p.add_argument("--seed", type=int, default=0)

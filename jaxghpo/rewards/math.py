@@ -188,6 +188,12 @@ class MathVerifier:
                  memory_limit_mb: int = 4096):
         if max_completion_chars < 1:
             raise ValueError(f"max_completion_chars={max_completion_chars} must be >= 1.")
+        if not deadline_s > 0:
+            raise ValueError(f"deadline_s={deadline_s} must be > 0 seconds.")
+        if not 0.0 <= soft_fraction < 1.0:
+            raise ValueError(f"soft_fraction={soft_fraction} must be in [0, 1); 0 turns the soft deadline off.")
+        if num_workers is not None and num_workers < 1:
+            raise ValueError(f"num_workers={num_workers} must be >= 1 (or None for the default).")
         self.num_workers = num_workers
         self.deadline_s = float(deadline_s)
         self.max_completion_chars = int(max_completion_chars)
@@ -249,7 +255,9 @@ class MathVerifier:
 
 # The process-wide verifier behind math_reward(); its pool is closed at interpreter exit by pool.py.
 _default: MathVerifier | None = None
-_default_kwargs: dict = {}
+_default_kwargs: dict = dict(num_workers=None, deadline_s=DEFAULT_DEADLINE_S,
+                             max_completion_chars=DEFAULT_MAX_COMPLETION_CHARS, soft_fraction=0.8,
+                             memory_limit_mb=4096)
 _default_lock = threading.Lock()
 _last_stats = RewardStats()
 
@@ -259,6 +267,9 @@ def configure(**kwargs) -> None:
     deadline_s, max_completion_chars, soft_fraction, memory_limit_mb); options not named keep their
     values. Its pool restarts (on next use) only if an option changes."""
     global _default, _default_kwargs
+    unknown = set(kwargs) - set(_default_kwargs)
+    if unknown:
+        raise TypeError(f"configure() got unknown option(s) {sorted(unknown)}; known: {sorted(_default_kwargs)}.")
     merged = {**_default_kwargs, **kwargs}
     MathVerifier(**merged)  # validate before touching the running one
     with _default_lock:

@@ -416,9 +416,8 @@ class WorkerPool:
                 self._workers.append(self._fork())
 
     def pids(self) -> list[int]:
-        """Process ids of the current workers."""
-        with self._lock:
-            return [w.pid for w in self._workers]
+        """Process ids of the current workers (a snapshot; does not wait for a running call)."""
+        return [w.pid for w in list(self._workers)]
 
     @property
     def zygote_pid(self) -> int | None:

@@ -110,7 +110,12 @@ def exact_match(completions: Sequence[str], answers: Sequence, extract: "str | E
         try:
             got = fn(completion)
         except Exception as e:
-            raise type(e)(f"answer extractor {getattr(fn, '__name__', fn)!r} failed on completions[{i}]: {e}") from e
+            message = f"answer extractor {getattr(fn, '__name__', fn)!r} failed on completions[{i}]: {e!r}"
+            try:
+                error = type(e)(message)   # keep the type, so callers can still catch it
+            except Exception:  # noqa: BLE001 - a type whose constructor wants other arguments
+                error = RuntimeError(message)
+            raise error from e
         if got is not None and str(got).strip() == str(answer).strip():
             scores_B[i] = 1.0
     return scores_B

@@ -47,18 +47,38 @@ def filter_top_k_top_p(scaled_BxV, top_k, top_p):
   return jnp.where(scaled_BxV >= threshold_Bx1, scaled_BxV, -jnp.inf)
 
 
+def sample_categorical(key, logits_BxV):
+  """int32 [B]: one draw per row from softmax(logits) by inverting the cumulative distribution.
+
+  Needs one uniform number per row (not one per vocabulary entry, as the Gumbel trick does), which makes
+  the draw cheap on CPU. Tokens with zero probability (logit -inf) are never drawn: the chosen index is
+  the first whose cumulative mass exceeds u * total, and it is capped at the last token with mass.
+  """
+  B, V = logits_BxV.shape
+  probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+  cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
+  u_Bx1 = jax.random.uniform(key, (B, 1), jnp.float32) * cdf_BxV[:, -1:]
+  index_B = jnp.sum(cdf_BxV <= u_Bx1, axis=-1, dtype=jnp.int32)
+  last_B = (V - 1 - jnp.argmax(probs_BxV[:, ::-1] > 0, axis=-1)).astype(jnp.int32)
+  return jnp.minimum(index_B, last_B)
+
+
 def choose_tokens(key, logits_BxV, temperature, top_k, top_p):
   """int32 [B]: greedy argmax when temperature == 0, else a draw from the filtered softmax(logits / T).
 
-  The sort behind top-k/top-p runs only when a filter is on (a ``lax.cond`` on the traced controls), so
-  plain sampling pays for no sort.
+  Both choices are ``lax.cond`` branches on the traced controls: greedy decoding pays for no random
+  numbers, and the sort behind top-k/top-p runs only when a filter is on.
   """
-  greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-  scaled = logits_BxV / effective_temperature(temperature)
-  filtering = ((top_k > 0) & (top_k < logits_BxV.shape[-1])) | (top_p < 1.0)
-  scaled = jax.lax.cond(filtering, lambda x: filter_top_k_top_p(x, top_k, top_p), lambda x: x, scaled)
-  sampled_B = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-  return jnp.where(temperature > 0, sampled_B, greedy_B)
+  def greedy(logits):
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  def sample(logits):
+    scaled = logits / effective_temperature(temperature)
+    filtering = ((top_k > 0) & (top_k < logits.shape[-1])) | (top_p < 1.0)
+    scaled = jax.lax.cond(filtering, lambda x: filter_top_k_top_p(x, top_k, top_p), lambda x: x, scaled)
+    return sample_categorical(key, scaled)
+
+  return jax.lax.cond(temperature > 0, sample, greedy, logits_BxV)
 
 
 def deepconf_confidence(logp_BxV, k: int):

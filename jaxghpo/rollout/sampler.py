@@ -30,8 +30,6 @@ from jax.sharding import NamedSharding
 from jaxghpo import models, parallel
 from jaxghpo.rollout import filters, penalties
 
-_CACHE_NAMES = ("batch", "length", "kv_heads", "head_dim")
-
 
 @struct.dataclass
 class SampleOutput:
@@ -115,6 +113,14 @@ class Sampler:
     self.confidence_k = min(int(confidence_k), self.cfg.vocab_size)
     self.donate_cache = bool(donate_cache)
     self._cache = None
+    # Where the slot axis of the model's cache layout is (found from shapes, so a layout change in
+    # models.KVCache needs no change here).
+    one, two = (jax.eval_shape(lambda n=n: models.KVCache.zeros(self.cfg, 1, n, self.cache_dtype)).k[0].shape
+                for n in (1, 2))
+    self._slot_axis = [a != b for a, b in zip(one, two)].index(True)
+    rest = iter(("kv_heads", "head_dim"))  # the other two axes, in this order in either layout
+    self._cache_names = tuple("batch" if a == 0 else "length" if a == self._slot_axis else next(rest)
+                              for a in range(len(one)))
     if self.donate_cache:
       self._fn = jax.jit(self._generate, donate_argnames=("cache",))
     else:
@@ -137,7 +143,7 @@ class Sampler:
   def _empty_cache(self) -> models.KVCache:
     slots = self.max_prompt_len + self.max_new_tokens
     cache = models.KVCache.zeros(self.cfg, self.num_rows, slots, self.cache_dtype)
-    return jax.tree.map(lambda x: self._constrain(x, _CACHE_NAMES), cache)
+    return jax.tree.map(lambda x: self._constrain(x, self._cache_names), cache)
 
   # ---- the jitted function ---------------------------------------------------------------------------
   def _generate(self, params, prompt_ids_BxP, prompt_valid_BxP, active_B, rng, controls, cache):
@@ -158,10 +164,12 @@ class Sampler:
     def grow(part, full):  # the prompt cache into the first P slots of the decode cache
       part = rows(part)
       if full is None:
-        full = jnp.pad(part, ((0, 0), (0, N), (0, 0), (0, 0)))
+        widths = [(0, 0)] * part.ndim
+        widths[self._slot_axis] = (0, N)
+        full = jnp.pad(part, widths)
       else:
-        full = jax.lax.dynamic_update_slice(full, part, (0, 0, 0, 0))
-      return self._constrain(full, _CACHE_NAMES)
+        full = jax.lax.dynamic_update_slice(full, part, (0,) * part.ndim)
+      return self._constrain(full, self._cache_names)
 
     if cache is None:
       cache = jax.tree.map(lambda s: grow(s, None), small)

@@ -1,0 +1,88 @@
+"""The shared base of every experiment config: one place for each default.
+
+An experiment file imports `get_base_config()` and changes what its experiment is about.
+Every key can be overridden on the command line: --config.rollout.group_size=16.
+"""
+import ml_collections
+
+from jaxghpo import curriculum, rewards, rl
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = "rl"  # "rl" | "sft"
+  c.seed = 0
+  c.num_steps = 100
+  c.checkpoint_every_steps = 50
+  c.keep_checkpoints = 3
+  c.log_every_steps = 10  # console lines when not on a terminal
+  c.eval_every_steps = 0  # 0: evaluate at the start and the end only
+  c.export_at_end = True  # models.save_pretrained(workdir/export) after the last step
+
+  # The policy: a Hugging Face directory (safetensors + config.json + tokenizer), or "builtin:NAME"
+  # for a model shipped in jaxghpo/assets/.
+  c.model = ml_collections.ConfigDict()
+  c.model.path = "builtin:chains_base"
+  c.model.dtype = "float32"        # compute dtype
+  c.model.param_dtype = "float32"  # storage dtype of the trained parameters
+  c.model.tokenizer = ""           # default: the model directory
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
+
+  # Problems: a procedural task that ships with the package, or files (JSONL / Parquet).
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "task"  # "task" | "files"
+  c.data.task = "chains"
+  c.data.train_levels = ml_collections.ConfigDict({str(l): 1.0 for l in range(1, 9)})  # level -> weight
+  c.data.num_train = 20000
+  c.data.files = ""  # comma-separated paths for source="files"
+  c.data.fields = ml_collections.ConfigDict({"problem": "problem", "solution": "solution", "answer": "answer",
+                                             "solution_hint": "solution_hint", "level": "level"})
+  c.data.on_bad_row = "error"  # "error" | "skip" (skipped rows are counted and reported)
+  c.data.style = "plain"  # prompt style: "plain" (chains) | "boxed" | "think_answer"
+  c.data.prompts_per_step = 16  # P problems per step (global, over all hosts)
+
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.group_size = 8  # G responses per problem
+  c.rollout.max_prompt_len = 128  # bucket; must hold the longest prompt plus the longest hint
+  c.rollout.max_new_tokens = 128
+  c.rollout.temperature = 1.0
+  c.rollout.top_p = 1.0
+  c.rollout.top_k = 0
+
+  # Hints: how a hint is cut from the trace and where it goes.
+  c.hints = ml_collections.ConfigDict()
+  c.hints.unit = "steps"  # "steps" | "tokens" | "chars" (GHPO's original cut)
+  c.hints.placement = "prompt"  # "prompt" (GHPO) | "response" (LUFFY / QuestA)
+  c.hints.corruption = "none"  # "none" | "other" (another problem's trace) | "shuffle" (steps shuffled)
+
+  # Rewards: kind -> weight; `accuracy` names the kind that decides difficulty (GHPO: accuracy only).
+  c.rewards = rewards.default_config()
+  c.rewards.weights = ml_collections.ConfigDict({"exact": 1.0})  # real math: {"math": 1.0, "format": 0.5}
+  c.rewards.accuracy = "exact"
+
+  c.rl = rl.default_config()
+  c.curriculum = curriculum.default_config()
+
+  c.sft = ml_collections.ConfigDict()
+  c.sft.batch_size = 128
+  c.sft.levels = "1,2,3,4"
+  c.sft.hint_prob = 0.5
+  c.sft.max_len = 48
+  c.sft.learning_rate = 3e-3
+  # The model SFT builds when config.model.path == "random" (ModelConfig fields; a few MB for chains).
+  c.sft.random_model = ml_collections.ConfigDict(dict(
+      model_type="qwen2", vocab_size=64, hidden_size=128, intermediate_size=384, num_layers=3, num_heads=4,
+      num_kv_heads=4, head_dim=32, rope_theta=10000.0, tie_word_embeddings=True, attention_bias=True,
+      max_position_embeddings=512))
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_problems = 64  # per split and level group
+  c.eval.num_samples = 8  # k of pass@k / avg@k
+  c.eval.easy_levels = "1,2,3,4"
+  c.eval.hard_levels = "7,8"
+  c.eval.ood_levels = "9,10"
+  c.eval.hint_ratios = "0.0,0.5"
+  c.eval.temperature = 1.0
+  return c

@@ -1,0 +1,41 @@
+"""The README's main run: GHPO from the shipped base policy on letter chains weighted toward hard levels.
+
+The base policy (jaxghpo/assets/chains_base, made by tools/make_base_policy.py) was trained on levels
+1-4 only; here RL sees levels 1-8 with most weight on 6-8, where the base policy fails without a hint.
+GHPO re-samples all-wrong groups with the first 25% / 50% / 75% of the trace in the prompt.
+
+    python -m jaxghpo.main --config=configs/default.py --workdir=runs/default
+    python -m jaxghpo.main --config=configs/default.py:mode=none --workdir=runs/grpo   # plain GRPO
+"""
+import ml_collections
+
+from configs.base import get_base_config
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = get_base_config()
+  c.num_steps = 120
+  c.checkpoint_every_steps = 40
+  c.data.train_levels = ml_collections.ConfigDict(
+      {"1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0, "5": 2.0, "6": 3.0, "7": 4.0, "8": 4.0})
+  c.data.prompts_per_step = 16
+  c.rollout.group_size = 8
+  c.rollout.max_prompt_len = 112
+  c.rollout.max_new_tokens = 112
+  c.rollout.temperature = 1.0
+  c.rl.learning_rate = 1e-3
+  c.rl.warmup_steps = 5
+  c.rl.end_lr_ratio = 0.1
+  c.rl.loss_agg = "token-mean"
+  c.curriculum.mode = "ghpo"
+  c.curriculum.ladder = (0.25, 0.5, 0.75)
+  c.eval.num_problems = 32
+  c.eval.num_samples = 8
+  c.eval.hint_ratios = "0.0,0.5"
+  for kv in filter(None, arg.split(",")):
+    key, value = kv.split("=")
+    if key == "mode":
+      c.curriculum.mode = value
+    else:
+      raise ValueError(f"configs/default.py: unknown argument {key!r} (known: mode)")
+  return c

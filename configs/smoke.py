@@ -1,0 +1,26 @@
+"""A few RL steps of the embedded task, for a quick check that everything runs (under a minute on CPU)."""
+import ml_collections
+
+from configs.base import get_base_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = get_base_config()
+  c.num_steps = 4
+  c.checkpoint_every_steps = 2
+  c.data.num_train = 256
+  c.data.train_levels = ml_collections.ConfigDict({"2": 1.0, "6": 1.0})
+  c.data.prompts_per_step = 4
+  c.rollout.group_size = 4
+  c.rollout.max_prompt_len = 48
+  c.rollout.max_new_tokens = 48
+  c.rl.learning_rate = 1e-4
+  c.curriculum.mode = "ghpo"
+  c.eval.num_problems = 4
+  c.eval.num_samples = 2
+  c.eval.easy_levels = "2"
+  c.eval.hard_levels = "6"
+  c.eval.ood_levels = ""
+  c.eval.hint_ratios = "0.0"
+  c.export_at_end = False
+  return c

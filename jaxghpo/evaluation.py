@@ -1,0 +1,335 @@
+"""Evaluation: pass@k / avg@k, majority voting, DeepConf trace confidence, and a driver over a split.
+
+Math (pure numpy):
+    pass_at_k(n, c, k)            unbiased pass@k per problem (Chen et al. 2021), stable product form
+    avg_at_k(correct_PxN)         mean accuracy over all samples (avg@n)
+    majority_vote(answers)        the most frequent answer; ties go to the answer seen first
+    group_confidence(conf, w)     DeepConf sliding-window means of per-token confidences
+    lowest_group_confidence / bottom_percent_confidence / tail_confidence: trace-level confidences
+    confidence_filtered_vote      keep the most confident traces, then a confidence-weighted vote
+    early_stop_savings            tokens saved had each trace stopped at its first low-confidence window
+
+Driver:
+    metrics, rows = evaluate(generate_fn, examples, k=8, score_fn=acc_fn, hint_ratio=0.0)
+    write_rows(eval_rows_path(workdir, "test", step), rows)     # DIR/eval/test_step000100_hint0.00.jsonl
+
+A token's confidence (DeepConf, Fu et al. 2025) is the negative mean log-probability of the top-k
+candidate tokens at that position (what rollout returns when asked); high = the model is sure.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+
+
+# ------------------------------------------------------------------------------------- pass@k
+def pass_at_k(n, c, k: int) -> np.ndarray:
+  """Unbiased pass@k = 1 - C(n - c, k) / C(n, k) per problem; float64, shape of broadcast(n, c).
+
+  n: samples drawn per problem; c: how many of them are correct; k <= n.
+  Computed as 1 - prod_{i = n - c + 1}^{n} (1 - k / i), which never forms a large binomial.
+  When n - c < k every size-k subset holds a correct sample, so pass@k = 1.
+  """
+  n, c = np.broadcast_arrays(np.asarray(n, np.int64), np.asarray(c, np.int64))
+  k = int(k)
+  if k < 1:
+    raise ValueError(f"pass@k needs k >= 1, got k={k}")
+  if np.any(c < 0) or np.any(c > n):
+    raise ValueError(f"pass@k needs 0 <= c <= n; got n={n.tolist()}, c={c.tolist()}")
+  if np.any(n < k):
+    raise ValueError(f"pass@{k} needs at least k={k} samples per problem; got n={n.tolist()}. "
+                     "Draw num_samples >= k.")
+  if n.size == 0:
+    return np.zeros(n.shape)
+  i = np.arange(1, int(n.max()) + 1, dtype=np.float64)        # [I]
+  in_range = (i > (n - c)[..., None]) & (i <= n[..., None])   # [..., I]: i in (n - c, n]
+  factors = np.where(in_range, 1.0 - k / i, 1.0)              # < 0 only where n - c < k (then a 0 factor appears)
+  product = np.prod(factors, axis=-1)
+  return np.where(n - c < k, 1.0, 1.0 - product)
+
+
+def avg_at_k(correct_PxN) -> float:
+  """Mean accuracy over every sample of every problem (avg@n); NaN when there are none."""
+  correct = np.asarray(correct_PxN, np.float64)
+  return float(correct.mean()) if correct.size else float("nan")
+
+
+# --------------------------------------------------------------------------------- voting
+def vote_counts(answers: Sequence[Hashable | None], weights=None) -> dict:
+  """{answer: total weight}, in order of first appearance; None answers (unparsed) are not counted."""
+  weights = np.ones(len(answers)) if weights is None else np.asarray(weights, np.float64)
+  if weights.shape != (len(answers),):
+    raise ValueError(f"weights has shape {weights.shape}; expected one weight per answer ({len(answers)})")
+  counts: dict = {}
+  for answer, weight in zip(answers, weights):
+    if answer is not None:
+      counts[answer] = counts.get(answer, 0.0) + float(weight)
+  return counts
+
+
+def majority_vote(answers: Sequence[Hashable | None], weights=None) -> Hashable | None:
+  """The answer with the largest (weighted) vote; None if no answer was given.
+
+  Ties go to the tied answer that appears first in ``answers`` (deterministic, order of sampling).
+  """
+  counts = vote_counts(answers, weights)
+  if not counts:
+    return None
+  best = max(counts.values())
+  return next(a for a, v in counts.items() if v == best)  # dicts keep first-appearance order
+
+
+# ---------------------------------------------------------------------------- DeepConf confidence
+def _valid(conf_N, length: int | None) -> np.ndarray:
+  conf = np.asarray(conf_N, np.float64)
+  if conf.ndim != 1:
+    raise ValueError(f"token confidences must be 1-D [N], got shape {conf.shape}")
+  length = conf.shape[0] if length is None else int(length)
+  if not 0 <= length <= conf.shape[0]:
+    raise ValueError(f"length={length} is outside [0, {conf.shape[0]}] for confidences of shape {conf.shape}")
+  return conf[:length]
+
+
+def group_confidence(conf_N, window: int, length: int | None = None) -> np.ndarray:
+  """Sliding-window means of a response's token confidences: float64 [max(L - window + 1, 1)].
+
+  Entry j is the mean over tokens [j, j + window). A response shorter than the window has one group,
+  the mean of all its tokens; an empty response has none (shape [0]).
+  conf_N: per-token confidences (padding after ``length`` is ignored); window: tokens per group.
+  """
+  if window < 1:
+    raise ValueError(f"window={window} must be >= 1 tokens")
+  conf = _valid(conf_N, length)
+  L = conf.shape[0]
+  if L == 0:
+    return np.zeros(0)
+  if L <= window:
+    return np.array([conf.mean()])
+  csum = np.concatenate([[0.0], np.cumsum(conf)])
+  return (csum[window:] - csum[:-window]) / window
+
+
+def lowest_group_confidence(conf_N, window: int, length: int | None = None) -> float:
+  """The minimum window mean: the trace's weakest stretch (NaN for an empty response)."""
+  groups = group_confidence(conf_N, window, length)
+  return float(groups.min()) if groups.size else float("nan")
+
+
+def bottom_percent_confidence(conf_N, window: int, length: int | None = None, percent: float = 0.1) -> float:
+  """Mean of the lowest ``percent`` (a fraction in (0, 1]) of window means, at least one window."""
+  if not 0.0 < percent <= 1.0:
+    raise ValueError(f"percent={percent} must be a fraction in (0, 1]")
+  groups = np.sort(group_confidence(conf_N, window, length))
+  if groups.size == 0:
+    return float("nan")
+  return float(groups[:max(1, int(math.ceil(percent * groups.size)))].mean())
+
+
+def tail_confidence(conf_N, tail_tokens: int, length: int | None = None) -> float:
+  """Mean confidence of the last ``tail_tokens`` tokens (where the answer is written)."""
+  if tail_tokens < 1:
+    raise ValueError(f"tail_tokens={tail_tokens} must be >= 1")
+  conf = _valid(conf_N, length)
+  return float(conf[-tail_tokens:].mean()) if conf.size else float("nan")
+
+
+def trace_confidences(conf_BxN, lengths_B, *, method: str = "lowest_group", window: int = 16,
+                      tail_tokens: int = 16, percent: float = 0.1) -> np.ndarray:
+  """One confidence per response of a batch: float64 [B] by ``method`` ("lowest_group" |
+  "bottom_percent" | "tail" | "mean")."""
+  conf, lengths = np.asarray(conf_BxN), np.asarray(lengths_B)
+  fns = {
+      "lowest_group": lambda c, n: lowest_group_confidence(c, window, n),
+      "bottom_percent": lambda c, n: bottom_percent_confidence(c, window, n, percent),
+      "tail": lambda c, n: tail_confidence(c, tail_tokens, n),
+      "mean": lambda c, n: float(np.mean(c[:n])) if n else float("nan"),
+  }
+  if method not in fns:
+    raise ValueError(f"confidence method {method!r} is not one of {sorted(fns)}")
+  return np.array([fns[method](c, int(n)) for c, n in zip(conf, lengths)], np.float64)
+
+
+def confidence_filtered_vote(answers: Sequence[Hashable | None], trace_confidences_N, keep_frac: float,
+                             *, weighted: bool = True) -> Hashable | None:
+  """DeepConf offline voting: keep the ceil(keep_frac * n) most confident traces, then vote.
+
+  weighted: each kept trace votes with its confidence (DeepConf's weighted vote); else one vote each.
+  Confidence ties keep the earlier trace; vote ties go as in majority_vote (first seen among kept,
+  in the original order). NaN confidences (empty traces) rank last.
+  """
+  if not 0.0 < keep_frac <= 1.0:
+    raise ValueError(f"keep_frac={keep_frac} must be a fraction in (0, 1]")
+  conf = np.asarray(trace_confidences_N, np.float64)
+  if conf.shape != (len(answers),):
+    raise ValueError(f"trace confidences have shape {conf.shape}; expected one per answer ({len(answers)})")
+  if not answers:
+    return None
+  keep = max(1, int(math.ceil(keep_frac * len(answers))))
+  order = np.argsort(-np.nan_to_num(conf, nan=-np.inf), kind="stable")[:keep]
+  kept = np.sort(order)  # original order, so vote ties follow sampling order
+  return majority_vote([answers[i] for i in kept], conf[kept] if weighted else None)
+
+
+def early_stop_savings(conf_windows: Sequence[np.ndarray], lengths, threshold: float,
+                       window: int | None = None) -> dict[str, float]:
+  """Tokens not generated had each trace stopped at its first window whose mean is below threshold.
+
+  conf_windows: per trace, its group_confidence(...) array (window j covers tokens [j, j + window));
+  lengths: tokens each trace generated. A trace stopping at window j ends after token j + window - 1.
+  window: tokens per group; None infers it from the arrays (L - number of windows + 1).
+  Returns tokens_total, tokens_kept, tokens_saved, frac_saved and traces_stopped.
+  """
+  lengths = [int(n) for n in np.asarray(lengths).reshape(-1)]
+  if len(conf_windows) != len(lengths):
+    raise ValueError(f"{len(conf_windows)} confidence arrays but {len(lengths)} lengths")
+  total = kept = stopped = 0
+  for groups, L in zip(conf_windows, lengths):
+    groups = np.asarray(groups, np.float64)
+    w = window if window is not None else (L - groups.size + 1 if groups.size > 1 else L)
+    below = np.flatnonzero(groups < threshold)
+    end = L if below.size == 0 else min(int(below[0]) + w, L)
+    total += L
+    kept += end
+    stopped += int(end < L)
+  saved = total - kept
+  return {"tokens_total": float(total), "tokens_kept": float(kept), "tokens_saved": float(saved),
+          "frac_saved": saved / total if total else 0.0, "traces_stopped": float(stopped)}
+
+
+# -------------------------------------------------------------------------------------- driver
+def _field(example, name: str, default=None):
+  if isinstance(example, Mapping):
+    return example.get(name, default)
+  return getattr(example, name, default)
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  if isinstance(x, np.generic):
+    x = x.item()
+  if isinstance(x, float) and not math.isfinite(x):
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+  return x
+
+
+def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Callable,
+             hint_ratio: float = 0.0, num_samples: int | None = None, batch_size: int | None = None,
+             answer_fn: Callable[[str], Hashable | None] | None = None, keep_frac: float = 0.1,
+             correct_threshold: float = 0.5) -> tuple[dict[str, float], list[dict]]:
+  """Samples every example, scores the samples, and aggregates pass@1, pass@k and avg@k.
+
+  generate_fn(examples, hint_ratio, num_samples) -> completions, a list (per example) of
+    ``num_samples`` strings; or (completions, confidences) with confidences a list (per example)
+    of ``num_samples`` trace confidences (floats, see trace_confidences).
+  score_fn(completions, answers) -> float [M]: accuracy of each completion against its gold answer
+    (a completion counts as correct when its score >= correct_threshold).
+  examples: Example objects or dicts with problem_id, problem, answer and optionally level.
+  num_samples: samples per example (default k; must be >= k). batch_size: examples per
+    generate_fn call (default all at once).
+  answer_fn(completion) -> the extracted answer or None: adds majority voting, ``maj@{n}``; with
+    confidences also ``conf_maj@{n}`` (confidence_filtered_vote keeping ``keep_frac``).
+
+  Returns (metrics, rows). metrics: "pass@1", f"pass@{k}", f"avg@{n}", "num_problems", and the same
+  per level as "pass@1/level_3" etc. (levels < 0, i.e. unknown, get no per-level keys).
+  rows: one JSON-able dict per example (problem_id, level, problem, answer, hint_ratio,
+  completions, scores, and confidences / answers / voted answer when available).
+  """
+  n = int(k if num_samples is None else num_samples)
+  if n < k:
+    raise ValueError(f"num_samples={n} is below k={k}: pass@{k} needs at least k samples per problem")
+  examples = list(examples)
+  batch_size = len(examples) if batch_size is None else int(batch_size)
+  rows: list[dict] = []
+  for start in range(0, len(examples), max(batch_size, 1)):
+    chunk = examples[start:start + batch_size]
+    out = generate_fn(chunk, hint_ratio, n)
+    completions, confidences = out if isinstance(out, tuple) else (out, None)
+    if len(completions) != len(chunk) or any(len(c) != n for c in completions):
+      raise ValueError(f"generate_fn returned {[len(c) for c in completions]} completions for {len(chunk)} "
+                       f"examples; expected {n} per example")
+    answers = [str(_field(ex, "answer")) for ex in chunk]
+    flat = [c for cs in completions for c in cs]
+    scores = np.asarray(score_fn(flat, [a for a in answers for _ in range(n)]), np.float64)
+    if scores.shape != (len(flat),):
+      raise ValueError(f"score_fn returned shape {scores.shape}; expected ({len(flat)},)")
+    for i, ex in enumerate(chunk):
+      ex_scores = scores[i * n:(i + 1) * n]
+      row = {"problem_id": int(_field(ex, "problem_id")), "level": int(_field(ex, "level", -1)),
+             "problem": str(_field(ex, "problem")), "answer": answers[i], "hint_ratio": float(hint_ratio),
+             "completions": list(completions[i]), "scores": ex_scores.tolist(),
+             "correct": [bool(s >= correct_threshold) for s in ex_scores]}
+      if confidences is not None:
+        row["confidences"] = [float(c) for c in confidences[i]]
+      if answer_fn is not None:
+        extracted = [answer_fn(c) for c in completions[i]]
+        row["extracted"] = extracted
+        row["maj_correct"] = _voted_correct(majority_vote(extracted), extracted, row["correct"])
+        if confidences is not None:
+          voted = confidence_filtered_vote(extracted, row["confidences"], keep_frac)
+          row["conf_maj_correct"] = _voted_correct(voted, extracted, row["correct"])
+      rows.append(_jsonable(row))
+  return aggregate(rows, k), rows
+
+
+def _voted_correct(voted, extracted, correct) -> bool:
+  """The voted answer is right when a sample giving that answer was scored correct."""
+  return voted is not None and any(c for a, c in zip(extracted, correct) if a == voted)
+
+
+def aggregate(rows: Sequence[Mapping], k: int) -> dict[str, float]:
+  """pass@1, pass@k, avg@n (and maj@n / conf_maj@n when rows carry them), overall and per level."""
+  groups: dict[str, list] = defaultdict(list)
+  for row in rows:
+    groups[""].append(row)
+    if int(row.get("level", -1)) >= 0:
+      groups[f"/level_{int(row['level'])}"].append(row)
+  metrics: dict[str, float] = {}
+  for suffix, members in sorted(groups.items()):
+    correct = [np.asarray(r["correct"], bool) for r in members]
+    n = np.array([c.size for c in correct])
+    c = np.array([c.sum() for c in correct])
+    n_label = int(n.min()) if n.size else k
+    metrics[f"pass@1{suffix}"] = float(pass_at_k(n, c, 1).mean())
+    if k != 1:
+      metrics[f"pass@{k}{suffix}"] = float(pass_at_k(n, c, k).mean())
+    metrics[f"avg@{n_label}{suffix}"] = float(np.mean([x.mean() for x in correct]))
+    if all("maj_correct" in r for r in members):
+      metrics[f"maj@{n_label}{suffix}"] = float(np.mean([r["maj_correct"] for r in members]))
+    if all("conf_maj_correct" in r for r in members):
+      metrics[f"conf_maj@{n_label}{suffix}"] = float(np.mean([r["conf_maj_correct"] for r in members]))
+    metrics[f"num_problems{suffix}"] = float(len(members))
+  return metrics
+
+
+def prefix_metrics(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+  """{"pass@1": x} -> {"eval/test/pass@1": x} for a prefix "eval/test/"."""
+  return {prefix + key: value for key, value in metrics.items()}
+
+
+def eval_rows_path(workdir: str | os.PathLike, split: str, step: int, hint_ratio: float = 0.0,
+                   tag: str = "") -> str:
+  """DIR/eval/{split}_step{step:06d}_hint{hint_ratio:.2f}{_tag}.jsonl."""
+  name = f"{split}_step{int(step):06d}_hint{float(hint_ratio):.2f}" + (f"_{tag}" if tag else "") + ".jsonl"
+  return os.path.join(os.fspath(workdir), "eval", name)
+
+
+def write_rows(path: str | os.PathLike, rows: Sequence[Mapping]) -> str:
+  """Writes rows as JSON lines (parent folders created; replaced atomically). Call on process 0 only."""
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(_jsonable(dict(row)), allow_nan=False) + "\n")
+  os.replace(tmp, path)
+  return path

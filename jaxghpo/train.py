@@ -1,0 +1,411 @@
+"""The RL loop: one step of GHPO as DESIGN.md draws it, top to bottom.
+
+  draw problems -> scheduler plans hint ratios -> sample G responses -> rewards
+  -> scheduler retries all-wrong groups with longer hints (only those groups are re-sampled)
+  -> scheduler update -> advantages -> sharded train step -> metrics (a step late) -> checkpoint -> eval
+
+The device side is pure jitted functions; the host keeps every decision that depends on history.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxghpo import curriculum, evaluation, experiment, groups, models, parallel, rl
+from jaxghpo.checkpoint import Checkpointer
+from jaxghpo.data import pipeline as pipeline_lib
+from jaxghpo.data.tokenizer import HINT_MARKER
+from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
+from jaxghpo.parallel import hosts
+from jaxghpo.rollout import Sampler
+
+
+@dataclasses.dataclass
+class StepRollout:
+  """The final sampled group of each of this host's problems, ready for the train step."""
+  prompts: groups.Prompts
+  ratios: np.ndarray          # float32 [P]: the ratio each final group was sampled with
+  tokens: np.ndarray          # int32 [P*G, N]
+  logprobs: np.ndarray        # float32 [P*G, N]
+  lengths: np.ndarray         # int32 [P*G]
+  rewards: np.ndarray         # float32 [P, G] total reward
+  accuracy: np.ndarray        # float32 [P, G]
+  completions: list           # P*G strings
+  gen_tokens: int = 0         # tokens generated this step, retries included
+  retried: int = 0            # groups re-sampled at least once
+
+
+class Trainer:
+  """Holds the run's pieces; `run()` is the loop."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    os.makedirs(workdir, exist_ok=True)
+    experiment.validate(config, jax.device_count(), jax.process_count())
+    self.mesh = experiment.make_mesh(config)
+    self.model, self.model_cfg, self.tokenizer = experiment.load_policy(config, self.mesh)
+    self.problems = experiment.load_problems(config)
+    experiment.check_prompt_room(config, self.problems, self.tokenizer)
+    self.score = experiment.reward_fn(config, self.problems)
+    self.eos_id = self.tokenizer.eos_token_id
+    self.pad_id = self.tokenizer.pad_token_id or 0
+
+    n_proc = jax.process_count()
+    self.P = int(config.data.prompts_per_step)
+    self.P_local = self.P // n_proc
+    self.G = int(config.rollout.group_size)
+    self.pipeline = pipeline_lib.make_pipeline(self.problems.train, batch_size_per_process=self.P_local,
+                                               seed=int(config.seed), shuffle=True)
+    cur = curriculum.resolve_config(config.curriculum)
+    cur.total_steps = int(config.num_steps)
+    self.scheduler = curriculum.HintScheduler(cur)
+
+    # Device side: the sharded train step and the samplers (one per retry bucket, all warmed up).
+    rl_cfg = rl.resolve_config(config.rl)
+    rl_cfg.temperature = float(config.rollout.temperature) or 1.0
+    self.rl_cfg = rl_cfg
+    self.graphdef, params = nnx.split(self.model)
+    self.param_shardings = parallel.param_shardings(params, self.mesh)
+    self.optimizer = rl.make_optimizer(rl_cfg, int(config.num_steps) * int(rl_cfg.ppo_epochs))
+    self.params = params
+    self.opt_state = rl.init_opt_state(self.optimizer, params, self.param_shardings, self.mesh)
+    self.train_step = rl.make_train_step(self.graphdef, rl_cfg, self.mesh, self.optimizer, self.param_shardings)
+    self.ref_params = None
+    if float(rl_cfg.kl_coef) != 0.0:
+      self.ref_params = jax.tree.map(lambda x: x.copy(), params)
+      self.logprob_fn = rl.make_logprob_fn(self.graphdef, rl_cfg, self.mesh, self.param_shardings)
+    self.samplers = self._make_samplers()
+    self.rng = jax.random.key(int(config.seed))
+
+    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                     max_to_keep=int(config.keep_checkpoints))
+    self.writer = MetricWriter(workdir, is_main_process=jax.process_index() == 0,
+                               total_steps=int(config.num_steps), log_every=int(config.log_every_steps))
+    self.deferred = DeferredMetrics()
+    self.start_step = 0
+    self.gen_tokens_total = 0
+    self._stop_requested = False
+
+  # ------------------------------------------------------------------------------------ set-up
+  def _make_samplers(self) -> dict[int, Sampler]:
+    """Samplers for P, P/2, P/4 prompts: a retry re-samples only its groups, in the smallest bucket that fits."""
+    shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    n_proc = jax.process_count()
+    sizes = []
+    for div in (1, 2, 4):
+      p = self.P // div
+      if p >= n_proc and (p * self.G) % shards == 0 and p % n_proc == 0 and p not in sizes:
+        sizes.append(p)
+    return {p: Sampler(self.model, batch_size=p, max_prompt_len=int(self.config.rollout.max_prompt_len),
+                       max_new_tokens=int(self.config.rollout.max_new_tokens), num_samples=self.G,
+                       mesh=self.mesh) for p in sizes}
+
+  def _install_sigterm(self) -> None:
+    def handler(signum, frame):
+      self._stop_requested = True  # TPU preemption: save at the next step boundary and exit 0
+    signal.signal(signal.SIGTERM, handler)
+
+  def restore(self) -> None:
+    step = self.checkpointer.latest_step()
+    if step is None:
+      return
+    self.params, self.opt_state, host = self.checkpointer.restore(step, self.params, self.opt_state)
+    self.scheduler.load_state_dict(host["scheduler"])
+    self.pipeline.set_state(host["pipeline"])
+    self.rng = jax.random.wrap_key_data(np.asarray(host["rng"], np.uint32))
+    self.gen_tokens_total = int(host["gen_tokens_total"])
+    self.start_step = int(host["step"])
+    if self.ref_params is None and float(self.rl_cfg.kl_coef) != 0.0:
+      raise RuntimeError("unreachable")
+    self.writer.truncate_after(self.start_step)
+
+  def save(self, step: int) -> None:
+    host = {"scheduler": self.scheduler.state_dict(), "pipeline": self.pipeline.get_state(),
+            "rng": np.asarray(jax.random.key_data(self.rng)), "gen_tokens_total": int(self.gen_tokens_total),
+            "step": int(step)}
+    self.checkpointer.save(step, params=self.params, opt_state=self.opt_state, host_state=host)
+
+  # ------------------------------------------------------------------------------------ sampling
+  def sample(self, examples, ratios, rng, *, temperature=None, num_samples=None):
+    """Renders prompts with hints and samples G responses each; returns (prompts, tokens, logprobs, lengths).
+
+    Problems are sampled in the smallest sampler bucket that holds them (chunks of the largest otherwise);
+    the arrays come back as this host's rows.
+    """
+    c = self.config
+    hint_rng = np.random.default_rng([int(c.seed), int(jax.random.randint(rng, (), 0, 2**31 - 1))])
+    texts = groups.hint_texts(examples, ratios, unit=c.hints.unit, corruption=c.hints.corruption,
+                              tokenizer=self.tokenizer, rng=hint_rng)
+    prompts = groups.render_prompts(examples, texts, placement=c.hints.placement, style=c.data.style,
+                                    tokenizer=self.tokenizer, max_prompt_len=int(c.rollout.max_prompt_len))
+    n = len(examples)
+    n_proc = jax.process_count()
+    tokens, logprobs, lengths = [], [], []
+    start = 0
+    while start < n:
+      # Buckets are global sizes; this host brings its share of each call.
+      bucket = min((p for p in self.samplers if p // n_proc >= n - start), default=max(self.samplers))
+      chunk = prompts.sampler_ids[start:start + bucket // n_proc]
+      rng, key = jax.random.split(rng)
+      out = self.samplers[bucket](self.params, chunk, rng=key,
+                                  temperature=c.rollout.temperature if temperature is None else temperature,
+                                  top_p=c.rollout.top_p, top_k=c.rollout.top_k, eos_id=self.eos_id,
+                                  pad_id=self.pad_id)
+      rows = len(chunk) * self.G
+      tokens.append(hosts.local_rows(out.tokens)[:rows])
+      logprobs.append(hosts.local_rows(out.logprobs)[:rows])
+      lengths.append(hosts.local_rows(out.lengths)[:rows])
+      start += len(chunk)
+    return prompts, np.concatenate(tokens), np.concatenate(logprobs), np.concatenate(lengths)
+
+  def rollout(self, examples, ratios, rng) -> StepRollout:
+    """Sample and score groups for `examples` at `ratios` (all of this host's problems)."""
+    prompts, tokens, logprobs, lengths = self.sample(examples, ratios, rng)
+    completions = groups.decode(self.tokenizer, tokens, lengths, self.eos_id)
+    if self.config.hints.placement == "response":
+      completions = [prompts.hint_text[i // self.G] + text for i, text in enumerate(completions)]
+    answers = [ex.answer for ex in examples for _ in range(self.G)]
+    total, accuracy = self.score(completions, answers)
+    shape = (len(examples), self.G)
+    return StepRollout(prompts, np.asarray(ratios, np.float32), tokens, logprobs, lengths,
+                       total.reshape(shape), accuracy.reshape(shape), completions,
+                       gen_tokens=int(lengths.sum()))
+
+  def replace_groups(self, ro: StepRollout, idx: np.ndarray, new: StepRollout) -> None:
+    """Group i of `ro` <- group j of `new` for i = idx[j] (the trained group is the last one sampled)."""
+    G = self.G
+    rows = (idx[:, None] * G + np.arange(G)).reshape(-1)
+    for name in ("tokens", "logprobs", "lengths"):
+      getattr(ro, name)[rows] = getattr(new, name)
+    ro.rewards[idx], ro.accuracy[idx], ro.ratios[idx] = new.rewards, new.accuracy, new.ratios
+    for j, i in enumerate(idx):
+      ro.completions[i * G:(i + 1) * G] = new.completions[j * G:(j + 1) * G]
+      ro.prompts.sampler_ids[i] = new.prompts.sampler_ids[j]
+      for name in ("prompt_len", "hint_in_prompt", "hint_in_response", "hint_steps"):
+        getattr(ro.prompts, name)[i] = getattr(new.prompts, name)[j]
+      ro.prompts.hint_text[i] = new.prompts.hint_text[j]
+    ro.gen_tokens += new.gen_tokens
+
+  # ------------------------------------------------------------------------------------ the step
+  def rl_step(self, step: int, rng) -> dict:
+    timer = {}
+    t0 = time.perf_counter()
+    examples = next(self.pipeline)
+    ids = np.asarray([ex.problem_id for ex in examples], np.int64)
+    levels = np.asarray([ex.level for ex in examples], np.int64)
+
+    # 1. The scheduler plans each problem's first-attempt hint ratio.
+    ratios = self.scheduler.plan(ids, levels, step=step)
+
+    # 2. Sample G responses per problem and score them.
+    rng, key = jax.random.split(rng)
+    ro = self.rollout(examples, ratios, key)
+
+    # 3. GHPO: all-wrong groups are re-sampled within the step with a longer hint (only those groups).
+    retried = np.zeros(len(examples), bool)
+    nxt = self.scheduler.retry(ids, ro.ratios, ro.accuracy)
+    while self._any_host(np.isfinite(nxt).any()):
+      idx = np.flatnonzero(np.isfinite(nxt))
+      rng, key = jax.random.split(rng)
+      new = self.rollout([examples[i] for i in idx], nxt[idx], key) if idx.size else None
+      if new is not None:
+        self.replace_groups(ro, idx, new)
+        retried[idx] = True
+      sub = self.scheduler.retry(ids[idx], nxt[idx], new.accuracy if new is not None else np.zeros((0, self.G)))
+      nxt = np.full(len(examples), np.nan, np.float32)
+      nxt[idx] = sub
+    ro.retried = int(retried.sum())
+
+    # 3b. DAPO-style filter: groups whose rewards are all equal carry no signal.
+    keep = np.ones(len(examples), bool)
+    if self.config.curriculum.mode == "filter":
+      keep = self.scheduler.keep_mask(ro.rewards)
+    timer["time/rollout_s"] = time.perf_counter() - t0
+
+    # 4. Record the final outcome of each group.
+    sched_metrics = self.scheduler.update(ids, ro.ratios, ro.accuracy, levels, step=step)
+
+    # 5. Group-relative advantages; dropped groups (filter) are masked out of the loss.
+    adv_PxG = np.asarray(rl.group_advantages(ro.rewards, self.rl_cfg.advantage_estimator, eps=self.rl_cfg.adv_eps))
+    batch = self.make_batch(ro, adv_PxG.reshape(-1), keep)
+
+    # 6. The sharded train step (params and optimizer state donated).
+    t1 = time.perf_counter()
+    rng, key = jax.random.split(rng)
+    self.params, self.opt_state, train_metrics = self.train_step(self.params, self.opt_state, batch, key)
+    timer["time/train_dispatch_s"] = time.perf_counter() - t1
+
+    self.gen_tokens_total += int(hosts.allgather(np.asarray([ro.gen_tokens])).sum())
+    host_metrics = self.host_metrics(ro, levels, keep, sched_metrics)
+    host_metrics.update(timer)
+    return host_metrics, train_metrics
+
+  def _any_host(self, flag: bool) -> bool:
+    return bool(hosts.allgather(np.asarray([flag], np.int32)).max())
+
+  def make_batch(self, ro: StepRollout, adv_R: np.ndarray, keep_P: np.ndarray):
+    c = self.config
+    G, Pw = self.G, int(c.rollout.max_prompt_len)
+    R = len(ro.completions)
+    prompt_ids = np.full((R, Pw), self.pad_id, np.int32)
+    prompt_valid = np.zeros((R, Pw), bool)
+    for r in range(R):
+      ids = ro.prompts.sampler_ids[r // G]
+      prompt_ids[r, Pw - len(ids):] = ids
+      prompt_valid[r, Pw - len(ids):] = True
+    rows = np.arange(R) // G
+    marker = len(self.tokenizer.encode(HINT_MARKER, add_special_tokens=False)) if c.data.style == "plain" else 0
+    hint_mask = groups.hint_token_mask(ro.prompts, rows, Pw, marker) & prompt_valid
+    N = ro.tokens.shape[1]
+    response_valid = np.arange(N)[None, :] < ro.lengths[:, None]
+    keep_R = np.repeat(keep_P, G)
+    response_valid &= keep_R[:, None]  # dropped groups: no loss tokens
+    batch = rl.make_batch(prompt_ids, prompt_valid, ro.tokens, response_valid, np.where(keep_R, adv_R, 0.0),
+                          ro.logprobs, prompt_hint=hint_mask)
+    sharding = parallel.batch_sharding(self.mesh, 1)
+    put = lambda x: None if x is None else hosts.global_from_local(x, sharding)
+    batch = rl.RLBatch(tokens=put(batch.tokens), segment_ids=put(batch.segment_ids),
+                       advantages=put(batch.advantages), old_logp=put(batch.old_logp),
+                       ref_logp=None, prompt_len=batch.prompt_len)
+    if self.ref_params is not None:
+      batch = batch.replace(ref_logp=self.logprob_fn(self.ref_params, batch))
+    return batch
+
+  def host_metrics(self, ro: StepRollout, levels, keep, sched_metrics) -> dict:
+    """Step metrics from this step's final groups, reduced over hosts (small arrays only)."""
+    G = self.G
+    acc = hosts.allgather(ro.accuracy)
+    rew = hosts.allgather(ro.rewards)
+    lengths = hosts.allgather(ro.lengths)
+    lv = hosts.allgather(levels)
+    nonzero = (rew.max(1) > rew.min(1))
+    out = {
+        "reward_mean": float(rew.mean()),
+        "accuracy_mean": float(acc.mean()),
+        "pass_rate": float((acc > 0).mean()),
+        "response_len_mean": float(lengths.mean()),
+        "gen_tokens": float(hosts.allgather(np.asarray([ro.gen_tokens])).sum()),
+        "gen_tokens_total": float(self.gen_tokens_total),
+        "retried_groups": float(hosts.allgather(np.asarray([ro.retried])).sum()),
+        "frac_groups_kept": float(hosts.allgather(keep).mean()),
+    }
+    out.update(sched_metrics)
+    out["frac_groups_nonzero_adv"] = float(nonzero.mean())  # of the trained groups
+    hard = lv >= min(experiment.parse_levels(self.config.eval.hard_levels) or [10**9])
+    if hard.any():
+      out["frac_groups_nonzero_adv/hard"] = float(nonzero[hard].mean())
+      out["pass_rate/hard"] = float((acc[hard] > 0).mean())
+      out["hint_ratio_mean/hard"] = float(hosts.allgather(ro.ratios)[hard].mean())
+    return out
+
+  # ------------------------------------------------------------------------------------ evaluation
+  def evaluate(self, step: int) -> dict:
+    c = self.config.eval
+    out = {}
+    for name, examples in self.problems.eval_sets.items():
+      for ratio in [float(r) for r in str(c.hint_ratios).split(",") if r.strip()]:
+        for mode, temperature, k in (("greedy", 0.0, 1), ("sampled", float(c.temperature), int(c.num_samples))):
+          if mode == "greedy" and ratio > 0:
+            continue
+          tag = f"eval/{name}/hint{ratio:g}/{mode}"
+          metrics, rows = self.eval_split(examples, ratio, temperature, k, step)
+          out.update({f"{tag}/{key}": v for key, v in metrics.items()})
+          if jax.process_index() == 0:
+            evaluation.write_rows(os.path.join(self.workdir, "eval", f"step{step}_{name}_hint{ratio:g}_{mode}.jsonl"),
+                                  rows)
+    return out
+
+  def eval_split(self, examples, ratio, temperature, k, step):
+    """pass@1, pass@k and avg@k of `examples` (split over hosts) with hint `ratio`."""
+    n_proc, h = jax.process_count(), jax.process_index()
+    per = len(examples) // n_proc
+    mine = examples[h * per:(h + 1) * per]
+    G = self.G
+    correct, completions = [], []
+    rng = jax.random.fold_in(jax.random.key(int(self.config.seed) + 17), step)
+    for start in range(0, len(mine), self.P_local):
+      chunk = mine[start:start + self.P_local]
+      rng, key = jax.random.split(rng)
+      _, tokens, _, lengths = self.sample(chunk, np.full(len(chunk), ratio, np.float32), key,
+                                          temperature=temperature)
+      texts = groups.decode(self.tokenizer, tokens, lengths, self.eos_id)
+      tokens_per = tokens.reshape(len(chunk), G, -1)[:, :k]
+      del tokens_per
+      texts = [texts[i * G + j] for i in range(len(chunk)) for j in range(k)]
+      _, acc = self.score(texts, [ex.answer for ex in chunk for _ in range(k)])
+      correct.append(acc.reshape(len(chunk), k))
+      completions.extend(texts)
+    correct = np.concatenate(correct) if correct else np.zeros((0, k), np.float32)
+    all_correct = hosts.allgather(correct)
+    all_levels = hosts.allgather(np.asarray([ex.level for ex in mine], np.int64))
+    metrics = evaluation.summarize(all_correct, all_levels, k)
+    rows = [{"problem_id": int(ex.problem_id), "level": int(ex.level), "problem": ex.problem,
+             "answer": ex.answer, "completions": completions[i * k:(i + 1) * k],
+             "scores": correct[i].tolist()} for i, ex in enumerate(mine)]
+    return metrics, rows
+
+  # ------------------------------------------------------------------------------------ the loop
+  def run(self) -> dict:
+    c = self.config
+    self._install_sigterm()
+    self.restore()
+    if self.start_step == 0 and jax.process_index() == 0:
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        f.write(c.to_json_best_effort(indent=2))
+    eval_every = int(c.eval_every_steps)
+    summary = {"eval_before": {}, "eval_after": {}}
+    if self.start_step == 0:
+      summary["eval_before"] = self.evaluate(0)
+      self.writer.write_eval(0, summary["eval_before"])
+    step_start = time.perf_counter()
+    for step in range(self.start_step, int(c.num_steps)):
+      t0 = time.perf_counter()
+      rng = jax.random.fold_in(self.rng, step)
+      host_metrics, train_metrics = self.rl_step(step, rng)
+      # The host never blocks on this step's device metrics: step t-1's are fetched now.
+      host_metrics["time/step_host_s"] = time.perf_counter() - t0
+      ready = self.deferred.push(step + 1, host_metrics, train_metrics)
+      if ready is not None:
+        self.writer.write(*ready)
+      done = step + 1
+      if done % int(c.checkpoint_every_steps) == 0 or done == int(c.num_steps) or self._stop_requested:
+        ready = self.deferred.flush()
+        if ready is not None:
+          self.writer.write(*ready)
+        self.save(done)
+      if eval_every and done % eval_every == 0 and done != int(c.num_steps):
+        self.writer.write_eval(done, self.evaluate(done))
+      if self._stop_requested:
+        self.checkpointer.wait()
+        self.writer.close()
+        return {"stopped_at": done}
+    ready = self.deferred.flush()
+    if ready is not None:
+      self.writer.write(*ready)
+    summary["eval_after"] = self.evaluate(int(c.num_steps))
+    self.writer.write_eval(int(c.num_steps), summary["eval_after"])
+    summary["train_time_s"] = time.perf_counter() - step_start
+    self.checkpointer.wait()
+    if c.export_at_end and jax.process_index() == 0:
+      models.save_pretrained(nnx.merge(self.graphdef, self.params), self.model_cfg,
+                             os.path.join(self.workdir, "export"))
+      self.tokenizer.save_pretrained(os.path.join(self.workdir, "export"))
+    self.writer.close()
+    self.checkpointer.close()
+    return summary
+
+
+def run(config, workdir: str) -> dict:
+  if config.mode == "sft":
+    from jaxghpo import sft
+    return sft.run(config, workdir)
+  if config.mode != "rl":
+    raise ValueError(f"config.mode={config.mode!r} is not one of 'rl', 'sft'")
+  return Trainer(config, workdir).run()

@@ -1,0 +1,188 @@
+"""The train step on one device: logprob alignment, micro-batch exactness, hint masking, NaN skip, learning."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxghpo import models, parallel, rl
+
+MODEL_CFG = models.ModelConfig(model_type="qwen2", vocab_size=32, hidden_size=32, intermediate_size=64,
+                               num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, attention_bias=True,
+                               tie_word_embeddings=True)
+B, P, N = 8, 5, 6  # sequences, prompt columns, response columns
+
+
+@pytest.fixture(scope="module")
+def setup():
+  mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  graphdef, params = nnx.split(models.init_model(MODEL_CFG, seed=0))
+  return mesh, graphdef, params, parallel.param_shardings(params, mesh)
+
+
+def make_test_batch(seed=0, *, response_hint_rows=(), prompt_hint_rows=(1, 2)):
+  """Ragged prompts and responses; hints inside some prompts, at the start of some responses."""
+  rng = np.random.default_rng(seed)
+  prompt_len = np.array([5, 3, 4, 2, 5, 1, 3, 4])
+  resp_len = np.array([6, 4, 1, 6, 3, 5, 0, 2])  # row 6: no response (a padding row)
+  prompt_valid = np.arange(P)[None, :] >= (P - prompt_len)[:, None]
+  response_valid = np.arange(N)[None, :] < resp_len[:, None]
+  prompt_hint = np.zeros((B, P), bool)
+  for r in prompt_hint_rows:  # the middle of the prompt: the template's text follows the hint
+    prompt_hint[r, P - 2:P - 1] = True
+  hint_len = np.zeros(B, np.int64)
+  for r in response_hint_rows:
+    hint_len[r] = 2
+  return rl.make_batch(
+      rng.integers(1, 32, (B, P)), prompt_valid, rng.integers(1, 32, (B, N)), response_valid,
+      advantages=rng.normal(size=B).astype(np.float32),
+      old_logp=np.log(rng.uniform(0.01, 0.2, (B, N))) * response_valid,
+      ref_logp=np.log(rng.uniform(0.01, 0.2, (B, N))) * response_valid,
+      prompt_hint=prompt_hint, response_hint_len=hint_len if response_hint_rows else None)
+
+
+def test_make_batch_layout_and_errors():
+  batch = make_test_batch(response_hint_rows=(3,))
+  assert batch.tokens.shape == (B, P + N) and batch.prompt_len == P and batch.response_len == N
+  np.testing.assert_array_equal(batch.segment_ids[1], [0, 0, 1, 2, 1, 3, 3, 3, 3, 0, 0])
+  np.testing.assert_array_equal(batch.segment_ids[3], [0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 3])
+  np.testing.assert_array_equal(batch.segment_ids[6], [0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+  assert np.all(batch.old_logp[:, :P] == 0.0) and batch.old_logp[0, P] != 0.0
+  np.testing.assert_array_equal(np.asarray(batch.loss_mask()).sum(1), [6, 4, 1, 4, 3, 5, 0, 2])
+  np.testing.assert_array_equal(np.asarray(batch.response_hint_mask()).sum(1), [0, 0, 0, 2, 0, 0, 0, 0])
+  ones = np.ones((2, 3), bool)
+  with pytest.raises(ValueError, match="prompt_valid row 1 is not left-padded"):
+    rl.make_batch(np.ones((2, 3)), [[1, 1, 1], [1, 0, 1]], np.ones((2, 2)), np.ones((2, 2), bool), np.zeros(2))
+  with pytest.raises(ValueError, match="response_valid row 0 is not right-padded"):
+    rl.make_batch(np.ones((2, 3)), ones, np.ones((2, 2)), [[0, 1], [1, 1]], np.zeros(2))
+  with pytest.raises(ValueError, match=r"old_logp has shape \(2, 3\)"):
+    rl.make_batch(np.ones((2, 3)), ones, np.ones((2, 2)), np.ones((2, 2), bool), np.zeros(2),
+                  old_logp=np.zeros((2, 3)))
+
+
+def test_sequence_logprobs_alignment_and_temperature(setup):
+  _, graphdef, params, _ = setup
+  batch = make_test_batch()
+  model = nnx.merge(graphdef, params)
+  logp, ent = jax.jit(lambda b: rl.sequence_logprobs(model, b.tokens, b.segment_ids, P, 0.7))(batch)
+  # Row 0 has no padding: compare against an unpadded forward pass by hand.
+  logits = models.logits(model, batch.tokens[:1])[0] / 0.7
+  ref = jax.nn.log_softmax(logits, axis=-1)
+  t = np.arange(P, P + N)
+  np.testing.assert_allclose(logp[0, P:], ref[t - 1, batch.tokens[0, t]], atol=1e-5)
+  np.testing.assert_allclose(ent[0, P:], rl.token_entropy(logits[t - 1]), atol=1e-5)
+  assert np.all(np.asarray(logp[:, :P]) == 0.0)
+  # Row 3 is left-padded by 3: its logprobs equal those of the same tokens without the padding.
+  real = batch.tokens[3, 3:3 + 2 + 6]
+  ref3 = jax.nn.log_softmax(models.logits(model, real[None])[0] / 0.7, axis=-1)
+  np.testing.assert_allclose(logp[3, P:], ref3[np.arange(2, 8) - 1, real[2:]], atol=1e-5)
+
+
+def grad_fns(setup, **cfg_kw):
+  mesh, graphdef, params, shardings = setup
+  cfg = rl.resolve_config(cfg_kw)
+  return cfg, rl.make_grad_fn(graphdef, cfg, mesh, shardings)
+
+
+def assert_trees_close(a, b, atol, rtol=0.0):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
+
+
+def test_micro_batches_equal_the_whole_batch(setup):
+  params = setup[2]
+  batch = make_test_batch(response_hint_rows=(3,))
+  kw = dict(loss_agg="seq-mean-token-mean", kl_coef=0.1, entropy_coef=0.01, hint_placement="response",
+            hint_nll_coef=0.3)
+  _, whole_fn = grad_fns(setup, micro_batches=1, **kw)
+  _, micro_fn = grad_fns(setup, micro_batches=4, **kw)
+  grads, metrics = whole_fn(params, batch)
+  micro_grads, micro_metrics = micro_fn(params, batch)
+  assert float(metrics["hint_nll"]) > 0 and float(metrics["num_hint_tokens"]) == 2
+  for k in metrics:
+    np.testing.assert_allclose(micro_metrics[k], metrics[k], atol=1e-6, rtol=1e-6, err_msg=k)
+  assert_trees_close(micro_grads, grads, atol=1e-6)
+  assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) > 1e-3  # not trivially zero
+
+
+def test_hint_tokens_never_reach_the_loss(setup):
+  params = setup[2]
+  _, fn = grad_fns(setup, kl_coef=0.1, entropy_coef=0.01)
+  batch = make_test_batch(response_hint_rows=(3,))
+  grads, metrics = fn(params, batch)
+  hint = np.asarray(batch.segment_ids == rl.HINT)
+  pad = np.asarray(batch.segment_ids == rl.PAD)
+  # Change the logprobs carried for hint and pad tokens (NaN on pads) and the advantage of the row
+  # that has no loss tokens: neither the loss nor the gradients move.
+  changed = batch.replace(
+      old_logp=np.where(hint, -30.0, np.where(pad, np.nan, batch.old_logp)).astype(np.float32),
+      ref_logp=np.where(hint, 5.0, np.where(pad, np.inf, batch.ref_logp)).astype(np.float32),
+      advantages=batch.advantages.copy())
+  changed.advantages[6] = 1e4
+  grads2, metrics2 = fn(params, changed)
+  np.testing.assert_allclose(metrics2["loss"], metrics["loss"], rtol=1e-6)
+  assert_trees_close(grads2, grads, atol=1e-7)
+  # Moving one token from hint to response does change them.
+  seg = np.array(batch.segment_ids)
+  seg[3, P] = rl.RESPONSE
+  grads3, metrics3 = fn(params, batch.replace(segment_ids=seg))
+  assert abs(float(metrics3["loss"] - metrics["loss"])) > 1e-5
+  assert float(metrics3["num_tokens"]) == float(metrics["num_tokens"]) + 1
+
+
+@pytest.fixture(scope="module")
+def learning_step(setup):
+  """A step with several PPO epochs, recomputed old logprobs and micro-batches (one compile, shared)."""
+  mesh, graphdef, _, shardings = setup
+  cfg = rl.resolve_config(dict(learning_rate=3e-2, ppo_epochs=2, recompute_old_logp=True, micro_batches=2,
+                               lr_schedule="constant", weight_decay=0.0))
+  optimizer = rl.make_optimizer(cfg, total_steps=10)
+  return cfg, optimizer, rl.make_train_step(graphdef, cfg, mesh, optimizer, shardings)
+
+
+def fresh_state(setup, optimizer):
+  mesh, _, params, shardings = setup
+  params = jax.tree.map(jnp.copy, params)  # the step donates its inputs
+  return params, rl.init_opt_state(optimizer, params, shardings, mesh)
+
+
+def test_nan_in_the_batch_skips_the_update(setup, learning_step):
+  _, optimizer, step = learning_step
+  params, opt_state = fresh_state(setup, optimizer)
+  before = jax.tree.map(np.asarray, (params, opt_state))
+  batch = make_test_batch()
+  bad = batch.replace(advantages=batch.advantages.copy())
+  bad.advantages[0] = np.nan
+  params, opt_state, metrics = step(params, opt_state, bad, jax.random.key(0))
+  assert float(metrics["skipped_updates"]) == 2.0  # both PPO epochs skipped
+  assert not np.isfinite(float(metrics["loss"]))
+  assert_trees_close((params, opt_state), before, atol=0.0)
+  # NaN where no loss token is (the padding row's advantage) is harmless: the update happens.
+  ok = batch.replace(advantages=batch.advantages.copy())
+  ok.advantages[6] = np.nan
+  params, opt_state, metrics = step(params, opt_state, ok, jax.random.key(0))
+  assert float(metrics["skipped_updates"]) == 0.0 and np.isfinite(float(metrics["grad_norm"]))
+  assert not np.allclose(np.asarray(params["norm"]["scale"][...]), before[0]["norm"]["scale"])
+
+
+def test_a_few_steps_raise_the_rewarded_response(setup, learning_step):
+  """One prompt, G = 8 responses; only response 0 is right. Its logprob rises, the others' fall."""
+  mesh, graphdef, _, shardings = setup
+  cfg, optimizer, step = learning_step
+  rng = np.random.default_rng(1)
+  prompt = np.tile(rng.integers(1, 32, (1, P)), (B, 1))
+  responses = rng.integers(1, 32, (B, N))
+  rewards = np.zeros((1, B), np.float32)
+  rewards[0, 0] = 1.0
+  adv = rl.group_advantages(rewards, "grpo").reshape(-1)
+  batch = rl.make_batch(prompt, np.ones((B, P), bool), responses, np.ones((B, N), bool), adv)  # old_logp recomputed
+  logprob_fn = rl.make_logprob_fn(graphdef, cfg, mesh, shardings)
+  params, opt_state = fresh_state(setup, optimizer)
+  seq_logp = lambda p: np.asarray(logprob_fn(p, batch)).sum(axis=1)
+  start = seq_logp(params)
+  for i in range(3):
+    params, opt_state, metrics = step(params, opt_state, batch, jax.random.key(i))
+    assert float(metrics["skipped_updates"]) == 0.0
+  end = seq_logp(params)
+  assert end[0] > start[0] + 1.0, (start, end)
+  assert np.all(end[1:] < start[1:])
