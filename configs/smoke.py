@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_levels = ml_collections.ConfigDict({"2": 1.0, "6": 1.0})
   c.data.prompts_per_step = 4
   c.rollout.group_size = 4
-  c.rollout.max_prompt_len = 48
+  c.rollout.max_prompt_len = 64
   c.rollout.max_new_tokens = 48
   c.rl.learning_rate = 1e-4
   c.curriculum.mode = "ghpo"

@@ -7,6 +7,7 @@ Math (pure numpy):
     group_confidence(conf, w)     DeepConf sliding-window means of per-token confidences
     lowest_group_confidence / bottom_percent_confidence / tail_confidence: trace-level confidences
     confidence_filtered_vote      keep the most confident traces, then a confidence-weighted vote
+    stop_threshold                DeepConf's online stopping threshold from warm-up traces
     early_stop_savings            tokens saved had each trace stopped at its first low-confidence window
 
 Driver:
@@ -173,6 +174,22 @@ def confidence_filtered_vote(answers: Sequence[Hashable | None], trace_confidenc
   order = np.argsort(-np.nan_to_num(conf, nan=-np.inf), kind="stable")[:keep]
   kept = np.sort(order)  # original order, so vote ties follow sampling order
   return majority_vote([answers[i] for i in kept], conf[kept] if weighted else None)
+
+
+def stop_threshold(warmup_confidences, keep_frac: float) -> float:
+  """DeepConf's online threshold: the confidence that the top ``keep_frac`` of warm-up traces reach.
+
+  warmup_confidences: one trace confidence (e.g. lowest_group_confidence) per warm-up trace. With
+  keep_frac=0.1 (DeepConf-low) the threshold is their 90th percentile; a later trace stops when a
+  window falls below it.
+  """
+  if not 0.0 < keep_frac <= 1.0:
+    raise ValueError(f"keep_frac={keep_frac} must be a fraction in (0, 1]")
+  conf = np.asarray(warmup_confidences, np.float64)
+  conf = conf[np.isfinite(conf)]
+  if conf.size == 0:
+    raise ValueError("stop_threshold needs at least one finite warm-up confidence")
+  return float(np.quantile(conf, 1.0 - keep_frac))
 
 
 def early_stop_savings(conf_windows: Sequence[np.ndarray], lengths, threshold: float,

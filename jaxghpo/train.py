@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jaxghpo import curriculum, evaluation, experiment, groups, models, parallel, rl
-from jaxghpo.checkpoint import Checkpointer
+from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.data import pipeline as pipeline_lib
 from jaxghpo.data.tokenizer import HINT_MARKER
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -86,9 +86,8 @@ class Trainer:
 
     self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                      max_to_keep=int(config.keep_checkpoints))
-    self.writer = MetricWriter(workdir, is_main_process=jax.process_index() == 0,
-                               total_steps=int(config.num_steps), log_every=int(config.log_every_steps))
     self.deferred = DeferredMetrics()
+    self.writer = None  # opened in restore(), once the resume step is known
     self.start_step = 0
     self.gen_tokens_total = 0
     self._stop_requested = False
@@ -114,21 +113,25 @@ class Trainer:
 
   def restore(self) -> None:
     step = self.checkpointer.latest_step()
-    if step is None:
-      return
-    self.params, self.opt_state, host = self.checkpointer.restore(step, self.params, self.opt_state)
-    self.scheduler.load_state_dict(host["scheduler"])
-    self.pipeline.set_state(host["pipeline"])
-    self.rng = jax.random.wrap_key_data(np.asarray(host["rng"], np.uint32))
-    self.gen_tokens_total = int(host["gen_tokens_total"])
-    self.start_step = int(host["step"])
-    if self.ref_params is None and float(self.rl_cfg.kl_coef) != 0.0:
-      raise RuntimeError("unreachable")
-    self.writer.truncate_after(self.start_step)
+    if step is not None:
+      params_target = abstract_target(self.params, self.param_shardings)
+      opt_target = abstract_target(self.opt_state, rl.optimizer_shardings(self.optimizer, self.params,
+                                                                           self.param_shardings, self.mesh))
+      self.params, self.opt_state, host = self.checkpointer.restore(step, params_target, opt_target)
+      self.scheduler.load_state_dict(host["scheduler"])
+      self.pipeline.set_state(host["pipeline"])
+      self.rng = host["rng"]
+      self.gen_tokens_total = int(host["gen_tokens_total"])
+      self.start_step = int(host["step"])
+    # Steps count from 1 in metrics.jsonl (step 0 holds the evaluation before training): rows after
+    # the restored step are dropped so a resumed run continues the file without duplicates.
+    self.writer = MetricWriter(self.workdir, is_main_process=jax.process_index() == 0,
+                               total_steps=int(self.config.num_steps), print_every=int(self.config.log_every_steps),
+                               resume_step=self.start_step if step is not None else -1)
 
   def save(self, step: int) -> None:
     host = {"scheduler": self.scheduler.state_dict(), "pipeline": self.pipeline.get_state(),
-            "rng": np.asarray(jax.random.key_data(self.rng)), "gen_tokens_total": int(self.gen_tokens_total),
+            "rng": self.rng, "gen_tokens_total": int(self.gen_tokens_total),
             "step": int(step)}
     self.checkpointer.save(step, params=self.params, opt_state=self.opt_state, host_state=host)
 
@@ -172,7 +175,9 @@ class Trainer:
     if self.config.hints.placement == "response":
       completions = [prompts.hint_text[i // self.G] + text for i, text in enumerate(completions)]
     answers = [ex.answer for ex in examples for _ in range(self.G)]
+    t0 = time.perf_counter()
     total, accuracy = self.score(completions, answers)
+    self._reward_s += time.perf_counter() - t0
     shape = (len(examples), self.G)
     return StepRollout(prompts, np.asarray(ratios, np.float32), tokens, logprobs, lengths,
                        total.reshape(shape), accuracy.reshape(shape), completions,
@@ -196,7 +201,6 @@ class Trainer:
   # ------------------------------------------------------------------------------------ the step
   def rl_step(self, step: int, rng) -> dict:
     timer = {}
-    t0 = time.perf_counter()
     examples = next(self.pipeline)
     ids = np.asarray([ex.problem_id for ex in examples], np.int64)
     levels = np.asarray([ex.level for ex in examples], np.int64)
@@ -204,7 +208,14 @@ class Trainer:
     # 1. The scheduler plans each problem's first-attempt hint ratio.
     ratios = self.scheduler.plan(ids, levels, step=step)
 
+    # The previous update runs on the device while the host did the above; sampling needs its params.
+    t_wait = time.perf_counter()
+    jax.block_until_ready(self.params)
+    timer["time/train_wait_s"] = time.perf_counter() - t_wait
+    self._reward_s = 0.0
+
     # 2. Sample G responses per problem and score them.
+    t0 = time.perf_counter()
     rng, key = jax.random.split(rng)
     ro = self.rollout(examples, ratios, key)
 
@@ -227,7 +238,8 @@ class Trainer:
     keep = np.ones(len(examples), bool)
     if self.config.curriculum.mode == "filter":
       keep = self.scheduler.keep_mask(ro.rewards)
-    timer["time/rollout_s"] = time.perf_counter() - t0
+    timer["time/reward_s"] = self._reward_s
+    timer["time/rollout_s"] = time.perf_counter() - t0 - self._reward_s
 
     # 4. Record the final outcome of each group.
     sched_metrics = self.scheduler.update(ids, ro.ratios, ro.accuracy, levels, step=step)
@@ -240,7 +252,7 @@ class Trainer:
     t1 = time.perf_counter()
     rng, key = jax.random.split(rng)
     self.params, self.opt_state, train_metrics = self.train_step(self.params, self.opt_state, batch, key)
-    timer["time/train_dispatch_s"] = time.perf_counter() - t1
+    timer["time/train_s"] = time.perf_counter() - t1 + timer["time/train_wait_s"]
 
     self.gen_tokens_total += int(hosts.allgather(np.asarray([ro.gen_tokens])).sum())
     host_metrics = self.host_metrics(ro, levels, keep, sched_metrics)
@@ -318,85 +330,79 @@ class Trainer:
           metrics, rows = self.eval_split(examples, ratio, temperature, k, step)
           out.update({f"{tag}/{key}": v for key, v in metrics.items()})
           if jax.process_index() == 0:
-            evaluation.write_rows(os.path.join(self.workdir, "eval", f"step{step}_{name}_hint{ratio:g}_{mode}.jsonl"),
-                                  rows)
+            evaluation.write_rows(evaluation.eval_rows_path(self.workdir, name, step, ratio, tag=mode), rows)
     return out
 
   def eval_split(self, examples, ratio, temperature, k, step):
-    """pass@1, pass@k and avg@k of `examples` (split over hosts) with hint `ratio`."""
+    """pass@1, pass@k and avg@k of `examples` (split over hosts) with hint `ratio`; and the rows."""
     n_proc, h = jax.process_count(), jax.process_index()
     per = len(examples) // n_proc
     mine = examples[h * per:(h + 1) * per]
     G = self.G
-    correct, completions = [], []
+    rows = []
     rng = jax.random.fold_in(jax.random.key(int(self.config.seed) + 17), step)
     for start in range(0, len(mine), self.P_local):
       chunk = mine[start:start + self.P_local]
       rng, key = jax.random.split(rng)
-      _, tokens, _, lengths = self.sample(chunk, np.full(len(chunk), ratio, np.float32), key,
-                                          temperature=temperature)
+      prompts, tokens, _, lengths = self.sample(chunk, np.full(len(chunk), ratio, np.float32), key,
+                                                temperature=temperature)
       texts = groups.decode(self.tokenizer, tokens, lengths, self.eos_id)
-      tokens_per = tokens.reshape(len(chunk), G, -1)[:, :k]
-      del tokens_per
       texts = [texts[i * G + j] for i in range(len(chunk)) for j in range(k)]
       _, acc = self.score(texts, [ex.answer for ex in chunk for _ in range(k)])
-      correct.append(acc.reshape(len(chunk), k))
-      completions.extend(texts)
-    correct = np.concatenate(correct) if correct else np.zeros((0, k), np.float32)
-    all_correct = hosts.allgather(correct)
-    all_levels = hosts.allgather(np.asarray([ex.level for ex in mine], np.int64))
-    metrics = evaluation.summarize(all_correct, all_levels, k)
-    rows = [{"problem_id": int(ex.problem_id), "level": int(ex.level), "problem": ex.problem,
-             "answer": ex.answer, "completions": completions[i * k:(i + 1) * k],
-             "scores": correct[i].tolist()} for i, ex in enumerate(mine)]
+      acc = acc.reshape(len(chunk), k)
+      for i, ex in enumerate(chunk):
+        rows.append({"problem_id": int(ex.problem_id), "level": int(ex.level), "problem": ex.problem,
+                     "answer": ex.answer, "hint": prompts.hint_text[i], "completions": texts[i * k:(i + 1) * k],
+                     "correct": (acc[i] > 0).tolist()})
+    correct = hosts.allgather(np.asarray([r["correct"] for r in rows], bool).reshape(len(rows), k))
+    levels = hosts.allgather(np.asarray([r["level"] for r in rows], np.int64))
+    metrics = evaluation.aggregate([{"level": int(l), "correct": c} for l, c in zip(levels, correct)], k)
     return metrics, rows
 
   # ------------------------------------------------------------------------------------ the loop
+  def write(self, ready, extra=None) -> None:
+    if ready is not None:
+      step, row = ready
+      if "clip_frac_low" in row:
+        row["clip_frac"] = float(row["clip_frac_low"]) + float(row["clip_frac_high"])
+      self.writer.write(step, {**row, **(extra or {})})
+
   def run(self) -> dict:
     c = self.config
+    num_steps = int(c.num_steps)
     self._install_sigterm()
     self.restore()
     if self.start_step == 0 and jax.process_index() == 0:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(c.to_json_best_effort(indent=2))
-    eval_every = int(c.eval_every_steps)
-    summary = {"eval_before": {}, "eval_after": {}}
+    summary = {}
     if self.start_step == 0:
       summary["eval_before"] = self.evaluate(0)
-      self.writer.write_eval(0, summary["eval_before"])
-    step_start = time.perf_counter()
-    for step in range(self.start_step, int(c.num_steps)):
-      t0 = time.perf_counter()
-      rng = jax.random.fold_in(self.rng, step)
-      host_metrics, train_metrics = self.rl_step(step, rng)
-      # The host never blocks on this step's device metrics: step t-1's are fetched now.
-      host_metrics["time/step_host_s"] = time.perf_counter() - t0
-      ready = self.deferred.push(step + 1, host_metrics, train_metrics)
-      if ready is not None:
-        self.writer.write(*ready)
+      self.writer.write(0, summary["eval_before"])
+    eval_every = int(c.eval_every_steps)
+    t_prev = time.perf_counter()
+    for step in range(self.start_step, num_steps):
+      host_metrics, train_metrics = self.rl_step(step, jax.random.fold_in(self.rng, step))
+      now = time.perf_counter()
+      host_metrics["time/step_s"], t_prev = now - t_prev, now
+      # The host never blocks on this step's device metrics: the previous step's are written now.
+      self.write(self.deferred.push(step + 1, train_metrics, host_metrics))
       done = step + 1
-      if done % int(c.checkpoint_every_steps) == 0 or done == int(c.num_steps) or self._stop_requested:
-        ready = self.deferred.flush()
-        if ready is not None:
-          self.writer.write(*ready)
+      evaluate_now = done == num_steps or (eval_every and done % eval_every == 0)
+      if done % int(c.checkpoint_every_steps) == 0 or evaluate_now or self._stop_requested:
+        extra = self.evaluate(done) if evaluate_now else {}
+        if done == num_steps:
+          summary["eval_after"] = extra
+        self.write(self.deferred.flush(), extra)
+      if done % int(c.checkpoint_every_steps) == 0 or done == num_steps or self._stop_requested:
         self.save(done)
-      if eval_every and done % eval_every == 0 and done != int(c.num_steps):
-        self.writer.write_eval(done, self.evaluate(done))
       if self._stop_requested:
-        self.checkpointer.wait()
-        self.writer.close()
-        return {"stopped_at": done}
-    ready = self.deferred.flush()
-    if ready is not None:
-      self.writer.write(*ready)
-    summary["eval_after"] = self.evaluate(int(c.num_steps))
-    self.writer.write_eval(int(c.num_steps), summary["eval_after"])
-    summary["train_time_s"] = time.perf_counter() - step_start
+        break
     self.checkpointer.wait()
-    if c.export_at_end and jax.process_index() == 0:
-      models.save_pretrained(nnx.merge(self.graphdef, self.params), self.model_cfg,
-                             os.path.join(self.workdir, "export"))
-      self.tokenizer.save_pretrained(os.path.join(self.workdir, "export"))
+    if c.export_at_end and not self._stop_requested and jax.process_index() == 0:
+      export = os.path.join(self.workdir, "export")
+      models.save_pretrained(nnx.merge(self.graphdef, self.params), self.model_cfg, export)
+      self.tokenizer.save_pretrained(export)
     self.writer.close()
     self.checkpointer.close()
     return summary

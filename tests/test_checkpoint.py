@@ -1,5 +1,6 @@
 """Checkpointer: sharded params, optax state and host state round-trip exactly; keep-last-K; resume; kill."""
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -70,7 +71,8 @@ def _assert_trees_equal(a, b):
 def test_round_trip_sharded_params_adamw_and_host_state(tmp_path):
   mesh, params = _sharded_params()
   shardings = parallel.param_shardings(params, mesh)
-  optimizer = optax.adamw(1e-3)
+  # The project's optimizer: clip by global norm + AdamW masked to matrices + a schedule.
+  optimizer = ts.make_optimizer(ts.resolve_config(), total_steps=10)
   opt_state = ts.init_opt_state(optimizer, params, shardings, mesh)
   # One update so the moments and the count are not at their initial values.
   @jax.jit
@@ -216,6 +218,8 @@ def test_sigkill_after_save_then_restore_in_a_new_process(tmp_path):
   proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env=env, cwd=root)
   try:
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    assert ready, "the saving process printed nothing within 120 s"
     line = proc.stdout.readline()
     assert line.strip() == "saved", proc.stderr.read() if proc.poll() is not None else line
     proc.send_signal(signal.SIGKILL)
@@ -232,3 +236,58 @@ def test_sigkill_after_save_then_restore_in_a_new_process(tmp_path):
   _assert_trees_equal(params, p)
   assert host["ids"].dtype == np.int64
   np.testing.assert_array_equal(host["ids"], np.arange(2, dtype=np.int64) + 2**40)
+
+
+_HOST_WORKER = textwrap.dedent("""
+    import sys
+    import jax
+    jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2, process_id={pid})
+    import numpy as np
+    sys.path.insert(0, {root!r})
+    from jaxghpo import checkpoint, parallel
+    mesh = parallel.make_mesh((1, 4, 1))   # 2 devices per process: fsdp spans both processes
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp", None))
+    full = np.arange(32, dtype=np.float32).reshape(8, 4)
+    params = {{"w": jax.make_array_from_callback(full.shape, sharding, lambda idx: full[idx])}}
+    ckpt = checkpoint.Checkpointer({dir!r})
+    ckpt.save(1, params=params, host_state={{"ids": np.arange(3, dtype=np.int64) + 2**40, "step": 1}})
+    ckpt.wait()
+    restored, _, host = ckpt.restore(1, checkpoint.abstract_target(params))
+    ckpt.close()
+    for shard in restored["w"].addressable_shards:
+      np.testing.assert_array_equal(np.asarray(shard.data), full[shard.index])
+    assert restored["w"].sharding == sharding
+    assert host["ids"].dtype == np.int64 and host["step"] == 1
+    print("ok", jax.process_index(), flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_save_and_restore_together(tmp_path):
+  """No process-0-only step deadlocks; each process restores its shards; one process reads it all back."""
+  import portpicker  # noqa: PLC0415
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  port = portpicker.pick_unused_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-c", _HOST_WORKER.format(port=port, pid=i, root=root,
+                                                                        dir=str(tmp_path / "ckpt"))],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root)
+           for i in range(2)]
+  logs = []
+  try:
+    for p in procs:
+      logs.append(p.communicate(timeout=120)[0])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for i, p in enumerate(procs):
+    assert p.returncode == 0 and f"ok {i}" in logs[i], f"process {i} failed:\n{logs[i][-4000:]}"
+  mesh = parallel.make_mesh((1, 8, 1))
+  target = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32,
+                                      sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp")))}
+  with checkpoint.Checkpointer(tmp_path / "ckpt") as ckpt:
+    params, _, host = ckpt.restore(1, target)
+  np.testing.assert_array_equal(np.asarray(params["w"]), np.arange(32, dtype=np.float32).reshape(8, 4))
+  assert host["step"] == 1

@@ -98,6 +98,9 @@ def test_early_stop_savings():
   assert got == {"tokens_total": 12.0, "tokens_kept": 3.0 + 4.0 + 2.0, "tokens_saved": 3.0,
                  "frac_saved": 0.25, "traces_stopped": 2.0}
   assert ev.early_stop_savings(windows, lengths, threshold=2.0, window=2) == got
+  # Threshold from warm-up traces: keep the top half -> the median of their confidences.
+  assert ev.stop_threshold([1.0, 3.0, 2.0, float("nan")], keep_frac=0.5) == 2.0
+  assert ev.stop_threshold([1.0, 2.0, 3.0, 4.0, 5.0], keep_frac=0.25) == 4.0
 
 
 # -------------------------------------------------------------------------------------- driver

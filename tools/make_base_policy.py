@@ -79,6 +79,7 @@ def main():
   p.add_argument("--levels", default="1,2,3,4")
   p.add_argument("--hint_prob", type=float, default=0.5)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--warmup", type=int, default=100)
   p.add_argument("--eval_every", type=int, default=500)
   args = p.parse_args()
   levels = [int(x) for x in args.levels.split(",")]
@@ -86,7 +87,8 @@ def main():
   cfg = model_config(tok, args)
   model = models.init_model(cfg, seed=args.seed)
   print(f"params: {sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))):,}")
-  schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(200, args.steps // 10), args.steps, args.lr * 0.05)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(args.warmup, args.steps // 10), args.steps,
+                                                args.lr * 0.05)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.98, weight_decay=0.01))
   graphdef, params = nnx.split(model)
   opt_state = optimizer.init(params)
@@ -100,7 +102,18 @@ def main():
     b = sft.encode_examples(exs, tok, max_len=max_len, rng=rng, hint_prob=args.hint_prob)
     params, opt_state, loss = step_fn(params, opt_state, b.tokens_BxT, b.loss_mask_BxT, b.valid_BxT)
     if step % 100 == 0:
-      print(f"step {step} loss {float(loss):.4f} {time.time() - t0:.0f}s", flush=True)
+      m = nnx.merge(graphdef, params)
+      logits = np.asarray(_logits(m, b.tokens_BxT, b.valid_BxT))
+      pred = logits[:, :-1].argmax(-1)
+      tgt, msk = b.tokens_BxT[:, 1:], b.loss_mask_BxT[:, 1:] > 0
+      is_letter = (tgt >= 5) & (tgt <= 30)
+      prev = b.tokens_BxT[:, :-1]
+      new_letter = msk & is_letter & ((prev == 43) | (prev == 44) | (prev == 4))  # after '=', ';' or '|'
+      copy = msk & ~new_letter
+      acc_new = (pred == tgt)[new_letter].mean()
+      acc_copy = (pred == tgt)[copy].mean()
+      print(f"step {step} loss {float(loss):.4f} acc(new letter) {acc_new:.3f} acc(copy/eos) {acc_copy:.3f} "
+            f"{time.time() - t0:.0f}s", flush=True)
     if step % args.eval_every == 0 or step == args.steps:
       m = nnx.merge(graphdef, params)
       row = {}

@@ -167,7 +167,7 @@ def train_step(params, opt_state, batch: RLBatch, rng, *, graphdef, cfg, optimiz
     keep = lambda new, old: jnp.where(finite, new, old)  # never write NaN into params
     params = jax.tree.map(keep, new_params, params)
     opt_state = jax.tree.map(keep, new_opt_state, opt_state)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["skipped_updates"] = jnp.logical_not(finite).astype(jnp.float32)
     return (params, opt_state), metrics
 
