@@ -12,7 +12,7 @@ from jaxghpo.curriculum import hints
 from jaxghpo.data import tokenizer as task_tokenizer
 from jaxghpo.data.tasks import chains
 
-CHAIN = ("n-5+2", "i+2", "k")  # k+3-5+2=
+CHAIN = ("k+3=n-5+2", "n-5=i+2", "i+2=k")  # the trace of k+3-5+2=
 
 
 @pytest.fixture(scope="module")
@@ -40,27 +40,30 @@ def test_steps_unit_hand_worked():
   cut = lambda r: hints.cut(CHAIN, r, "steps", step_sep=";")
   assert cut(0.0) == ""
   assert cut(0.3) == ""                # floor(0.9) = 0 steps
-  assert cut(1 / 3) == "n-5+2;"        # floor(1.0) = 1, not 0, despite rounding
-  assert cut(0.67) == "n-5+2;i+2;"
-  assert cut(0.99) == "n-5+2;i+2;"     # capped before the answer step
-  assert cut(1.0) == "n-5+2;i+2;k"
+  assert cut(1 / 3) == "k+3=n-5+2;"          # floor(1.0) = 1, not 0, despite rounding
+  assert cut(0.67) == "k+3=n-5+2;n-5=i+2;"   # floor(2.01) = 2
+  assert cut(0.99) == "k+3=n-5+2;n-5=i+2;"   # capped before the answer step
+  assert cut(1.0) == "k+3=n-5+2;n-5=i+2;i+2=k"
 
 
 def test_tokens_and_chars_units_hand_worked(chains_tok):
-  # "n-5+2;i+2;k" is 11 tokens / 11 characters
+  # "k+3=n-5+2;n-5=i+2;i+2=k" is 23 tokens / 23 characters; the answer step starts at 18
   tokens = lambda r: hints.cut(CHAIN, r, "tokens", tokenizer=chains_tok, step_sep=";")
-  assert tokens(0.5) == "n-5+2"        # floor(5.5) = 5 tokens
-  assert tokens(0.9) == "n-5+2;i+2"    # 9 tokens
-  assert tokens(0.95) == "n-5+2;i+2;"  # 10 tokens: everything before the answer step
-  assert tokens(0.99) == "n-5+2;i+2;"
-  assert tokens(1.0) == "n-5+2;i+2;k"
-  assert hints.cut(CHAIN, 0.5, "chars", step_sep=";") == "n-5+2"
-  assert hints.cut(CHAIN, 0.99, "chars", step_sep=";") == "n-5+2;i+2;"
+  assert tokens(0.4) == "k+3=n-5+2"            # floor(9.2) = 9 tokens: the first step
+  assert tokens(0.5) == "k+3=n-5+2;n"          # floor(11.5) = 11 tokens: mid-step
+  assert tokens(0.75) == "k+3=n-5+2;n-5=i+2"   # floor(17.25) = 17 tokens
+  assert tokens(0.8) == "k+3=n-5+2;n-5=i+2;"   # floor(18.4) = 18: everything before the answer step
+  assert tokens(0.9) == "k+3=n-5+2;n-5=i+2;"   # floor(20.7) = 20, capped at 18
+  assert tokens(0.99) == "k+3=n-5+2;n-5=i+2;"
+  assert tokens(1.0) == "k+3=n-5+2;n-5=i+2;i+2=k"
+  assert hints.cut(CHAIN, 0.5, "chars", step_sep=";") == "k+3=n-5+2;n"          # 11 characters
+  assert hints.cut(CHAIN, 0.99, "chars", step_sep=";") == "k+3=n-5+2;n-5=i+2;"  # min(18, 22)
 
 
 def test_build_uses_the_examples_separator():
   ex = chains.make_example("k+3-5+2=")
-  assert hints.build(ex, 0.67, "steps") == "n-5+2;i+2;"
+  assert ex.steps == CHAIN
+  assert hints.build(ex, 0.67, "steps") == "k+3=n-5+2;n-5=i+2;"
 
 
 def test_tokens_unit_backs_off_out_of_latex_groups():
@@ -108,9 +111,10 @@ def test_num_hint_steps():
 
 
 def test_corrupt_other():
-  other = ("a+1", "b+1", "c+1", "d")
-  assert hints.corrupt_other(other, 2, step_sep=";") == "a+1;b+1;"
-  assert hints.corrupt_other(other, 10, step_sep=";") == "a+1;b+1;c+1;"  # never the answer step
+  other = ("a+1=b+1+1+1", "b+1=c+1+1", "c+1=d+1", "d+1=e")  # the trace of a+1+1+1+1=
+  assert hints.corrupt_other(other, 2, step_sep=";") == "a+1=b+1+1+1;b+1=c+1+1;"
+  # never the answer step
+  assert hints.corrupt_other(other, 10, step_sep=";") == "a+1=b+1+1+1;b+1=c+1+1;c+1=d+1;"
   assert hints.corrupt_other(other, 0, step_sep=";") == ""
 
 

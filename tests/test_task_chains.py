@@ -1,6 +1,7 @@
 """The letter-chains task: hand-worked traces, verification, splits, level mixes, registry."""
 import collections
 import dataclasses
+import re
 
 import pytest
 
@@ -8,23 +9,42 @@ from jaxghpo.data import tasks
 from jaxghpo.data.example import stable_id
 from jaxghpo.data.tasks import chains
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
 
 def test_hand_worked_trace():
   ex = chains.make_example("k+3-5+2=")
-  # k(10)+3 = n(13); n-5 = i(8); i+2 = k(10)
-  assert ex.steps == ("n-5+2", "i+2", "k")
-  assert ex.solution == "n-5+2;i+2;k"
+  # k(10)+3 = n(13); n-5 = i(8); i+2 = k(10): each step restates its letter and operation
+  assert ex.steps == ("k+3=n-5+2", "n-5=i+2", "i+2=k")
+  assert ex.solution == "k+3=n-5+2;n-5=i+2;i+2=k"
   assert ex.answer == "k" and ex.level == 3 and ex.step_sep == ";"
   assert ex.problem_id == stable_id("chains", "k+3-5+2=")
   assert chains.verify_trace(ex)
 
 
 def test_wraps_around_mod_26():
-  assert chains.solve("z+1=") == ("a",)
-  assert chains.solve("a-1=") == ("z",)
-  assert chains.solve("y+9-9=") == ("h-9", "y")
+  assert chains.solve("z+1=") == ("z+1=a",)
+  assert chains.solve("a-1=") == ("a-1=z",)
+  # y(24)+5 = 29 = d(3); d(3)-5 = -2 = y(24)
+  assert chains.solve("y+5-5=") == ("y+5=d-5", "d-5=y")
+  assert chains.make_example("y+5-5=").answer == "y"
   with pytest.raises(ValueError, match="malformed"):
     chains.solve("k+10=")
+  with pytest.raises(ValueError, match="malformed"):
+    chains.solve("k+3")
+
+
+def test_lengths_hand_worked():
+  # step j of a level-L solution is 5 + 2 * (L - j) characters, plus L - 1 separators
+  assert [chains.problem_len(lv) for lv in (1, 2, 3)] == [4, 6, 8]
+  assert [chains.solution_len(lv) for lv in (1, 2, 3, 8)] == [5, 13, 23, 103]
+  assert len("a+1=b") == 5 and len("a+1=b+1;b+1=c") == 13 and len("k+3=n-5+2;n-5=i+2;i+2=k") == 23
+
+
+def _answer_by_sum(problem):
+  """The answer computed without the trace: start letter + the sum of all offsets, mod 26."""
+  total = sum(int(op) for op in re.findall(r"[+-][0-9]", problem))
+  return LETTERS[(LETTERS.index(problem[0]) + total) % 26]
 
 
 @pytest.mark.parametrize("split", chains.SPLITS)
@@ -33,27 +53,46 @@ def test_generated_traces_verify(split):
   assert len(examples) == 400
   for ex in examples:
     assert chains.verify_trace(ex), ex
-    assert ex.steps[-1] == ex.answer and len(ex.steps) == ex.level
+    assert ex.answer == _answer_by_sum(ex.problem), ex
+    assert re.fullmatch(r"[a-z][+-][1-9]=[a-z]", ex.steps[-1]) and ex.steps[-1][-1] == ex.answer
+    assert ex.steps[0].startswith(ex.problem[:3] + "=")  # the first step restates "letter op"
+    assert len(ex.steps) == ex.level
     assert len(ex.problem) == chains.problem_len(ex.level)
     assert len(ex.solution) == chains.solution_len(ex.level)
     assert ex.problem_id == stable_id("chains", ex.problem)
 
 
+def test_offsets_lie_in_1_to_max_offset():
+  assert chains.MAX_OFFSET == 5
+  problems = [e.problem for split in chains.SPLITS for e in chains.generate(split, 200, seed=3)]
+  digits = collections.Counter(d for p in problems for d in re.findall(r"[0-9]", p))
+  assert set(digits) == {"1", "2", "3", "4", "5"}  # every offset occurs, none above MAX_OFFSET
+  signs = collections.Counter(c for p in problems for c in p if c in "+-")
+  assert signs["+"] > 0 and signs["-"] > 0
+
+
 def test_verify_rejects_every_kind_of_error():
   good = chains.make_example("k+3-5+2=")
-  bad = {
-      "wrong letter": ("o-5+2", "j+2", "l"),
-      "wrong tail": ("n-5+3", "i+3", "l"),
-      "dropped op": ("n+2", "p", "p"),
-      "skipped step": ("n-5+2", "k", "k"),
-      "missing step": ("n-5+2", "i+2"),
+  assert good.steps == ("k+3=n-5+2", "n-5=i+2", "i+2=k")
+  bad = {  # steps, answer; each breaks exactly one rule of the trace
+      "wrong new letter": (("k+3=o-5+2", "o-5=j+2", "j+2=l"), "l"),
+      "wrong restated letter": (("k+3=n-5+2", "m-5=i+2", "i+2=k"), "k"),
+      "wrong restated op": (("k+3=n-5+2", "n+5=i+2", "i+2=k"), "k"),
+      "wrong tail": (("k+3=n-5+3", "n-5=i+3", "i+3=l"), "l"),
+      "dropped op": (("k+3=n+2", "n-5=i+2", "i+2=k"), "k"),
+      "two ops in one step": (("k+3=n-5+2", "n-5+2=k", "i+2=k"), "k"),
+      "missing step": (("k+3=n-5+2", "n-5=i+2"), "i"),
+      "extra tail on the answer step": (("k+3=n-5+2", "n-5=i+2", "i+2=k+2"), "k"),
+      "old format without restatement": (("n-5+2", "i+2", "k"), "k"),
   }
-  for why, steps in bad.items():
-    assert not chains.verify_trace(dataclasses.replace(good, steps=steps, answer=steps[-1])), why
+  for why, (steps, answer) in bad.items():
+    assert not chains.verify_trace(dataclasses.replace(good, steps=steps, answer=answer)), why
   assert not chains.verify_trace(dataclasses.replace(good, answer="j"))
+  assert not chains.verify_trace(dataclasses.replace(good, answer="i+2=k"))
   assert not chains.verify_trace(dataclasses.replace(good, level=4))
   assert not chains.verify_trace(dataclasses.replace(good, problem="k+3-5+2"))
   assert not chains.verify_trace(dataclasses.replace(good, steps=()))
+  assert chains.verify_trace(dataclasses.replace(good, level=-1))  # level unknown is allowed
 
 
 def test_deterministic_from_seed():
@@ -64,14 +103,15 @@ def test_deterministic_from_seed():
 
 
 def test_test_split_is_disjoint_from_train():
-  # levels 1-2 have only 468 + 8424 problems, so overlap would show if the hash rule failed
+  # levels 1-2 have only 26*10 + 26*100 = 2860 problems, so overlap would show if the hash rule failed
   train = {e.problem for e in chains.generate("train", 3000, seed=0, levels=[1, 2])}
   test = {e.problem for e in chains.generate("test", 600, seed=0, levels=[1, 2])}
   assert not train & test
   assert all(chains.split_of(p) == "test" for p in test)
   assert all(chains.split_of(p) == "train" for p in train)
   # about one problem in TEST_BUCKETS is a test problem
-  level1 = [f"{c}{s}{d}=" for c in "abcdefghijklmnopqrstuvwxyz" for s in "+-" for d in range(1, 10)]
+  level1 = [f"{c}{s}{d}=" for c in LETTERS for s in "+-" for d in range(1, chains.MAX_OFFSET + 1)]
+  assert len(level1) == 260
   frac = sum(chains.split_of(p) == "test" for p in level1) / len(level1)
   assert 0.05 < frac < 0.15
 
@@ -99,15 +139,18 @@ def test_level_mixes_are_exact():
 
 
 def test_extract_answer_and_count_steps():
-  assert chains.extract_answer("n-5+2;i+2;k") == "k"
-  assert chains.extract_answer(" k ") == "k"
+  assert chains.extract_answer("k+3=n-5+2;n-5=i+2;i+2=k") == "k"
+  assert chains.extract_answer("i+2= k ") == "k"
+  assert chains.extract_answer(" k ") == "k"           # a bare letter is taken as is
   assert chains.extract_answer("") == ""
-  assert chains.extract_answer("n-5+2;") == ""
-  assert chains.extract_answer("i+2;k<eos>;z") == "k"
-  assert chains.count_steps("n-5+2;i+2;k") == 3
+  assert chains.extract_answer("k+3=n-5+2;") == ""     # stopped at a step boundary: no answer
+  assert chains.extract_answer("k+3=n-5+2;i+2=") == ""  # last step cut before its letter
+  assert chains.extract_answer("n-5=i+2;i+2=k<eos>;z=q") == "k"
+  assert chains.count_steps("k+3=n-5+2;n-5=i+2;i+2=k") == 3
   assert chains.count_steps("k") == 1
   assert chains.count_steps("") == 0
-  assert chains.count_steps("n;;k;") == 2
+  assert chains.count_steps("n-5=i;;i+2=k;") == 2
+  assert chains.count_steps("n-5=i+2;i+2=k<eos>;z") == 2
 
 
 def test_bad_arguments_name_the_input():

@@ -12,6 +12,8 @@ MODEL_CFG = models.ModelConfig(model_type="qwen2", vocab_size=32, hidden_size=32
                                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, attention_bias=True,
                                tie_word_embeddings=True)
 G, P, N = 8, 5, 6
+# XLA's backend optimisation off for these tests' jits: half the CPU compile time, same program.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 B = 2 * G  # two prompts; 16 rows: 2 per batch shard on 8 devices, so 2 micro-batches split evenly
 # Every feature of the step at once: micro-batches, two PPO epochs on recomputed old logprobs, KL to a
 # reference, entropy bonus, AdamW with weight decay and gradient clipping. adam_eps is large because
@@ -27,11 +29,11 @@ def make_batch(seed=0):
   rng = np.random.default_rng(seed)
   prompts = np.repeat(rng.integers(1, 32, (2, P)), G, axis=0)
   prompt_valid = np.repeat(np.arange(P)[None, :] >= np.array([[0], [2]]), G, axis=0)
-  resp_len = rng.integers(1, N + 1, B)
-  response_valid = np.arange(N)[None, :] < resp_len[:, None]
   rewards = np.zeros((2, G), np.float32)
   rewards[0, [0, 3]] = 1.0
   rewards[1, 5] = 1.0
+  resp_len = np.where(rewards.reshape(-1) > 0, N, rng.integers(1, N + 1, B))  # right answers run to N
+  response_valid = np.arange(N)[None, :] < resp_len[:, None]
   adv = rl.group_advantages(rewards, "grpo").reshape(-1)
   hint = np.zeros((B, P), bool)
   hint[G:, 3] = True  # the second prompt carries a (one-token) hint inside it
@@ -47,7 +49,7 @@ def build(mesh_shape, cfg=CFG):
   shardings = parallel.param_shardings(params, mesh)
   optimizer = rl.make_optimizer(cfg, total_steps=20)
   opt_state = rl.init_opt_state(optimizer, params, shardings, mesh)
-  step = rl.make_train_step(graphdef, cfg, mesh, optimizer, shardings)
+  step = rl.make_train_step(graphdef, cfg, mesh, optimizer, shardings, compiler_options=FAST_COMPILE)
   return mesh, graphdef, shardings, optimizer, step, params, opt_state
 
 
@@ -90,7 +92,7 @@ def test_sharded_step_equals_one_device(one_device, mesh_shape):
 
 def fresh(one_device):
   mesh, optimizer, shardings = one_device["mesh"], one_device["optimizer"], one_device["shardings"]
-  params = jax.tree.map(jnp.asarray, one_device["start"])
+  params = jax.device_put(one_device["start"], shardings)  # placed as the step expects: no recompilation
   return params, rl.init_opt_state(optimizer, params, shardings, mesh)
 
 
@@ -117,7 +119,8 @@ def test_a_few_steps_raise_the_rewarded_responses(one_device):
   """Responses with reward 1 (positive advantage) gain logprob over three steps; the others lose it."""
   params, opt_state = fresh(one_device)
   batch = make_batch()
-  logprob_fn = rl.make_logprob_fn(one_device["graphdef"], CFG, one_device["mesh"], one_device["shardings"])
+  logprob_fn = rl.make_logprob_fn(one_device["graphdef"], CFG, one_device["mesh"], one_device["shardings"],
+                                  compiler_options=FAST_COMPILE)
   seq_logp = lambda p: np.asarray(logprob_fn(p, batch)).sum(axis=1)
   start = seq_logp(params)
   for i in range(3):
@@ -126,5 +129,6 @@ def test_a_few_steps_raise_the_rewarded_responses(one_device):
   change = seq_logp(params) - start
   positive = np.asarray(batch.advantages) > 0
   assert positive.sum() == 3
-  assert np.all(change[positive] > 0.5), change
-  assert np.all(change[~positive] < 0.0), change
+  assert np.all(change[positive] > 1.0), change
+  assert change[positive].min() > change[~positive].max(), change
+  assert change[~positive].mean() < 0.0, change  # a wrong answer may share tokens with a right one

@@ -42,8 +42,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   # Where hint (trace-prefix) tokens sit: "prompt" (GHPO: inside the prompt, context only) or
   # "response" (LUFFY / QuestA: the first tokens of the response, which the model continues).
-  # Hint tokens never enter the policy-gradient loss, the KL or the entropy. With "response",
-  # hint_nll_coef > 0 adds a separate negative log-likelihood term on them (UFT).
+  # The trainer lays batches out accordingly (rl.make_batch: prompt_hint= or response_hint_len=); the
+  # segment ids then carry the placement into the step. Hint tokens never enter the policy-gradient
+  # loss, the KL or the entropy. With "response", hint_nll_coef > 0 adds a separate negative
+  # log-likelihood term on them (UFT), reported as metric hint_nll either way.
   c.hint_placement = "prompt"
   c.hint_nll_coef = 0.0
 

@@ -14,6 +14,11 @@ micro-batches (gradients accumulated in a lax.scan against the whole batch's los
 the result equals the unsplit batch), and the update is applied only when the loss and every
 gradient are finite (otherwise params and optimizer state stay as they were and `skipped_updates`
 counts it).
+
+Placement: pass params placed by `param_shardings` (as shard_model or jax.device_put(params, shardings)
+leave them; arrays placed otherwise make jit compile again). The step's outputs keep that placement.
+With several JAX processes the batch must be a global jax.Array (jax.make_array_from_process_local_data
+with parallel.batch_sharding); in one process numpy arrays are placed by the step itself.
 """
 from __future__ import annotations
 
@@ -202,9 +207,10 @@ class TrainStep:
   call, when the optimizer state's structure is known (`lower(...)` does the same without running).
   """
 
-  def __init__(self, graphdef, cfg, mesh, optimizer, param_shardings):
+  def __init__(self, graphdef, cfg, mesh, optimizer, param_shardings, compiler_options=None):
     self.graphdef, self.cfg, self.mesh = graphdef, cfg, mesh
     self.optimizer, self.param_shardings = optimizer, param_shardings
+    self.compiler_options = compiler_options
     self.batch_sharding = parallel.batch_sharding(mesh, 1)  # a prefix: leading axis only, any rank
     self._jitted = None
 
@@ -214,7 +220,8 @@ class TrainStep:
     fn = functools.partial(train_step, graphdef=self.graphdef, cfg=self.cfg, optimizer=self.optimizer,
                            batch_sharding=self.batch_sharding)
     return jax.jit(fn, in_shardings=(self.param_shardings, opt_sh, self.batch_sharding, rep),
-                   out_shardings=(self.param_shardings, opt_sh, rep), donate_argnums=(0, 1))
+                   out_shardings=(self.param_shardings, opt_sh, rep), donate_argnums=(0, 1),
+                   compiler_options=self.compiler_options)
 
   def _check(self, batch: RLBatch):
     B = batch.tokens.shape[0]
@@ -238,12 +245,16 @@ class TrainStep:
     return self._jitted(params, opt_state, batch, rng)
 
 
-def make_train_step(graphdef, cfg, mesh, optimizer, param_shardings) -> TrainStep:
-  """The jitted, sharded train step (see TrainStep)."""
-  return TrainStep(graphdef, cfg, mesh, optimizer, param_shardings)
+def make_train_step(graphdef, cfg, mesh, optimizer, param_shardings, compiler_options=None) -> TrainStep:
+  """The jitted, sharded train step (see TrainStep).
+
+  compiler_options: XLA options for this jit only (e.g. {"xla_backend_optimization_level": 0} halves
+  CPU compile time in tests; TPU scheduler flags on pods).
+  """
+  return TrainStep(graphdef, cfg, mesh, optimizer, param_shardings, compiler_options)
 
 
-def make_logprob_fn(graphdef, cfg, mesh, param_shardings):
+def make_logprob_fn(graphdef, cfg, mesh, param_shardings, compiler_options=None):
   """jitted `fn(params, batch) -> float32 [B, T]` logprobs (aligned like batch.old_logp), sharded by batch.
 
   Call it with the reference params for batch.ref_logp (only when kl_coef != 0), or with the current
@@ -252,10 +263,10 @@ def make_logprob_fn(graphdef, cfg, mesh, param_shardings):
   batch_sh = parallel.batch_sharding(mesh, 1)
   fn = functools.partial(batch_logprobs, graphdef, cfg=cfg, batch_sharding=batch_sh)
   return jax.jit(lambda params, batch: fn(params, batch), in_shardings=(param_shardings, batch_sh),
-                 out_shardings=batch_sh)
+                 out_shardings=batch_sh, compiler_options=compiler_options)
 
 
-def make_grad_fn(graphdef, cfg, mesh, param_shardings):
+def make_grad_fn(graphdef, cfg, mesh, param_shardings, compiler_options=None):
   """jitted `fn(params, batch) -> (grads, metrics)` (no update): the step's gradients, for checks and tools."""
   batch_sh = parallel.batch_sharding(mesh, 1)
 
@@ -264,7 +275,7 @@ def make_grad_fn(graphdef, cfg, mesh, param_shardings):
     return grads, finalize(sums, counts, cfg)[1]
 
   return jax.jit(fn, in_shardings=(param_shardings, batch_sh),
-                 out_shardings=(param_shardings, parallel.replicated(mesh)))
+                 out_shardings=(param_shardings, parallel.replicated(mesh)), compiler_options=compiler_options)
 
 
 # ------------------------------------------------------------------------------------- optimizer

@@ -26,6 +26,34 @@ def log_probs(logits_BxV, temperature):
   return jax.nn.log_softmax(logits_BxV.astype(jnp.float32) / effective_temperature(temperature), axis=-1)
 
 
+def first_argmax(x_BxV):
+  """int32 [B]: the first index of the row maximum (as torch.argmax); cheaper on CPU than jnp.argmax's
+  variadic reduction. A row without a maximum (all NaN) gives index 0."""
+  V = x_BxV.shape[-1]
+  iota = jax.lax.broadcasted_iota(jnp.int32, x_BxV.shape, x_BxV.ndim - 1)
+  hits = jnp.where(x_BxV == jnp.max(x_BxV, axis=-1, keepdims=True), iota, V)
+  index = jnp.min(hits, axis=-1)
+  return jnp.where(index < V, index, 0)
+
+
+# top-k/top-p look at the TOP_CANDIDATES best tokens (lax.top_k, cheap) and fall back to a full sort only
+# when the cut may lie beyond them (top_k larger than this, or top-p mass not reached within them).
+TOP_CANDIDATES = 64
+
+
+def _threshold_from_sorted(sorted_BxK, kth_Bx1, log_norm_Bx1, top_p):
+  """Smallest kept logit given the best logits in descending order, the k-th best logit (top-k cut) and
+  the log normaliser of the distribution that top-p measures mass in; also whether the top-p cut was
+  reached within these candidates."""
+  in_top_k = sorted_BxK >= kth_Bx1
+  probs = jnp.where(in_top_k, jnp.exp(sorted_BxK - log_norm_Bx1), 0.0)
+  mass_above = jnp.cumsum(probs, axis=-1) - probs
+  keep = in_top_k & ((mass_above < top_p) | (top_p >= 1.0))
+  threshold_Bx1 = jnp.min(jnp.where(keep, sorted_BxK, jnp.inf), axis=-1, keepdims=True)
+  reached_B = (mass_above[:, -1] + probs[:, -1] >= top_p) | ~in_top_k[:, -1]
+  return threshold_Bx1, reached_B
+
+
 def filter_top_k_top_p(scaled_BxV, top_k, top_p):
   """Sets to -inf the logits that top-k and then top-p exclude (transformers' order: k first).
 
@@ -36,14 +64,30 @@ def filter_top_k_top_p(scaled_BxV, top_k, top_p):
     below top_p, so the most probable token always stays.
   """
   V = scaled_BxV.shape[-1]
-  sorted_BxV = -jnp.sort(-scaled_BxV, axis=-1)  # descending
   k = jnp.where((top_k > 0) & (top_k < V), top_k, V)
-  kth_Bx1 = jax.lax.dynamic_slice_in_dim(sorted_BxV, k - 1, 1, axis=1)
-  in_top_k = sorted_BxV >= kth_Bx1
-  probs = jax.nn.softmax(jnp.where(in_top_k, sorted_BxV, -jnp.inf), axis=-1)
-  mass_above = jnp.cumsum(probs, axis=-1) - probs
-  keep = in_top_k & (mass_above < top_p)
-  threshold_Bx1 = jnp.min(jnp.where(keep, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+  C = min(TOP_CANDIDATES, V)
+
+  def cut(sorted_BxK, log_norm_Bx1):
+    kth_Bx1 = jax.lax.dynamic_slice_in_dim(sorted_BxK, jnp.minimum(k, sorted_BxK.shape[-1]) - 1, 1, axis=1)
+    kth_Bx1 = jnp.where(k <= sorted_BxK.shape[-1], kth_Bx1, -jnp.inf)
+    return _threshold_from_sorted(sorted_BxK, kth_Bx1, log_norm_Bx1, top_p)
+
+  top_BxC, _ = jax.lax.top_k(scaled_BxV, C)
+  # Mass is measured within the top-k set: its log normaliser needs the top-k logits (known when k <= C)
+  # or all logits (no top-k cut).
+  kth_Bx1 = jax.lax.dynamic_slice_in_dim(top_BxC, jnp.minimum(k, C) - 1, 1, axis=1)
+  in_k = jnp.where(scaled_BxV >= jnp.where(k <= C, kth_Bx1, -jnp.inf), scaled_BxV, -jnp.inf)
+  log_norm_Bx1 = jax.nn.logsumexp(in_k, axis=-1, keepdims=True)
+  threshold_Bx1, reached_B = cut(top_BxC, log_norm_Bx1)
+  exact = (k <= C) | ((k == V) & jnp.all(reached_B))
+
+  def full_sort(_):
+    sorted_BxV = -jnp.sort(-scaled_BxV, axis=-1)
+    kth = jax.lax.dynamic_slice_in_dim(sorted_BxV, k - 1, 1, axis=1)
+    norm = jax.nn.logsumexp(jnp.where(sorted_BxV >= kth, sorted_BxV, -jnp.inf), axis=-1, keepdims=True)
+    return cut(sorted_BxV, norm)[0]
+
+  threshold_Bx1 = jax.lax.cond(exact, lambda _: threshold_Bx1, full_sort, None)
   return jnp.where(scaled_BxV >= threshold_Bx1, scaled_BxV, -jnp.inf)
 
 
@@ -70,7 +114,7 @@ def choose_tokens(key, logits_BxV, temperature, top_k, top_p):
   numbers, and the sort behind top-k/top-p runs only when a filter is on.
   """
   def greedy(logits):
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return first_argmax(logits)
 
   def sample(logits):
     scaled = logits / effective_temperature(temperature)

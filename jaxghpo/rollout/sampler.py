@@ -38,7 +38,18 @@ class SampleOutput:
   logprobs: jax.Array    # float32 [R, N]
   lengths: jax.Array     # int32 [R]
   confidence: jax.Array | None = None  # float32 [R, N] when asked for
-  decode_steps: jax.Array | None = None  # int32 []: decode steps run (fewer than N when all rows ended)
+  decode_steps: jax.Array | None = None  # int32 []: tokens chosen per row (< N when all rows ended early)
+
+
+@struct.dataclass
+class _RowState:
+  """Per-row decode state carried through the loop (R rows, N new tokens)."""
+  tokens: jax.Array        # int32 [R, N]
+  logprobs: jax.Array      # float32 [R, N]
+  confidence: jax.Array | None  # float32 [R, N]
+  lengths: jax.Array       # int32 [R]: tokens written so far
+  done: jax.Array          # bool [R]: produced EOS (or inactive filler row)
+  since_switch: jax.Array  # int32 [R]: tokens since the last thought-switch token (TIP)
 
 
 def _pad_prompts(prompts: Sequence[Sequence[int]], batch_size: int, max_prompt_len: int, pad_id: int):
@@ -185,48 +196,51 @@ class Sampler:
     is_eos_V, pad_id = controls["is_eos_V"], controls["pad_id"]
     switch_V, alpha, beta = controls["switch_V"], controls["alpha"], controls["beta"]
 
-    def choose(t, logits_RxV, state):
-      """Chooses token t for every row and records it; rows that have ended write pad."""
-      tokens, logps, confs, done, since, lengths = state
-      penalised = penalties.apply_thought_switch_penalty(logits_RxV, since, switch_V, alpha, beta)
+    def choose(t, logits_RxV, rows_state: _RowState):
+      """Chooses token t of every row and records it; rows that have ended write pad."""
+      st = rows_state
+      penalised = penalties.apply_thought_switch_penalty(logits_RxV, st.since_switch, switch_V, alpha, beta)
       token_R = filters.choose_tokens(jax.random.fold_in(rng, t), penalised, temperature, top_k, top_p)
       logp_RxV = filters.log_probs(logits_RxV, temperature)
       logp_R = jnp.take_along_axis(logp_RxV, token_R[:, None], axis=1)[:, 0]
-      live = ~done
-      tokens = tokens.at[:, t].set(jnp.where(live, token_R, pad_id))
-      logps = logps.at[:, t].set(jnp.where(live, logp_R, 0.0))
-      if confs is not None:
+      live = ~st.done
+      confidence = st.confidence
+      if confidence is not None:
         conf_R = filters.deepconf_confidence(logp_RxV, self.confidence_k)
-        confs = confs.at[:, t].set(jnp.where(live, conf_R, 0.0))
-      lengths = lengths + live.astype(jnp.int32)
-      done = done | is_eos_V[token_R]
-      since = penalties.update_tokens_since_switch(since, token_R, switch_V)
-      return tokens, logps, confs, done, since, lengths
+        confidence = confidence.at[:, t].set(jnp.where(live, conf_R, 0.0))
+      new = _RowState(tokens=st.tokens.at[:, t].set(jnp.where(live, token_R, pad_id)),
+                      logprobs=st.logprobs.at[:, t].set(jnp.where(live, logp_R, 0.0)),
+                      confidence=confidence,
+                      lengths=st.lengths + live.astype(jnp.int32),
+                      done=st.done | is_eos_V[token_R],
+                      since_switch=penalties.update_tokens_since_switch(st.since_switch, token_R, switch_V))
+      return new, token_R
 
     batch2 = ("batch", None)
-    state = (self._constrain(jnp.full((R, N), pad_id, jnp.int32), batch2),
-             self._constrain(jnp.zeros((R, N), jnp.float32), batch2),
-             self._constrain(jnp.zeros((R, N), jnp.float32), batch2) if self.return_confidence else None,
-             done_R, jnp.zeros((R,), jnp.int32), jnp.zeros((R,), jnp.int32))
-    state = choose(0, logits_RxV, state)
+    init = _RowState(
+        tokens=self._constrain(jnp.full((R, N), pad_id, jnp.int32), batch2),
+        logprobs=self._constrain(jnp.zeros((R, N), jnp.float32), batch2),
+        confidence=self._constrain(jnp.zeros((R, N), jnp.float32), batch2) if self.return_confidence else None,
+        lengths=jnp.zeros((R,), jnp.int32), done=done_R, since_switch=jnp.zeros((R,), jnp.int32))
 
     def cond(carry):
-      t, _, state = carry
-      return (t < N) & ~jnp.all(state[3])
+      t, _, _, rows_state = carry
+      return (t < N) & ~jnp.all(rows_state.done)
 
     def body(carry):
-      t, cache, state = carry
-      # Feed token t-1 (slot P+t-1, position prompt_len+t-1); it attends to the prompt and slots <= P+t-1.
-      token_Rx1 = jax.lax.dynamic_slice_in_dim(state[0], t - 1, 1, axis=1)
-      positions_Rx1 = (prompt_len_R + t - 1)[:, None]
-      mask_RxS = jnp.concatenate([prompt_valid_RxP, jnp.broadcast_to(jnp.arange(N) < t, (R, N))], axis=1)
-      logits_Rx1xV, cache = model(token_Rx1, positions_Rx1, mask_RxS[:, None, :], cache=cache,
-                                  cache_pos=P + t - 1)
-      return t + 1, cache, choose(t, logits_Rx1xV[:, 0], state)
+      t, logits_RxV, cache, rows_state = carry
+      rows_state, token_R = choose(t, logits_RxV, rows_state)
+      # Feed token t (slot P+t, RoPE position prompt_len+t); it attends to the prompt and new slots <= P+t.
+      # After the last token this forward is not needed; one spare step costs less than a second copy of
+      # the sampling code in the compiled program.
+      mask_RxS = jnp.concatenate([prompt_valid_RxP, jnp.broadcast_to(jnp.arange(N) <= t, (R, N))], axis=1)
+      logits_Rx1xV, cache = model(token_R[:, None], (prompt_len_R + t)[:, None], mask_RxS[:, None, :],
+                                  cache=cache, cache_pos=P + t)
+      return t + 1, logits_Rx1xV[:, 0], cache, rows_state
 
-    steps, cache, state = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, state))
-    tokens, logps, confs, _, _, lengths_R = state
-    out = SampleOutput(tokens=tokens, logprobs=logps, lengths=lengths_R, confidence=confs, decode_steps=steps)
+    steps, _, cache, final = jax.lax.while_loop(cond, body, (jnp.int32(0), logits_RxV, cache, init))
+    out = SampleOutput(tokens=final.tokens, logprobs=final.logprobs, lengths=final.lengths,
+                       confidence=final.confidence, decode_steps=steps)
     return out, (cache if self.donate_cache else None)
 
   # ---- the call --------------------------------------------------------------------------------------

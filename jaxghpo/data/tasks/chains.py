@@ -2,10 +2,16 @@
 
 A problem shifts a start letter by a chain of single-digit offsets, mod 26:
 
-  problem   k+3-5+2=            start letter a-z, then `level` operations "+d" or "-d", d in 1..9
-  steps     n-5+2 ; i+2 ; k     step j applies the leftmost operation to the letter and copies the
-                                remaining operations verbatim; the last step is the answer
-  solution  n-5+2;i+2;k         (Example.step_sep = ";"; the model's response is this + EOS)
+  problem   k+3-5+2=                 start letter a-z, then `level` operations "+d" or "-d", d in 1..MAX_OFFSET
+  steps     k+3=n-5+2 ; n-5=i+2 ; i+2=k
+                                     step j restates the current letter and the leftmost operation,
+                                     writes "=" and the new letter, then copies the remaining operations
+                                     verbatim; the new letter of the last step is the answer
+  solution  k+3=n-5+2;n-5=i+2;i+2=k  (Example.step_sep = ";"; the model's response is this + EOS)
+
+Why the restatement: the three tokens a step's new letter depends on sit right before it, so the
+offset table is learned from local context (a small model did not learn it within 1,000 SFT steps
+when the inputs sat at the start of the previous line, at a distance that varies with the line).
 
 Every step depends only on the line above it, so after a hint of the first s steps a level-L problem
 leaves exactly the work of a level-(L - s) problem: a long enough hint makes a hard problem look
@@ -41,8 +47,9 @@ CHANCE = 1.0 / 26.0
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _SPLIT_CODES = {"train": 0, "test": 1, "ood": 2}
+MAX_OFFSET = 5  # operations are +d / -d with d in 1..MAX_OFFSET (26 x 2 x MAX_OFFSET facts to learn)
 _PROBLEM_RE = re.compile(r"([a-z])((?:[+-][1-9])+)=")
-_STEP_RE = re.compile(r"([a-z])((?:[+-][1-9])*)")
+_STEP_RE = re.compile(r"([a-z])([+-][1-9])=([a-z])((?:[+-][1-9])*)")
 _OP_RE = re.compile(r"([+-])([1-9])")
 
 
@@ -53,7 +60,7 @@ def problem_len(level: int) -> int:
 
 def solution_len(level: int) -> int:
   """Characters (= task tokens) of a level-`level` solution, separators included, EOS excluded."""
-  return level * level + level - 1
+  return level * level + 5 * level - 1
 
 
 def split_of(problem: str) -> str:
@@ -68,7 +75,7 @@ def _shift(letter: str, op: str) -> str:
 
 
 def solve(problem: str) -> tuple[str, ...]:
-  """The rewrite trace of a problem text such as "k+3-5+2=" -> ("n-5+2", "i+2", "k")."""
+  """The rewrite trace of a problem text: "k+3-5+2=" -> ("k+3=n-5+2", "n-5=i+2", "i+2=k")."""
   match = _PROBLEM_RE.fullmatch(problem)
   if match is None:
     raise ValueError(f"chains problem {problem!r} is malformed; expected e.g. 'k+3-5+2=' "
@@ -77,8 +84,9 @@ def solve(problem: str) -> tuple[str, ...]:
   ops = [m.group(0) for m in _OP_RE.finditer(ops_text)]
   steps = []
   for j, op in enumerate(ops):
-    letter = _shift(letter, op)
-    steps.append(letter + "".join(ops[j + 1:]))
+    new = _shift(letter, op)
+    steps.append(f"{letter}{op}={new}" + "".join(ops[j + 1:]))
+    letter = new
   return tuple(steps)
 
 
@@ -86,7 +94,7 @@ def make_example(problem: str) -> Example:
   """The Example of a problem text, with its trace, answer, level and stable id."""
   steps = solve(problem)
   return Example(problem_id=stable_id(NAME, problem), problem=problem, steps=steps,
-                 answer=steps[-1], level=len(steps), step_sep=STEP_SEP)
+                 answer=steps[-1].split("=")[-1], level=len(steps), step_sep=STEP_SEP)
 
 
 def level_counts(weights: Mapping[int, float], num_examples: int) -> dict[int, int]:
@@ -129,7 +137,7 @@ def _draw_problems(level: int, count: int, split: str, rng: np.random.Generator)
     n = max(64, 2 * count)
     starts = rng.integers(0, 26, size=n)
     signs = rng.integers(0, 2, size=(n, level))
-    digits = rng.integers(1, 10, size=(n, level))
+    digits = rng.integers(1, MAX_OFFSET + 1, size=(n, level))
     for i in range(n):
       ops = "".join(("+-"[s]) + str(d) for s, d in zip(signs[i], digits[i]))
       problem = _LETTERS[starts[i]] + ops + "="
@@ -177,20 +185,22 @@ def verify_trace(example: Example) -> bool:
     step_match = _STEP_RE.fullmatch(step)
     if step_match is None:
       return False
-    new_letter, tail = step_match.groups()
-    if new_letter != _shift(letter, ops[j]) or tail != "".join(ops[j + 1:]):
+    old_letter, op, new_letter, tail = step_match.groups()
+    if (old_letter != letter or op != ops[j] or new_letter != _shift(letter, ops[j])
+        or tail != "".join(ops[j + 1:])):
       return False
     letter = new_letter
-  return example.steps[-1] == example.answer
+  return letter == example.answer
 
 
 def extract_answer(completion: str) -> str:
-  """The answer of a completion: its last ";"-separated segment, stripped ("" if there is none).
+  """The answer of a completion: the text after the last "=" of its last ";"-separated segment,
+  stripped ("" if there is none). A bare letter (an answer without its step) is taken as is.
 
   Text after an "<eos>" (when decoded with special tokens) is ignored.
   """
   completion = completion.split("<eos>", 1)[0]
-  return completion.split(STEP_SEP)[-1].strip()
+  return completion.split(STEP_SEP)[-1].split("=")[-1].strip()
 
 
 def count_steps(completion: str) -> int:
