@@ -47,10 +47,19 @@ def qwen(tmp_path_factory):
   return model, cfg, path
 
 
+G = 2  # samples per prompt of the shared sampler (one compiled program serves most tests)
+
+
 @pytest.fixture(scope="module")
 def sampler(qwen):
   model, _, _ = qwen
-  return rollout.Sampler(model, batch_size=len(PROMPT_LENGTHS), max_prompt_len=16, max_new_tokens=MAX_NEW)
+  return rollout.Sampler(model, batch_size=len(PROMPT_LENGTHS), max_prompt_len=16, max_new_tokens=MAX_NEW,
+                         num_samples=G, return_confidence=True, confidence_k=5, donate_cache=True)
+
+
+def _rows(prompts):
+  """The prompt of each output row (rows are prompt-major: row p*G+g continues prompt p)."""
+  return [p for p in prompts for _ in range(G)]
 
 
 def _hf_greedy(hf, prompt, eos_id):
@@ -101,7 +110,7 @@ def test_logprobs_match_a_separate_forward_pass(qwen, sampler, prompts, temperat
   out = sampler(model, prompts, rng=jax.random.key(3), temperature=temperature, top_k=top_k, top_p=top_p,
                 eos_id=[5, 17, 40], pad_id=0)
   lengths = np.asarray(out.lengths)
-  want, _ = _recomputed_logp(model, prompts, out, 16, temperature if temperature > 0 else 1.0)
+  want, _ = _recomputed_logp(model, _rows(prompts), out, 16, temperature if temperature > 0 else 1.0)
   got = np.asarray(out.logprobs)
   live = np.arange(MAX_NEW)[None] < lengths[:, None]
   np.testing.assert_allclose(got[live], want[live], atol=1e-5, rtol=0)
@@ -116,7 +125,7 @@ def test_eos_pads_counts_and_masks(qwen, sampler, prompts):
   tokens, lengths, logps = np.asarray(out.tokens), np.asarray(out.lengths), np.asarray(out.logprobs)
   assert lengths.dtype == np.int32
   ended = 0
-  for i in range(len(prompts)):
+  for i in range(len(prompts) * G):
     n = lengths[i]
     body = tokens[i, :n].tolist()
     if n < MAX_NEW:  # stopped: the last kept token is an EOS, the rest is pad with logprob 0
@@ -127,7 +136,7 @@ def test_eos_pads_counts_and_masks(qwen, sampler, prompts):
   assert ended >= 1, "the test needs at least one row that stops early; pick other eos ids"
   # Every token is an EOS: each row stops after one token, and the loop stops early.
   out = sampler(model, prompts, rng=jax.random.key(7), eos_id=list(range(97)), pad_id=0)
-  assert np.asarray(out.lengths).tolist() == [1] * len(prompts)
+  assert np.asarray(out.lengths).tolist() == [1] * len(prompts) * G
   assert int(out.decode_steps) == 1
   assert (np.asarray(out.tokens)[:, 1:] == 0).all()
 
@@ -136,9 +145,9 @@ def test_fewer_prompts_than_batch_leaves_inactive_rows(qwen, sampler, prompts):
   model, _, _ = qwen
   full = sampler(model, prompts, rng=jax.random.key(0))
   part = sampler(model, prompts[:2], rng=jax.random.key(0), pad_id=3)
-  assert np.array_equal(np.asarray(part.tokens)[:2], np.asarray(full.tokens)[:2])
-  assert np.asarray(part.lengths).tolist() == [MAX_NEW, MAX_NEW, 0, 0, 0, 0]
-  assert (np.asarray(part.tokens)[2:] == 3).all()
+  assert np.array_equal(np.asarray(part.tokens)[:2 * G], np.asarray(full.tokens)[:2 * G])
+  assert np.asarray(part.lengths).tolist() == [MAX_NEW] * 2 * G + [0] * 4 * G
+  assert (np.asarray(part.tokens)[2 * G:] == 3).all()
 
 
 def test_bad_inputs_name_the_fault(sampler, qwen):
@@ -153,25 +162,23 @@ def test_bad_inputs_name_the_fault(sampler, qwen):
     sampler(model, [[1]], rng=jax.random.key(0), top_p=0.0)
 
 
-def test_samples_per_prompt_and_confidence(qwen, prompts):
+def test_samples_per_prompt_and_confidence(qwen, sampler, prompts):
   model, cfg, _ = qwen
-  G = 3
-  s = rollout.Sampler(model, batch_size=len(prompts), max_prompt_len=16, max_new_tokens=MAX_NEW, num_samples=G,
-                      return_confidence=True, confidence_k=5)
   single = rollout.generate(model, prompts, MAX_NEW, rng=jax.random.key(0))
-  greedy = s(model, prompts, rng=jax.random.key(0))
+  greedy = sampler(model, prompts, rng=jax.random.key(0))
   assert greedy.tokens.shape == (len(prompts) * G, MAX_NEW)
-  # Rows are prompt-major: rows p*G .. p*G+G-1 continue prompt p; greedy copies are identical.
+  # Rows are prompt-major: rows p*G .. p*G+G-1 continue prompt p; greedy copies are identical. The
+  # prefill is computed once per prompt and its cache repeated, so this also checks that repetition.
   np.testing.assert_array_equal(np.asarray(greedy.tokens), np.repeat(np.asarray(single.tokens), G, axis=0))
-  sampled = s(model, prompts, rng=jax.random.key(1), temperature=1.0)
+  sampled = sampler(model, prompts, rng=jax.random.key(1), temperature=1.0)
   tokens = np.asarray(sampled.tokens).reshape(len(prompts), G, MAX_NEW)
   assert any(len({tuple(r) for r in group}) > 1 for group in tokens), "samples of a prompt must differ"
   # DeepConf confidence equals -mean(top-5 logprobs) recomputed from a full forward pass.
-  repeated = [p for p in prompts for _ in range(G)]
-  _, logp_all = _recomputed_logp(model, repeated, sampled, 16, 1.0)
+  _, logp_all = _recomputed_logp(model, _rows(prompts), sampled, 16, 1.0)
   want = -np.mean(np.sort(logp_all, axis=-1)[..., -5:], axis=-1)
   live = np.arange(MAX_NEW)[None] < np.asarray(sampled.lengths)[:, None]
   np.testing.assert_allclose(np.asarray(sampled.confidence)[live], want[live], atol=1e-5)
+  assert (np.asarray(sampled.confidence)[~live] == 0).all()
 
 
 def test_thought_switch_penalty(qwen, sampler, prompts):
@@ -188,8 +195,10 @@ def test_thought_switch_penalty(qwen, sampler, prompts):
         assert token != switch
       since = 0 if token == switch else since + 1
   assert out[0, 0] != base[0, 0]
-  off = np.asarray(sampler(model, prompts, rng=jax.random.key(0), penalty=penalties.ThoughtSwitchPenalty()).tokens)
-  np.testing.assert_array_equal(off, base)
+  always = penalties.ThoughtSwitchPenalty(token_ids=(switch,), alpha=1e4, beta=MAX_NEW)
+  assert not (np.asarray(sampler(model, prompts, rng=jax.random.key(0), penalty=always).tokens) == switch).any()
+  for off in (penalties.ThoughtSwitchPenalty(), penalties.ThoughtSwitchPenalty((switch,), alpha=1e4, beta=0)):
+    np.testing.assert_array_equal(np.asarray(sampler(model, prompts, rng=jax.random.key(0), penalty=off).tokens), base)
 
 
 def test_penalty_counter_hand_worked():
@@ -209,8 +218,9 @@ def test_penalty_counter_hand_worked():
 
 
 def test_filters_hand_worked():
+  cut = jax.jit(filters.filter_top_k_top_p)
   logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
-  kept = lambda k, p: np.isfinite(np.asarray(filters.filter_top_k_top_p(logits, jnp.int32(k), jnp.float32(p))))[0]
+  kept = lambda k, p: np.isfinite(np.asarray(cut(logits, jnp.int32(k), jnp.float32(p))))[0]
   assert kept(0, 1.0).tolist() == [True] * 5
   assert kept(2, 1.0).tolist() == [True, True, False, False, False]
   # top-p 0.75: mass above the 3rd token is 0.7 < 0.75 (kept), above the 4th 0.85 (dropped).
@@ -219,8 +229,7 @@ def test_filters_hand_worked():
   assert kept(3, 0.8).tolist() == [True, True, False, False, False]
   assert kept(0, 0.01).tolist() == [True, False, False, False, False]
   ties = jnp.array([[1.0, 3.0, 3.0, 2.0]])
-  assert np.isfinite(np.asarray(filters.filter_top_k_top_p(ties, jnp.int32(1), jnp.float32(1.0))))[0].tolist() == [
-      False, True, True, False]
+  assert np.isfinite(np.asarray(cut(ties, jnp.int32(1), jnp.float32(1.0))))[0].tolist() == [False, True, True, False]
   assert filters.first_argmax(ties).tolist() == [1]
   logp = jnp.log(jnp.array([[0.5, 0.25, 0.25]]))
   np.testing.assert_allclose(filters.deepconf_confidence(logp, 2), [(np.log(2) + np.log(4)) / 2], rtol=1e-6)
@@ -230,26 +239,27 @@ def test_filters_hand_worked():
 
 def test_donated_cache_gives_the_same_tokens(qwen, sampler, prompts):
   model, _, _ = qwen
-  donated = rollout.Sampler(model, batch_size=len(prompts), max_prompt_len=16, max_new_tokens=MAX_NEW,
-                            donate_cache=True)
-  want = np.asarray(sampler(model, prompts, rng=jax.random.key(4), temperature=1.0).tokens)
+  want = np.repeat(np.asarray(rollout.generate(model, prompts, MAX_NEW, rng=jax.random.key(0)).tokens), G, axis=0)
   for _ in range(2):  # the second call runs on the cache the first one handed back
-    got = np.asarray(donated(model, prompts, rng=jax.random.key(4), temperature=1.0).tokens)
+    got = np.asarray(sampler(model, prompts, rng=jax.random.key(4)).tokens)
     np.testing.assert_array_equal(got, want)
+  assert sampler._cache is not None and not sampler._cache.k[0].is_deleted()
 
 
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 8, 1)])
-def test_sharded_greedy_equals_single_device(qwen, mesh_shape):
+def test_sharded_greedy_equals_single_device(qwen, sampler, mesh_shape):
   model, cfg, path = qwen
   rng = np.random.default_rng(1)
-  batch = [rng.integers(3, 97, n).tolist() for n in (4, 11, 2, 7, 16, 1, 9, 5)]
-  want = rollout.generate(model, batch, MAX_NEW, rng=jax.random.key(0), eos_id=7)
+  batch = [rng.integers(3, 97, n).tolist() for n in (4, 11, 2, 16)]  # x G = 8 rows
+  want = sampler(model, batch, rng=jax.random.key(0), eos_id=7)
   mesh = parallel.make_mesh(mesh_shape)
   sharded, _ = models.from_pretrained(path)
   parallel.shard_model(sharded, mesh)
-  s = rollout.Sampler(sharded, batch_size=len(batch), max_prompt_len=16, max_new_tokens=MAX_NEW, mesh=mesh)
+  s = rollout.Sampler(sharded, batch_size=len(batch), max_prompt_len=16, max_new_tokens=MAX_NEW, num_samples=G,
+                      mesh=mesh)
   out = s(sharded, batch, rng=jax.random.key(0), eos_id=7)
   assert out.tokens.sharding.spec[0] is not None, "rows must be sharded over the batch axes"
-  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(want.tokens))
-  np.testing.assert_array_equal(np.asarray(out.lengths), np.asarray(want.lengths))
-  np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(want.logprobs), atol=1e-5)
+  R = len(batch) * G
+  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(want.tokens)[:R])
+  np.testing.assert_array_equal(np.asarray(out.lengths), np.asarray(want.lengths)[:R])
+  np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(want.logprobs)[:R], atol=1e-5)

@@ -103,7 +103,7 @@ def test_deterministic_from_seed():
 
 
 def test_test_split_is_disjoint_from_train():
-  # levels 1-2 have only 26*10 + 26*100 = 2860 problems, so overlap would show if the hash rule failed
+  # levels 1-2 have only 26*10 + 26*100 = 2860 problems: overlap would show if the hash rule failed
   train = {e.problem for e in chains.generate("train", 3000, seed=0, levels=[1, 2])}
   test = {e.problem for e in chains.generate("test", 600, seed=0, levels=[1, 2])}
   assert not train & test

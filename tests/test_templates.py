@@ -39,41 +39,44 @@ def test_chains_without_hint(tok):
     assert r.prompt_text == "<bos>k+3-5+2="
     assert r.prompt_ids == (2, 15, 41, 34, 42, 36, 41, 33, 43)
     assert r.hint_ids == () and r.hint_text == ""
-  assert templates.target_text(ex, "", "prompt", "plain") == "n-5+2;i+2;k"
+  assert templates.target_text(ex, "", "prompt", "plain") == "k+3=n-5+2;n-5=i+2;i+2=k"
 
 
 def test_chains_hint_in_prompt(tok):
   ex = chains.make_example("k+3-5+2=")
   hint = hints.build(ex, 0.67, "steps")
   r = templates.render(ex, hint, "prompt", tok, "plain")
-  assert r.prompt_text == "<bos>k+3-5+2=n-5+2;i+2;|"
+  assert hint == "k+3=n-5+2;n-5=i+2;"  # floor(0.67 * 3) = 2 steps
+  assert r.prompt_text == "<bos>k+3-5+2=k+3=n-5+2;n-5=i+2;|"
   assert r.prompt_ids == tuple(tok.encode(r.prompt_text))
-  assert r.prompt_ids[-1] == 4 and len(r.prompt_ids) == 1 + 8 + 10 + 1
+  assert r.prompt_ids[-1] == 4 and len(r.prompt_ids) == 1 + 8 + 18 + 1
   assert r.hint_ids == ()
-  assert templates.target_text(ex, hint, "prompt", "plain") == "k"
+  assert templates.target_text(ex, hint, "prompt", "plain") == "i+2=k"  # the last step
 
 
 def test_chains_hint_in_response(tok):
   ex = chains.make_example("k+3-5+2=")
   hint = hints.build(ex, 0.4, "steps")
   r = templates.render(ex, hint, "response", tok, "plain")
-  assert r.prompt_text == "<bos>k+3-5+2=" and r.hint_text == "n-5+2;"
-  assert r.hint_ids == tuple(tok.encode("n-5+2;"))
-  assert templates.target_text(ex, hint, "response", "plain") == "i+2;k"
+  assert r.prompt_text == "<bos>k+3-5+2=" and r.hint_text == "k+3=n-5+2;"  # floor(1.2) = 1 step
+  #                       k   +   3   =   n   -   5   +   2   ;
+  assert r.hint_ids == (15, 41, 34, 43, 18, 42, 36, 41, 33, 44)
+  assert templates.target_text(ex, hint, "response", "plain") == "n-5=i+2;i+2=k"
   # prompt + hint + target is exactly the unhinted prompt + full solution
   full = r.prompt_text + r.hint_text + templates.target_text(ex, hint, "response", "plain")
-  assert full == "<bos>k+3-5+2=n-5+2;i+2;k"
+  assert full == "<bos>k+3-5+2=k+3=n-5+2;n-5=i+2;i+2=k"
 
 
 @pytest.mark.parametrize("placement", templates.PLACEMENTS)
 def test_hinted_hard_problem_continues_like_an_easy_one(placement, tok):
   # after s hint steps of a level-L problem, what is left to write is the response to the
-  # level-(L - s) problem whose text is the last hint step + "="
+  # level-(L - s) problem whose text is what follows "=" in the last hint step, + "="
+  # (e.g. hint "k+3=n-5+2;" of k+3-5+2= leaves the response "n-5=i+2;i+2=k" of n-5+2=)
   for ex in chains.generate("train", 60, seed=4, levels=[6, 7, 8]):
     for ratio in (0.25, 0.5, 0.75):
       hint = hints.build(ex, ratio, "steps")
       s = hint.count(";")
-      easy = chains.make_example(ex.steps[s - 1] + "=")
+      easy = chains.make_example(ex.steps[s - 1].split("=")[1] + "=")
       assert easy.level == ex.level - s
       assert templates.target_text(ex, hint, placement, "plain") == easy.solution
       r = templates.render(ex, hint, placement, tok, "plain")
@@ -145,4 +148,5 @@ def test_errors():
   with pytest.raises(ValueError, match="style"):
     templates.render(ex, "", "prompt", tok, "latex")
   with pytest.raises(ValueError, match="not a prefix"):
-    templates.target_text(chains.make_example("a+1+1="), "x+1;", "response", "plain")
+    # the solution is "a+1=b+1;b+1=c"; "a+1=c+1;" is a well-formed but wrong first step
+    templates.target_text(chains.make_example("a+1+1="), "a+1=c+1;", "response", "plain")

@@ -108,7 +108,8 @@ def main():
       tgt, msk = b.tokens_BxT[:, 1:], b.loss_mask_BxT[:, 1:] > 0
       is_letter = (tgt >= 5) & (tgt <= 30)
       prev = b.tokens_BxT[:, :-1]
-      new_letter = msk & is_letter & ((prev == 43) | (prev == 44) | (prev == 4))  # after '=', ';' or '|'
+      prev_in_response = np.concatenate([np.zeros_like(msk[:, :1]), msk[:, :-1]], axis=1)
+      new_letter = msk & is_letter & (prev == 43) & prev_in_response  # computed: after a response '='
       copy = msk & ~new_letter
       acc_new = (pred == tgt)[new_letter].mean()
       acc_copy = (pred == tgt)[copy].mean()

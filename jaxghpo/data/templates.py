@@ -9,9 +9,10 @@ Placements (where a hint, a prefix of the solution from curriculum/hints.py, goe
 Styles (answer formats):
   "plain"         the procedural tasks (chains): no instructions, no chat template. Its vocabulary
                   has no English, so the in-prompt hint is marked by a single token:
-                      no hint          <bos>k+3-5+2=
-                      prompt placement <bos>k+3-5+2=n-5+2;i+2;|     -> model writes  k<eos>
-                      response         <bos>k+3-5+2=  + hint ids n-5+2;i+2;  -> model writes k<eos>
+                                 prompt (+ hint ids)                 model writes
+                      no hint    <bos>k+3-5+2=                       k+3=n-5+2;n-5=i+2;i+2=k<eos>
+                      prompt     <bos>k+3-5+2=k+3=n-5+2;n-5=i+2;|    i+2=k<eos>
+                      response   <bos>k+3-5+2= + k+3=n-5+2;n-5=i+2;  i+2=k<eos>
                   A "steps" hint ends with the step separator, so in both placements the model
                   continues the trace at the step after the hint: the work left in a hinted level-L
                   problem is the response of a level-(L - s) problem.

@@ -27,7 +27,8 @@ Splits, deterministic from a seed:
          same operators and digits. Chosen over two-digit offsets because a hint then reduces an
          ood problem to a length seen in training. (ood does not use the hash rule: its problems
          differ from train by length, as long as its levels lie above the train levels.)
-Within a split, problems are drawn with replacement (level 1 has only 26 * 18 problems).
+Within a split, problems are drawn with replacement (level 1 has only 26 * 2 * MAX_OFFSET = 260
+problems).
 """
 from __future__ import annotations
 
