@@ -13,6 +13,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mode = "rl"  # "rl" | "sft"
   c.seed = 0
   c.num_steps = 100
+  c.max_gen_tokens = 0  # > 0: stop once this many tokens were generated (retries included); for equal budgets
   c.checkpoint_every_steps = 50
   c.keep_checkpoints = 3
   c.log_every_steps = 10  # console lines when not on a terminal
@@ -34,7 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "task"  # "task" | "files"
   c.data.task = "chains"
-  c.data.train_levels = ml_collections.ConfigDict({str(l): 1.0 for l in range(1, 9)})  # level -> weight
+  c.data.train_levels = ml_collections.ConfigDict({str(l): 1.0 for l in range(1, 7)})  # level -> weight
   c.data.num_train = 20000
   c.data.files = ""  # comma-separated paths for source="files"
   c.data.fields = ml_collections.ConfigDict({"problem": "problem", "solution": "solution", "answer": "answer",
@@ -67,7 +68,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.sft = ml_collections.ConfigDict()
   c.sft.batch_size = 128
-  c.sft.levels = "1,2,3,4"
+  c.sft.levels = "1,2,3"
+  c.sft.hinted_levels = "4,5,6"  # seen only with a hint leaving at most sft.max_remaining steps to write
+  c.sft.max_remaining = 3
   c.sft.hint_prob = 0.5
   c.sft.max_len = 48
   c.sft.learning_rate = 3e-3
@@ -80,9 +83,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_problems = 64  # per split and level group
   c.eval.num_samples = 8  # k of pass@k / avg@k
-  c.eval.easy_levels = "1,2,3,4"
-  c.eval.hard_levels = "7,8"
-  c.eval.ood_levels = "9,10"
+  c.eval.easy_levels = "1,2,3"
+  c.eval.hard_levels = "5,6"
+  c.eval.ood_levels = "7,8"
   c.eval.hint_ratios = "0.0,0.5"
   c.eval.temperature = 1.0
+  c.eval.max_prompt_len = 0  # 0: config.rollout.max_prompt_len (evaluation may reach longer chains)
+  c.eval.max_new_tokens = 0  # 0: config.rollout.max_new_tokens
   return c

@@ -1,7 +1,8 @@
 """The README's main run: GHPO from the shipped base policy on letter chains weighted toward hard levels.
 
-The base policy (jaxghpo/assets/chains_base, made by tools/make_base_policy.py) was trained on levels
-1-4 only; here RL sees levels 1-8 with most weight on 6-8, where the base policy fails without a hint.
+The base policy (jaxghpo/assets/chains_base, made by tools/make_base_policy.py) learned to write whole
+chains of levels 1-3, and to finish chains of levels 4-6 only when a hint left it at most 3 steps;
+here RL sees levels 1-6 with most weight on 4-6, which the base policy fails without a hint.
 GHPO re-samples all-wrong groups with the first 25% / 50% / 75% of the trace in the prompt.
 
     python -m jaxghpo.main --config=configs/default.py --workdir=runs/default
@@ -17,11 +18,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.num_steps = 120
   c.checkpoint_every_steps = 40
   c.data.train_levels = ml_collections.ConfigDict(
-      {"1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0, "5": 2.0, "6": 3.0, "7": 4.0, "8": 4.0})
+      {"1": 1.0, "2": 1.0, "3": 1.0, "4": 2.0, "5": 3.0, "6": 3.0})
   c.data.prompts_per_step = 16
   c.rollout.group_size = 8
-  c.rollout.max_prompt_len = 112
-  c.rollout.max_new_tokens = 112
+  c.rollout.max_prompt_len = 72  # a level-6 problem with a 75% hint
+  c.rollout.max_new_tokens = 72  # a whole level-6 trace
+  c.eval.max_prompt_len = 96  # out-of-distribution level 8 with a 50% hint
+  c.eval.max_new_tokens = 112  # a whole level-8 trace
   c.rollout.temperature = 1.0
   c.rl.learning_rate = 1e-3
   c.rl.warmup_steps = 5

@@ -32,8 +32,13 @@ class SFTBatch:
 
 def encode_examples(examples: Sequence[Example], tokenizer, *, max_len: int, rng: np.random.Generator,
                     hint_prob: float = 0.0, placement: str = "prompt", style: str = "plain",
-                    hint_unit: str = "steps") -> SFTBatch:
-  """Teacher-forcing rows: prompt (optionally with a random hint of whole steps) + target + EOS."""
+                    hint_unit: str = "steps", max_remaining: int | None = None) -> SFTBatch:
+  """Teacher-forcing rows: prompt (optionally with a random hint of whole steps) + target + EOS.
+
+  hint_prob: chance that a row gets a hint of 1..n_steps-1 whole steps (uniform).
+  max_remaining: when set, a problem with more steps than this always gets a hint that leaves the
+    model at most this many steps to write (the "finish a long chain" skill without "start one").
+  """
   pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
   B = len(examples)
   tokens = np.full((B, max_len), pad_id, np.int32)
@@ -41,8 +46,9 @@ def encode_examples(examples: Sequence[Example], tokenizer, *, max_len: int, rng
   valid = np.zeros((B, max_len), bool)
   for i, ex in enumerate(examples):
     hint = ""
-    if hint_prob > 0 and len(ex.steps) > 1 and rng.random() < hint_prob:
-      n = int(rng.integers(1, len(ex.steps)))  # 1..n_steps-1 whole steps: never the answer
+    min_hint = 0 if max_remaining is None else max(0, len(ex.steps) - int(max_remaining))
+    if min_hint > 0 or (hint_prob > 0 and len(ex.steps) > 1 and rng.random() < hint_prob):
+      n = int(rng.integers(max(1, min_hint), len(ex.steps)))  # never the answer step
       hint = hints_lib.cut(ex.steps, n / len(ex.steps) + 1e-9, hint_unit, tokenizer=tokenizer,
                            step_sep=ex.step_sep)
     rendered = templates.render(ex, hint, placement, tokenizer, style)

@@ -81,7 +81,15 @@ class Trainer:
     if float(rl_cfg.kl_coef) != 0.0:
       self.ref_params = jax.tree.map(lambda x: x.copy(), params)
       self.logprob_fn = rl.make_logprob_fn(self.graphdef, rl_cfg, self.mesh, self.param_shardings)
-    self.samplers = self._make_samplers()
+    self.samplers = self._make_samplers(int(config.rollout.max_prompt_len), int(config.rollout.max_new_tokens))
+    # Evaluation reaches longer (out-of-distribution) chains than training: its own sizes.
+    eval_prompt = int(config.eval.get("max_prompt_len", 0) or config.rollout.max_prompt_len)
+    eval_new = int(config.eval.get("max_new_tokens", 0) or config.rollout.max_new_tokens)
+    if (eval_prompt, eval_new) == (int(config.rollout.max_prompt_len), int(config.rollout.max_new_tokens)):
+      self.eval_samplers = {self.P: self.samplers[self.P]}
+    else:
+      self.eval_samplers = self._make_samplers(eval_prompt, eval_new, divisors=(1,))
+    self.eval_prompt_len = eval_prompt
     self.rng = jax.random.key(int(config.seed))
 
     self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -93,18 +101,17 @@ class Trainer:
     self._stop_requested = False
 
   # ------------------------------------------------------------------------------------ set-up
-  def _make_samplers(self) -> dict[int, Sampler]:
+  def _make_samplers(self, max_prompt_len: int, max_new_tokens: int, divisors=(1, 2, 4)) -> dict[int, Sampler]:
     """Samplers for P, P/2, P/4 prompts: a retry re-samples only its groups, in the smallest bucket that fits."""
     shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     n_proc = jax.process_count()
     sizes = []
-    for div in (1, 2, 4):
+    for div in divisors:
       p = self.P // div
       if p >= n_proc and (p * self.G) % shards == 0 and p % n_proc == 0 and p not in sizes:
         sizes.append(p)
-    return {p: Sampler(self.model, batch_size=p, max_prompt_len=int(self.config.rollout.max_prompt_len),
-                       max_new_tokens=int(self.config.rollout.max_new_tokens), num_samples=self.G,
-                       mesh=self.mesh) for p in sizes}
+    return {p: Sampler(self.model, batch_size=p, max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
+                       num_samples=self.G, mesh=self.mesh) for p in sizes}
 
   def _install_sigterm(self) -> None:
     def handler(signum, frame):
@@ -136,7 +143,7 @@ class Trainer:
     self.checkpointer.save(step, params=self.params, opt_state=self.opt_state, host_state=host)
 
   # ------------------------------------------------------------------------------------ sampling
-  def sample(self, examples, ratios, rng, *, temperature=None, num_samples=None):
+  def sample(self, examples, ratios, rng, *, temperature=None, samplers=None, max_prompt_len=None):
     """Renders prompts with hints and samples G responses each; returns (prompts, tokens, logprobs, lengths).
 
     Problems are sampled in the smallest sampler bucket that holds them (chunks of the largest otherwise);
@@ -147,17 +154,19 @@ class Trainer:
     texts = groups.hint_texts(examples, ratios, unit=c.hints.unit, corruption=c.hints.corruption,
                               tokenizer=self.tokenizer, rng=hint_rng)
     prompts = groups.render_prompts(examples, texts, placement=c.hints.placement, style=c.data.style,
-                                    tokenizer=self.tokenizer, max_prompt_len=int(c.rollout.max_prompt_len))
+                                    tokenizer=self.tokenizer,
+                                    max_prompt_len=max_prompt_len or int(c.rollout.max_prompt_len))
+    samplers = samplers or self.samplers
     n = len(examples)
     n_proc = jax.process_count()
     tokens, logprobs, lengths = [], [], []
     start = 0
     while start < n:
       # Buckets are global sizes; this host brings its share of each call.
-      bucket = min((p for p in self.samplers if p // n_proc >= n - start), default=max(self.samplers))
+      bucket = min((p for p in samplers if p // n_proc >= n - start), default=max(samplers))
       chunk = prompts.sampler_ids[start:start + bucket // n_proc]
       rng, key = jax.random.split(rng)
-      out = self.samplers[bucket](self.params, chunk, rng=key,
+      out = samplers[bucket](self.params, chunk, rng=key,
                                   temperature=c.rollout.temperature if temperature is None else temperature,
                                   top_p=c.rollout.top_p, top_k=c.rollout.top_k, eos_id=self.eos_id,
                                   pad_id=self.pad_id)
@@ -345,7 +354,8 @@ class Trainer:
       chunk = mine[start:start + self.P_local]
       rng, key = jax.random.split(rng)
       prompts, tokens, _, lengths = self.sample(chunk, np.full(len(chunk), ratio, np.float32), key,
-                                                temperature=temperature)
+                                                temperature=temperature, samplers=self.eval_samplers,
+                                                max_prompt_len=self.eval_prompt_len)
       texts = groups.decode(self.tokenizer, tokens, lengths, self.eos_id)
       texts = [texts[i * G + j] for i in range(len(chunk)) for j in range(k)]
       _, acc = self.score(texts, [ex.answer for ex in chunk for _ in range(k)])
@@ -388,6 +398,10 @@ class Trainer:
       # The host never blocks on this step's device metrics: the previous step's are written now.
       self.write(self.deferred.push(step + 1, train_metrics, host_metrics))
       done = step + 1
+      # An equal budget of generated tokens (retries included) compares arms fairly: stop when it is spent.
+      budget_spent = bool(c.max_gen_tokens) and self.gen_tokens_total >= int(c.max_gen_tokens)
+      if budget_spent:
+        num_steps = done
       evaluate_now = done == num_steps or (eval_every and done % eval_every == 0)
       if done % int(c.checkpoint_every_steps) == 0 or evaluate_now or self._stop_requested:
         extra = self.evaluate(done) if evaluate_now else {}
@@ -396,7 +410,7 @@ class Trainer:
         self.write(self.deferred.flush(), extra)
       if done % int(c.checkpoint_every_steps) == 0 or done == num_steps or self._stop_requested:
         self.save(done)
-      if self._stop_requested:
+      if self._stop_requested or done == num_steps:
         break
     self.checkpointer.wait()
     if c.export_at_end and not self._stop_requested and jax.process_index() == 0:
@@ -414,4 +428,10 @@ def run(config, workdir: str) -> dict:
     return sft.run(config, workdir)
   if config.mode != "rl":
     raise ValueError(f"config.mode={config.mode!r} is not one of 'rl', 'sft'")
-  return Trainer(config, workdir).run()
+  from jaxghpo import report  # imported here: matplotlib is only needed at the end of a run
+  t0 = time.perf_counter()
+  summary = Trainer(config, workdir).run()
+  summary["wall_s"] = time.perf_counter() - t0  # the files hold step times, not the whole invocation
+  # The summary (console, summary.md/json, curves.png) is read back from the run's files by process 0.
+  summary["report"] = report.finish(workdir, config, summary)
+  return summary

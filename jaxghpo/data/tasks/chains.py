@@ -19,11 +19,11 @@ like an easy one. The level is the number of operations (= number of steps). Cha
 guessed answer is 1/26.
 
 Splits, deterministic from a seed:
-  train  the caller's levels (default 1..8).
+  train  the caller's levels (default 1..6).
   test   the same levels; disjoint from train by construction: a problem text belongs to test iff
          stable_id("chains/split", text) % TEST_BUCKETS == 0, and each split only keeps its own
          problems, so no test problem appears in train for any seeds or levels.
-  ood    out of distribution: chains LONGER than any train level (default levels 9 and 10), with the
+  ood    out of distribution: chains LONGER than any train level (default levels 7 and 8), with the
          same operators and digits. Chosen over two-digit offsets because a hint then reduces an
          ood problem to a length seen in training. (ood does not use the hash rule: its problems
          differ from train by length, as long as its levels lie above the train levels.)
@@ -42,7 +42,7 @@ from jaxghpo.data.example import Example, stable_id
 NAME = "chains"
 STEP_SEP = ";"
 SPLITS = ("train", "test", "ood")
-DEFAULT_LEVELS = {"train": tuple(range(1, 9)), "test": tuple(range(1, 9)), "ood": (9, 10)}
+DEFAULT_LEVELS = {"train": tuple(range(1, 7)), "test": tuple(range(1, 7)), "ood": (7, 8)}
 TEST_BUCKETS = 10  # one problem text in TEST_BUCKETS belongs to the test split
 CHANCE = 1.0 / 26.0
 
