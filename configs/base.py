@@ -81,12 +81,14 @@ def get_base_config() -> ml_collections.ConfigDict:
       max_position_embeddings=512))
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_problems = 64  # per split and level group
+  c.eval.num_problems = 64  # per level of each eval split
   c.eval.num_samples = 8  # k of pass@k / avg@k
   c.eval.easy_levels = "1,2,3"
   c.eval.hard_levels = "5,6"
   c.eval.ood_levels = "7,8"
   c.eval.hint_ratios = "0.0,0.5"
+  c.eval.hint_splits = "hard"  # splits also evaluated with the hint ratios above 0
+  c.eval.greedy = True  # also greedy pass@1 (without hint)
   c.eval.temperature = 1.0
   c.eval.max_prompt_len = 0  # 0: config.rollout.max_prompt_len (evaluation may reach longer chains)
   c.eval.max_new_tokens = 0  # 0: config.rollout.max_new_tokens

@@ -328,16 +328,22 @@ class Trainer:
 
   # ------------------------------------------------------------------------------------ evaluation
   def evaluate(self, step: int) -> dict:
+    """Every eval split without a hint, and the splits in config.eval.hint_splits with each hint ratio;
+    sampled (avg@k, pass@k at config.eval.temperature) and, with config.eval.greedy, greedy pass@1."""
     c = self.config.eval
+    ratios = [float(r) for r in str(c.hint_ratios).split(",") if r.strip()]
+    hint_splits = {s.strip() for s in str(c.get("hint_splits", "")).split(",") if s.strip()}
     out = {}
     for name, examples in self.problems.eval_sets.items():
-      for ratio in [float(r) for r in str(c.hint_ratios).split(",") if r.strip()]:
-        for mode, temperature, k in (("greedy", 0.0, 1), ("sampled", float(c.temperature), int(c.num_samples))):
-          if mode == "greedy" and ratio > 0:
-            continue
-          tag = f"eval/{name}/hint{ratio:g}/{mode}"
+      for ratio in ratios:
+        if ratio > 0 and name not in hint_splits:
+          continue
+        modes = [("sampled", float(c.temperature), int(c.num_samples))]
+        if c.get("greedy", False) and ratio == 0:
+          modes.append(("greedy", 0.0, 1))
+        for mode, temperature, k in modes:
           metrics, rows = self.eval_split(examples, ratio, temperature, k, step)
-          out.update({f"{tag}/{key}": v for key, v in metrics.items()})
+          out.update({f"eval/{name}/hint{ratio:g}/{mode}/{key}": v for key, v in metrics.items()})
           if jax.process_index() == 0:
             evaluation.write_rows(evaluation.eval_rows_path(self.workdir, name, step, ratio, tag=mode), rows)
     return out

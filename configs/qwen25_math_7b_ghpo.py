@@ -1,0 +1,136 @@
+"""GHPO on Qwen2.5-Math-7B with Math3to5, as in the paper (arXiv 2507.10628), on a TPU v5p-64 slice.
+
+Settings from the paper (../shared/GHPO.md): G = 8 samples per problem at temperature 1.0; lr 1e-6 with
+cosine decay; no KL (beta = 0); clip 0.2; one update per batch (ppo_epochs 1, so the ratio is 1);
+prompts and completions up to 2048 tokens each; all-wrong groups re-sampled within the step with the
+first 25% / 50% / 75% of the reference solution in the prompt; plain GRPO for the first 20 steps (cold
+start); rewards 1.0 x math accuracy + 0.5 x format (\\boxed{}), difficulty judged on accuracy alone.
+Choices the paper does not fix, and ours: 64 problems per step (512 sequences), token-mean loss,
+hint cut on token boundaries (the paper cut characters, mid-token and mid-formula), 300 steps
+(about two passes over Math3to5's 8.9k problems), AdamW weight decay 0.0 and gradient clipping at 1.0.
+
+Precision: parameters and AdamW moments are stored in float32 (master weights; at lr 1e-6 a bfloat16
+weight would round most updates away: its spacing is ~0.4% of its size); matmuls and the KV cache run
+in bfloat16 (config.model.dtype).
+
+Mesh: a v5p-64 slice is 32 chips (JAX sees one device per chip) on 8 hosts of 4 chips.
+(data, fsdp, tensor) = (1, 8, 4): parameters are sharded 8-way over fsdp (model dim) and 4-way over
+tensor (Qwen2.5-7B's 28 heads, 4 KV heads, 18944 MLP units and 152064 vocabulary all divide by 4);
+sequences are split 8-way. The train step's activations (no rematerialisation; attention scores are
+materialised in float32) leave room for one sequence of 4096 tokens per device at a time, hence 64
+micro-batches per step (512 sequences / 8 batch shards / 64).
+
+Memory per device (python tools/estimate_memory.py --config=configs/qwen25_math_7b_ghpo.py), GB = 1e9 bytes:
+
+    mesh (data, fsdp, tensor) = (1, 8, 4) on 32 devices; model qwen2 7.62B params; compute bfloat16, params float32
+    params (float32, sharded)                                   0.95 GB
+    optimizer (AdamW mu + nu, float32)                          1.91 GB
+    -- train step (512 rows / 8 batch shards / 64 micro-batches = 1 row x 4096 tokens per device)
+    gradients (+ accumulator)                                   1.91 GB
+    activations                                                62.18 GB
+      attention                                                42.75 GB
+      mlp                                                       7.06 GB
+      hidden                                                    6.58 GB
+      qkv                                                       0.66 GB
+      logits                                                    1.87 GB
+      gathered weights                                          3.26 GB
+    train step total                                           66.94 GB
+    -- sampler (64 prompts x 8 samples, 2048 + 2048 slots)
+    KV cache (bfloat16)                                         3.76 GB
+    sampler activations                                         4.25 GB
+      prefill logits                                            2.49 GB
+      prefill scores                                            1.41 GB
+      prompt cache                                              0.23 GB
+      gathered weights                                          0.12 GB
+    sampler total                                              10.87 GB
+    peak (max of the two)                                      66.94 GB of 95 GB per device (70%)
+
+A v4-64 (32 chips of 32 GB) does not hold the train step with this attention implementation; it
+needs rematerialisation or a fused attention kernel first (see the estimator's breakdown).
+
+Run (every host, through tools/launch_tpu.sh; the model and data are local or gs:// paths, no hub
+downloads; Math3to5 rows need `problem`, `solution`, `answer` and `solution_hint`):
+
+    tools/launch_tpu.sh --name=TPU --zone=ZONE --sync --setup --config=configs/qwen25_math_7b_ghpo.py \\
+        --workdir=gs://BUCKET/ghpo/qwen25_math_7b -- \\
+        --config.model.path=/path/to/Qwen2.5-Math-7B --config.data.files=/path/to/math3to5.jsonl
+
+Plain GRPO for comparison: `--config.curriculum.mode=none`.
+"""
+import ml_collections
+
+from configs.base import get_base_config
+
+# The shape of Qwen2.5-Math-7B's config.json: tools/estimate_memory.py and tests/test_configs.py use it
+# to size and check this config without the weights. The run itself reads config.json from model.path.
+MODEL_SHAPE = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+                   num_heads=28, num_kv_heads=4, head_dim=128, rope_theta=10000.0, tie_word_embeddings=False,
+                   attention_bias=True, max_position_embeddings=4096, rms_norm_eps=1e-6)
+SLICE = "v5p-64"
+NUM_CHIPS = 32
+HBM_BYTES_PER_CHIP = 95e9  # v5p
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = get_base_config()
+  c.mode = "rl"
+  c.seed = 0
+  c.num_steps = 300
+  c.checkpoint_every_steps = 20
+  c.keep_checkpoints = 3
+  c.log_every_steps = 1
+  c.eval_every_steps = 50
+
+  c.model.path = ""  # required: --config.model.path=/path/to/Qwen2.5-Math-7B (HF dir: config.json, safetensors, tokenizer)
+  c.model.dtype = "bfloat16"
+  c.model.param_dtype = "float32"
+
+  c.mesh.shape = (1, 8, 4)
+
+  c.data.source = "files"
+  c.data.files = ""  # required: --config.data.files=/path/to/math3to5.jsonl (comma-separated for several)
+  c.data.style = "boxed"
+  c.data.prompts_per_step = 64
+  c.data.on_bad_row = "error"
+
+  c.rollout.group_size = 8
+  c.rollout.max_prompt_len = 2048
+  c.rollout.max_new_tokens = 2048
+  c.rollout.temperature = 1.0
+  c.rollout.top_p = 1.0
+  c.rollout.top_k = 0
+
+  c.hints.unit = "tokens"
+  c.hints.placement = "prompt"
+  c.hints.corruption = "none"
+
+  c.rewards.weights = ml_collections.ConfigDict({"math": 1.0, "format": 0.5})
+  c.rewards.accuracy = "math"
+  c.rewards.format_pattern = "boxed"
+
+  c.rl.learning_rate = 1e-6
+  c.rl.lr_schedule = "warmup_cosine"
+  c.rl.warmup_steps = 0
+  c.rl.end_lr_ratio = 0.0
+  c.rl.weight_decay = 0.0
+  c.rl.max_grad_norm = 1.0
+  c.rl.kl_coef = 0.0
+  c.rl.clip_low = 0.2
+  c.rl.clip_high = 0.2
+  c.rl.ppo_epochs = 1
+  c.rl.loss_agg = "token-mean"
+  c.rl.hint_placement = "prompt"
+  c.rl.micro_batches = 64
+
+  c.curriculum.mode = "ghpo"
+  c.curriculum.ladder = (0.25, 0.5, 0.75)
+  c.curriculum.cold_start_steps = 20
+
+  # Evaluation on held-out MATH-style files (--config.eval.files=a.jsonl,b.jsonl); none by default.
+  c.eval.files = ""
+  c.eval.num_problems = 500
+  c.eval.num_samples = 8
+  c.eval.hint_ratios = "0.0"
+  c.eval.hard_levels = "5"
+  c.eval.temperature = 1.0
+  return c
