@@ -1,6 +1,6 @@
 """GHPO on Qwen2.5-Math-7B with Math3to5, as in the paper (arXiv 2507.10628), on a TPU v5p-64 slice.
 
-Settings from the paper (../shared/GHPO.md): G = 8 samples per problem at temperature 1.0; lr 1e-6 with
+Settings from the paper: G = 8 samples per problem at temperature 1.0; lr 1e-6 with
 cosine decay; no KL (beta = 0); clip 0.2; one update per batch (ppo_epochs 1, so the ratio is 1);
 prompts and completions up to 2048 tokens each; all-wrong groups re-sampled within the step with the
 first 25% / 50% / 75% of the reference solution in the prompt; plain GRPO for the first 20 steps (cold
@@ -10,7 +10,7 @@ hint cut on token boundaries (the paper cut characters, mid-token and mid-formul
 (about two passes over Math3to5's 8.9k problems), AdamW weight decay 0.0 and gradient clipping at 1.0.
 
 Precision: parameters and AdamW moments are stored in float32 (master weights; at lr 1e-6 a bfloat16
-weight would round most updates away: its spacing is ~0.4% of its size); matmuls and the KV cache run
+weight would round most updates away: its spacing is 0.4-0.8% of its size); matmuls and the KV cache run
 in bfloat16 (config.model.dtype).
 
 Mesh: a v5p-64 slice is 32 chips (JAX sees one device per chip) on 8 hosts of 4 chips.
@@ -35,7 +35,7 @@ Memory per device (python tools/estimate_memory.py --config=configs/qwen25_math_
       logits                                                    1.87 GB
       gathered weights                                          3.26 GB
     train step total                                           66.94 GB
-    -- sampler (64 prompts x 8 samples, 2048 + 2048 slots)
+    -- training sampler (64 prompts x 8 samples, 2048 + 2048 slots)
     KV cache (bfloat16)                                         3.76 GB
     sampler activations                                         4.25 GB
       prefill logits                                            2.49 GB
@@ -45,14 +45,23 @@ Memory per device (python tools/estimate_memory.py --config=configs/qwen25_math_
     sampler total                                              10.87 GB
     peak (max of the two)                                      66.94 GB of 95 GB per device (70%)
 
-A v4-64 (32 chips of 32 GB) does not hold the train step with this attention implementation; it
-needs rematerialisation or a fused attention kernel first (see the estimator's breakdown).
+Checked at full scale by compiling (not running) this config's train step on 32 fake CPU devices:
+60.8 GB of temporaries + 2.9 GB of arguments per device (estimated 64.1 + 2.9), with the model's
+residual stream constrained to batch sharding; without that constraint XLA gathers the logits over
+the batch, +8.7 GB per device (see tools/estimate_memory.py). Attention scores dominate (float32
+[7 heads, 4096, 4096] per layer per sequence), so a v4-64 (32 chips of 32 GB) does not hold the
+train step with this attention implementation; it needs rematerialisation or a fused attention
+kernel first, which would also allow more than one sequence per device per micro-batch.
 
-Run (every host, through tools/launch_tpu.sh; the model and data are local or gs:// paths, no hub
-downloads; Math3to5 rows need `problem`, `solution`, `answer` and `solution_hint`):
+Run (every host, through tools/launch_tpu.sh). The model and data are read from local paths on every
+host (a copy on each host's disk or a gcsfuse mount; no hub downloads). The workdir must be shared by
+all hosts: today a gcsfuse-mounted bucket (the trainer writes with os/open; gs:// URLs need it to write
+through etils.epath first). Math3to5 JSONL rows carry `problem` and `solution`, and `answer` and `solution_hint` when
+present: hints are cut from `solution_hint`, the answer is else taken from the last \\boxed{} of the
+solution; other field names go in config.data.fields):
 
     tools/launch_tpu.sh --name=TPU --zone=ZONE --sync --setup --config=configs/qwen25_math_7b_ghpo.py \\
-        --workdir=gs://BUCKET/ghpo/qwen25_math_7b -- \\
+        --workdir=/mnt/gcs/ghpo/qwen25_math_7b -- \\
         --config.model.path=/path/to/Qwen2.5-Math-7B --config.data.files=/path/to/math3to5.jsonl
 
 Plain GRPO for comparison: `--config.curriculum.mode=none`.
