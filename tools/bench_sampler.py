@@ -1,12 +1,15 @@
-"""New tokens per second: jaxghpo's sampler against transformers' ``generate`` (torch, CPU), one run.
+"""New tokens per second: jaxghpo's sampler against transformers' ``generate`` (torch, CPU), in one run.
 
 Same random Qwen2 weights (written by transformers, read by ``models.from_pretrained``), same batch of
-prompts, EOS disabled so every row produces exactly ``--new`` tokens; greedy, plain sampling (T = 1) and
-filtered sampling (T = 1, top-k 50, top-p 0.95). Each timing is the best of ``--repeats`` calls after a
-warm-up call (compilation excluded).
+prompts, EOS disabled so that every row produces exactly ``--new`` tokens; greedy, plain sampling (T = 1)
+and filtered sampling (T = 1, top-k 50, top-p 0.95). Each timing is the best of ``--repeats`` calls after
+a warm-up call (compilation excluded). transformers runs with each torch thread count in ``--hf_threads``;
+the ratio is taken against the fastest of them.
 
   python tools/bench_sampler.py                       # hidden 256, 4 layers, batch 64, prompt 32, 64 new
   python tools/bench_sampler.py --hidden 64 --layers 2 --repeats 2
+  python tools/bench_sampler.py --devices 2           # our sampler data-parallel over 2 host devices
+  python tools/bench_sampler.py --proposed_cache_layout   # models change proposed in BENCHMARKS.md
 """
 from __future__ import annotations
 
@@ -16,6 +19,47 @@ import sys
 import tempfile
 import time
 
+MODES = {  # name -> (temperature, top_k, top_p)
+    "greedy": (0.0, 0, 1.0),
+    "sampled": (1.0, 0, 1.0),
+    "top-k 50 top-p 0.95": (1.0, 50, 0.95),
+}
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--hidden", type=int, default=256)
+  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--heads", type=int, default=4)
+  p.add_argument("--kv_heads", type=int, default=2)
+  p.add_argument("--mlp", type=int, default=1024)
+  p.add_argument("--vocab", type=int, default=1000)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--prompt", type=int, default=32)
+  p.add_argument("--new", type=int, default=64)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our compute/param dtype")
+  p.add_argument("--donate", type=int, default=None, choices=[0, 1],
+                 help="1: preallocated cache donated to each call; 0: cache made inside the jitted call; "
+                      "default: the Sampler's default")
+  p.add_argument("--devices", type=int, default=1,
+                 help="host devices for our sampler (rows sharded over a ('data',) mesh of this size)")
+  p.add_argument("--proposed_cache_layout", action="store_true",
+                 help="run ours with the KV-cache layout [B, KV, S, hd] proposed for jaxghpo.models")
+  p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
+  p.add_argument("--hf_threads", default="2", help="comma-separated torch thread counts; empty skips transformers")
+  p.add_argument("--platform", default="cpu", help="JAX platform for our sampler (cpu, or cuda where present)")
+  p.add_argument("--profile", action="store_true",
+                 help="also trace two of our greedy calls and print where the time goes, by XLA op kind")
+  return p.parse_args()
+
+
+ARGS = parse_args()
+if ARGS.devices > 1:  # must be set before jax is imported
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
+os.environ.setdefault("JAX_PLATFORMS", ARGS.platform)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
@@ -24,13 +68,48 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from jaxghpo import models, rollout  # noqa: E402
+from jaxghpo import models, parallel, rollout  # noqa: E402
 
-MODES = {  # name -> (temperature, top_k, top_p)
-    "greedy": (0.0, 0, 1.0),
-    "sampled": (1.0, 0, 1.0),
-    "sampled top-k 50 top-p 0.95": (1.0, 50, 0.95),
-}
+
+def use_proposed_cache_layout():
+  """Swaps in the attention cache path proposed for jaxghpo.models (not yet there): the cache stored as
+  [B, KV, S, hd] so that neither attention einsum transposes the whole cache at every decode step."""
+  import math
+
+  from jaxghpo.models import layers
+
+  uncached = layers.Attention.__call__
+
+  def call(self, x, positions, mask, inv_freq, cache_kv=None, cache_pos=None):
+    if cache_kv is None:
+      return uncached(self, x, positions, mask, inv_freq)
+    B, T, _ = x.shape
+    KV, G, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+    q = self.q_proj(x).reshape(B, T, self.num_heads, hd)
+    k = self.k_proj(x).reshape(B, T, KV, hd)
+    v = self.v_proj(x).reshape(B, T, KV, hd)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q, k = layers.apply_rope(q, positions, inv_freq), layers.apply_rope(k, positions, inv_freq)
+    k_cache, v_cache = cache_kv
+    k = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, cache_pos, 0))
+    v = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, cache_pos, 0))
+    qg = q.reshape(B, T, KV, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, hd)
+    scores = jnp.einsum("bkqd,bksd->bkqs", qg, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
+    scores = jnp.where(mask[:, None, None], scores.reshape(B, KV, G, T, -1), layers._NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(B, KV, G * T, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(q.dtype))
+    out = out.reshape(B, KV, G, T, hd).transpose(0, 3, 1, 2, 4).reshape(B, T, -1)
+    return self.o_proj(out), (k, v)
+
+  def zeros(cls, cfg, batch, slots, dtype=None):
+    shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
+    dtype = dtype or cfg.compute_dtype
+    return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+               v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
+
+  layers.Attention.__call__ = call
+  models.KVCache.zeros = classmethod(zeros)
 
 
 def build_hf_model(args, out_dir):
@@ -47,30 +126,39 @@ def build_hf_model(args, out_dir):
 
 
 def best_of(fn, repeats):
-  fn()  # warm-up (compiles the JAX side)
-  times = []
+  """Best wall time and the process CPU time of that call, after one warm-up call."""
+  fn()
+  best = (float("inf"), 0.0)
   for _ in range(repeats):
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
+    best = min(best, (time.perf_counter() - wall, time.process_time() - cpu))
+  return best
 
 
-def bench_ours(model, prompts, args, mode):
+def make_ours(model, args):
+  mesh = None
+  if args.devices > 1:
+    mesh = parallel.make_mesh((args.devices, 1, 1))
+    parallel.shard_model(model, mesh)
+  kw = {} if args.donate is None else {"donate_cache": bool(args.donate)}
+  return rollout.Sampler(model, batch_size=args.batch, max_prompt_len=args.prompt, max_new_tokens=args.new,
+                         mesh=mesh, **kw)
+
+
+def bench_ours(sampler, model, prompts, args, mode):
   temperature, top_k, top_p = MODES[mode]
-  sampler = rollout.Sampler(model, batch_size=len(prompts), max_prompt_len=args.prompt, max_new_tokens=args.new,
-                            cache_dtype=args.cache_dtype, donate_cache=args.donate)
   seed = iter(range(10**6))
 
   def run():
     out = sampler(model, prompts, rng=jax.random.key(next(seed)), temperature=temperature, top_k=top_k,
                   top_p=top_p, eos_id=None)
-    lengths = np.asarray(out.lengths)  # blocks until done
+    lengths = np.asarray(out.lengths)  # waits for the device
     assert (lengths == args.new).all(), lengths
   return best_of(run, args.repeats)
 
 
-def bench_hf(hf_model, prompts, args, mode):
+def bench_hf(hf_model, prompts, args, mode, threads):
   temperature, top_k, top_p = MODES[mode]
   ids = torch.tensor(prompts)
   mask = torch.ones_like(ids)
@@ -79,49 +167,103 @@ def bench_hf(hf_model, prompts, args, mode):
 
   def run():
     with torch.no_grad():
-      out = hf_model.generate(ids, attention_mask=mask, max_new_tokens=args.new, pad_token_id=0, **kw)
+      out = hf_model.generate(ids, attention_mask=mask, max_new_tokens=args.new,
+                              pad_token_id=0, **kw)
     assert out.shape == (len(prompts), args.prompt + args.new), out.shape
+  torch.set_num_threads(threads)
   return best_of(run, args.repeats)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--hidden", type=int, default=256)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--kv_heads", type=int, default=2)
-  p.add_argument("--mlp", type=int, default=1024)
-  p.add_argument("--vocab", type=int, default=1000)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--prompt", type=int, default=32)
-  p.add_argument("--new", type=int, default=64)
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="our compute dtype")
-  p.add_argument("--cache_dtype", default=None)
-  p.add_argument("--donate", action="store_true", help="preallocated, donated cache instead of one made in jit")
-  p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
-  p.add_argument("--skip_hf", action="store_true")
-  args = p.parse_args()
+def _op_kinds(hlo_text):
+  """Maps each fusion of the compiled program to "matmul" when its computation holds a dot."""
+  import re
 
+  bodies, current = {}, None
+  for line in hlo_text.splitlines():
+    head = re.match(r"^%?([\w.\-]+) .*\{$", line)
+    if head and not line.startswith(" "):
+      current = head.group(1)
+      bodies[current] = []
+    elif current is not None:
+      bodies[current].append(line)
+  kinds = {}
+  for lines in bodies.values():
+    for line in lines:
+      m = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = .* fusion\(.*calls=%([\w.\-]+)", line)
+      if m and any(" dot(" in x for x in bodies.get(m.group(2), ())):
+        kinds[m.group(1)] = "matmul"
+  return kinds
+
+
+def profile_ours(sampler, model, prompts, args, calls=2):
+  """Prints the time of our compiled ops per call, grouped by op kind (matmuls, and other fusions by name)."""
+  import collections
+  import glob
+  import re
+
+  from jax.profiler import ProfileData
+
+  run = lambda: np.asarray(sampler(model, prompts, rng=jax.random.key(0)).lengths)
+  run()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    wall = time.perf_counter()
+    with jax.profiler.trace(trace_dir):
+      for _ in range(calls):
+        run()
+    wall = (time.perf_counter() - wall) / calls
+    data = ProfileData.from_file(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0])
+  kinds = _op_kinds(sampler.lower(model, prompts, rng=jax.random.key(0)).compile().as_text())
+  per_kind, threads = collections.Counter(), set()
+  for plane in data.planes:
+    for line in plane.lines:
+      if "Eigen" not in line.name:  # XLA:CPU runs compiled ops on its Eigen thread pool
+        continue
+      for event in line.events:
+        if event.name.startswith("ThunkExecutor") or "Await" in event.name:
+          continue
+        threads.add(line.name)
+        kind = kinds.get(event.name) or re.sub(r"[._]?\d+$", "", re.sub(r"\.clone.*", "", event.name))
+        per_kind[kind] += event.duration_ns / calls / 1e6
+  total = sum(per_kind.values())
+  print(f"profile (greedy, traced wall {wall * 1e3:.0f} ms per call; op time {total:.0f} ms on "
+        f"{len(threads)} XLA threads):")
+  for kind, ms in per_kind.most_common(12):
+    print(f"  {ms:8.1f} ms  {100 * ms / total:5.1f}%  {kind}")
+
+
+def main(args):
+  if args.proposed_cache_layout:
+    use_proposed_cache_layout()
   with tempfile.TemporaryDirectory() as tmp:
     hf_model = build_hf_model(args, tmp)
-    model, cfg = models.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
+    model, _ = models.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
   prompts = np.random.default_rng(args.seed).integers(1, args.vocab, (args.batch, args.prompt)).tolist()
   new_tokens = args.batch * args.new
-  print(f"model: qwen2 hidden {args.hidden}, {args.layers} layers, heads {args.heads}/{args.kv_heads}, "
-        f"mlp {args.mlp}, vocab {args.vocab}; batch {args.batch}, prompt {args.prompt}, {args.new} new tokens; "
-        f"ours {args.dtype} (cache {args.cache_dtype or args.dtype}, donate={args.donate}); "
-        f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs")
-  for mode in args.modes.split(","):
-    ours = best_of_s = bench_ours(model, prompts, args, mode)
-    line = f"{mode:30s} ours {new_tokens / ours:9.0f} tok/s ({best_of_s * 1e3:7.1f} ms)"
-    if not args.skip_hf:
-      theirs = bench_hf(hf_model, prompts, args, mode)
-      line += f" | transformers {new_tokens / theirs:9.0f} tok/s ({theirs * 1e3:7.1f} ms) | ratio {theirs / ours:5.2f}x"
+  sampler = make_ours(model, args)
+  hf_threads = [int(t) for t in args.hf_threads.split(",") if t]
+  print(f"qwen2 hidden {args.hidden}, {args.layers} layers, heads {args.heads}/{args.kv_heads}, mlp {args.mlp}, "
+        f"vocab {args.vocab}; batch {args.batch}, prompt {args.prompt}, {args.new} new tokens (EOS off)\n"
+        f"ours: {args.dtype}, donate_cache={sampler.donate_cache}, devices={args.devices}, "
+        f"cache layout={'proposed [B,KV,S,hd]' if args.proposed_cache_layout else 'models.KVCache'}; "
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__}; "
+        f"{os.cpu_count()} CPUs (affinity {len(os.sched_getaffinity(0))}); best of {args.repeats}")
+  # All of ours first, then transformers: torch's worker threads keep spinning for a while after each
+  # call and would slow down XLA's threads if the two were interleaved in this process.
+  modes = args.modes.split(",")
+  ours = {mode: bench_ours(sampler, model, prompts, args, mode) for mode in modes}
+  theirs = {(mode, t): bench_hf(hf_model, prompts, args, mode, t) for t in hf_threads for mode in modes}
+  for mode in modes:
+    wall, cpu = ours[mode]
+    line = f"{mode:22s} ours {new_tokens / wall:8.0f} tok/s ({wall * 1e3:6.0f} ms, cpu {cpu * 1e3:6.0f} ms)"
+    for threads in hf_threads:
+      hf_wall, _ = theirs[mode, threads]
+      line += f" | transformers {threads}t {new_tokens / hf_wall:7.0f} tok/s ({hf_wall * 1e3:6.0f} ms)"
+    if hf_threads:
+      line += f" | ratio {min(theirs[mode, t][0] for t in hf_threads) / wall:4.2f}x"
     print(line, flush=True)
+  if args.profile:
+    profile_ours(sampler, model, prompts, args)
 
 
 if __name__ == "__main__":
-  main()
+  main(ARGS)

@@ -2,4 +2,4 @@
 from jaxghpo.rollout.filters import (choose_tokens, deepconf_confidence, filter_top_k_top_p, log_probs,
                                       sample_categorical)
 from jaxghpo.rollout.penalties import ThoughtSwitchPenalty
-from jaxghpo.rollout.sampler import SampleOutput, Sampler, generate, prompt_bucket
+from jaxghpo.rollout.sampler import SampleOutput, Sampler, generate, prompt_bucket, sampler_for

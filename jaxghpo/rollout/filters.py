@@ -103,7 +103,8 @@ def sample_categorical(key, logits_BxV):
   cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
   u_Bx1 = jax.random.uniform(key, (B, 1), jnp.float32) * cdf_BxV[:, -1:]
   index_B = jnp.sum(cdf_BxV <= u_Bx1, axis=-1, dtype=jnp.int32)
-  last_B = (V - 1 - jnp.argmax(probs_BxV[:, ::-1] > 0, axis=-1)).astype(jnp.int32)
+  iota = jax.lax.broadcasted_iota(jnp.int32, probs_BxV.shape, 1)
+  last_B = jnp.max(jnp.where(probs_BxV > 0, iota, 0), axis=-1)
   return jnp.minimum(index_B, last_B)
 
 
@@ -111,7 +112,7 @@ def choose_tokens(key, logits_BxV, temperature, top_k, top_p):
   """int32 [B]: greedy argmax when temperature == 0, else a draw from the filtered softmax(logits / T).
 
   Both choices are ``lax.cond`` branches on the traced controls: greedy decoding pays for no random
-  numbers, and the sort behind top-k/top-p runs only when a filter is on.
+  numbers, and the top-k/top-p cut runs only when a filter is on.
   """
   def greedy(logits):
     return first_argmax(logits)

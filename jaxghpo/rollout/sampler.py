@@ -6,7 +6,9 @@ traced argument (the weights being trained, with their own shardings, no copy).
 
 Layout: rows are prompt-major (row ``p * G + g`` is sample g of prompt p). The KV cache has S = P + N
 slots shared by all rows: slots [0, P) hold the left-padded prompt, slot P + t the t-th new token. RoPE
-positions count from each row's first real prompt token, so padding changes nothing.
+positions count from each row's first real prompt token, so padding changes nothing. The prefill runs
+once per prompt and its cache is repeated for the G samples. The decode ``while_loop`` stops as soon as
+every row has produced an EOS token (or after N tokens).
 
 Outputs (:class:`SampleOutput`):
   tokens int32 [R, N]: new tokens, ``pad_id`` after the end; the EOS token itself is kept.
@@ -28,6 +30,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding
 
 from jaxghpo import models, parallel
+from jaxghpo.parallel import hosts
 from jaxghpo.rollout import filters, penalties
 
 
@@ -102,7 +105,11 @@ class Sampler:
     return_confidence: also return DeepConf token confidence, from the top ``confidence_k`` logprobs
       (default 20, or V when the vocabulary is smaller).
     donate_cache: keep a preallocated cache [R, P + N] and donate it to each call (True), or build it
-      inside the jitted function (False). See BENCHMARKS.md for which is faster.
+      inside the jitted call (False, default: no measurable speed difference on CPU, see BENCHMARKS.md,
+      and no cache memory is held between calls, which the train step needs on an accelerator).
+
+  Several processes (multi-host): each process passes its own ``batch_size / process_count`` prompts;
+  rows of the outputs are laid out in process order (``parallel.hosts.local_rows`` returns a process's).
   """
 
   def __init__(self, model: nnx.Module, *, batch_size: int, max_prompt_len: int, max_new_tokens: int,
@@ -133,9 +140,9 @@ class Sampler:
     self._cache_names = tuple("batch" if a == 0 else "length" if a == self._slot_axis else next(rest)
                               for a in range(len(one)))
     if self.donate_cache:
-      self._fn = jax.jit(self._generate, donate_argnames=("cache",))
+      self._fn = jax.jit(self._generate, static_argnames=("key_impl",), donate_argnames=("cache",))
     else:
-      self._fn = jax.jit(functools.partial(self._generate, cache=None))
+      self._fn = jax.jit(functools.partial(self._generate, cache=None), static_argnames=("key_impl",))
 
   # ---- placement -------------------------------------------------------------------------------------
   def _sharding(self, shape, names):
@@ -148,8 +155,12 @@ class Sampler:
     return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
   def _put(self, x, names):
+    """A global array from the full host value ``x`` (the same on every process)."""
     sharding = self._sharding(np.shape(x), names)
-    return jnp.asarray(x) if sharding is None else jax.device_put(x, sharding)
+    if jax.process_count() == 1:
+      # device_put, not jnp.asarray: the latter stages a small program per new shape.
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index])
 
   def _empty_cache(self) -> models.KVCache:
     slots = self.max_prompt_len + self.max_new_tokens
@@ -157,8 +168,9 @@ class Sampler:
     return jax.tree.map(lambda x: self._constrain(x, self._cache_names), cache)
 
   # ---- the jitted function ---------------------------------------------------------------------------
-  def _generate(self, params, prompt_ids_BxP, prompt_valid_BxP, active_B, rng, controls, cache):
+  def _generate(self, params, prompt_ids_BxP, prompt_valid_BxP, active_B, key_data, key_impl, controls, cache):
     cfg, G, N = self.cfg, self.num_samples, self.max_new_tokens
+    rng = jax.random.wrap_key_data(key_data, impl=key_impl) if key_impl else key_data
     B, P = prompt_ids_BxP.shape
     R, S = B * G, P + N
     model = nnx.merge(self.graphdef, params)
@@ -256,6 +268,34 @@ class Sampler:
     penalty: the TIP thought-switch penalty (off by default).
     Rows beyond ``len(prompts) * num_samples`` are inactive: length 0, all pad.
     """
+    args, kwargs = self._arguments(params, prompts, rng=rng, temperature=temperature, top_p=top_p,
+                                   top_k=top_k, eos_id=eos_id, pad_id=pad_id, penalty=penalty)
+    out, cache = self._fn(*args, **kwargs)
+    if self.donate_cache:
+      self._cache = cache
+    return out
+
+  def lower(self, params, prompts, **controls) -> jax.stages.Lowered:
+    """The lowered program for these arguments (same keywords as a call), for cost/memory analysis or
+    for reading the compiled HLO: ``sampler.lower(model, prompts, rng=key).compile().as_text()``."""
+    args, kwargs = self._arguments(params, prompts, **controls)
+    return self._fn.lower(*args, **kwargs)
+
+  def _global_prompts(self, prompts, pad_id: int):
+    """Left-padded ids/valid/active for the whole batch. With several processes each brings its own
+    ``batch_size / process_count`` prompts (rows in process order, as parallel.hosts lays out batches)."""
+    n = jax.process_count()
+    if n == 1:
+      return _pad_prompts(prompts, self.batch_size, self.max_prompt_len, pad_id)
+    if self.mesh is None or self.batch_size % n:
+      raise ValueError(f"with {n} processes the Sampler needs mesh= and a batch_size ({self.batch_size}) "
+                       f"divisible by the process count; each process passes its batch_size / {n} prompts")
+    local = _pad_prompts(prompts, self.batch_size // n, self.max_prompt_len, pad_id)
+    return tuple(hosts.allgather(x) for x in local)
+
+  def _arguments(self, params, prompts, *, rng, temperature=0.0, top_p=1.0, top_k=0, eos_id=None, pad_id=0,
+                 penalty=None):
+    """Checks the inputs and turns them into the jitted function's fixed-shape (sharded) arguments."""
     if isinstance(params, nnx.Module):
       params = nnx.split(params)[1]
     if not 0.0 < float(top_p) <= 1.0:
@@ -265,20 +305,21 @@ class Sampler:
     if isinstance(rng, int):
       rng = jax.random.key(rng)
     V = self.cfg.vocab_size
-    ids, valid, active = _pad_prompts(prompts, self.batch_size, self.max_prompt_len, int(pad_id))
+    ids, valid, active = self._global_prompts(prompts, int(pad_id))
     controls = {"temperature": np.float32(temperature), "top_p": np.float32(top_p), "top_k": np.int32(top_k),
                 "is_eos_V": _eos_mask(eos_id, V), "pad_id": np.int32(pad_id),
                 **(penalty or penalties.ThoughtSwitchPenalty()).arrays(V)}
-    controls = jax.tree.map(jnp.asarray, controls)
+    # The key travels as raw data (its implementation is part of the traced program) and the controls as
+    # numpy values, so that neither is tied to one device (several processes share one mesh).
+    key_impl = str(jax.random.key_impl(rng)) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else None
+    key_data = np.asarray(jax.random.key_data(rng) if key_impl else rng)
     args = (params, self._put(ids, ("batch", None)), self._put(valid, ("batch", None)),
-            self._put(active, ("batch",)), rng, controls)
+            self._put(active, ("batch",)), key_data, key_impl, controls)
     if not self.donate_cache:
-      out, _ = self._fn(*args)
-      return out
+      return args, {}
     if self._cache is None:
       self._cache = jax.jit(self._empty_cache)()
-    out, self._cache = self._fn(*args, cache=self._cache)
-    return out
+    return args, {"cache": self._cache}
 
 
 _SAMPLERS: "collections.OrderedDict[tuple, Sampler]" = collections.OrderedDict()
@@ -290,6 +331,25 @@ def prompt_bucket(longest: int, minimum: int = 8) -> int:
   return max(minimum, 1 << max(0, int(longest) - 1).bit_length())
 
 
+def sampler_for(model: nnx.Module, *, batch_size: int, max_prompt_len: int, max_new_tokens: int,
+                num_samples: int = 1, return_confidence: bool = False, confidence_k: int = 20,
+                mesh: jax.sharding.Mesh | None = None, cache_dtype=None) -> Sampler:
+  """The kept :class:`Sampler` for this model structure and these sizes (built on first use; the last
+  eight are kept). ``generate`` draws its samplers from here, so both share compiled programs."""
+  graphdef, _ = nnx.split(model)
+  key = (graphdef, int(batch_size), int(max_prompt_len), int(max_new_tokens), int(num_samples),
+         bool(return_confidence), int(confidence_k), mesh, None if cache_dtype is None else jnp.dtype(cache_dtype).name)
+  sampler = _SAMPLERS.pop(key, None)
+  if sampler is None:
+    sampler = Sampler(model, batch_size=batch_size, max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
+                      num_samples=num_samples, cache_dtype=cache_dtype, mesh=mesh,
+                      return_confidence=return_confidence, confidence_k=confidence_k)
+  _SAMPLERS[key] = sampler
+  while len(_SAMPLERS) > _MAX_SAMPLERS:
+    _SAMPLERS.popitem(last=False)
+  return sampler
+
+
 def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, rng,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, eos_id=None, pad_id: int = 0,
              num_samples: int = 1, max_prompt_len: int | None = None, return_confidence: bool = False,
@@ -297,24 +357,16 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
              mesh: jax.sharding.Mesh | None = None, cache_dtype=None) -> SampleOutput:
   """Samples continuations of ragged prompts (DESIGN.md contract); see :class:`Sampler`.
 
-  Builds (and keeps, for the next call with the same sizes) a :class:`Sampler` with batch_size
-  ``len(prompts)`` and prompt bucket ``max_prompt_len`` (default: the next power of two >= the longest
-  prompt), so repeated calls of the same shape do not compile again.
+  Uses the kept :class:`Sampler` (see :func:`sampler_for`) with batch_size ``len(prompts)`` and prompt
+  bucket ``max_prompt_len`` (default: the next power of two >= the longest prompt, at least 8), so
+  repeated calls of the same shape do not compile again.
   Returns tokens int32 [B*G, N], logprobs float32 [B*G, N], lengths int32 [B*G] (rows prompt-major).
   """
   if not prompts:
     raise ValueError("generate() got no prompts")
   bucket = max_prompt_len or prompt_bucket(max(len(p) for p in prompts))
-  graphdef, params = nnx.split(model)
-  key = (graphdef, len(prompts), bucket, int(max_new_tokens), int(num_samples), bool(return_confidence),
-         int(confidence_k), mesh, None if cache_dtype is None else jnp.dtype(cache_dtype).name)
-  sampler = _SAMPLERS.pop(key, None)
-  if sampler is None:
-    sampler = Sampler(model, batch_size=len(prompts), max_prompt_len=bucket, max_new_tokens=max_new_tokens,
-                      num_samples=num_samples, cache_dtype=cache_dtype, mesh=mesh,
-                      return_confidence=return_confidence, confidence_k=confidence_k)
-  _SAMPLERS[key] = sampler
-  while len(_SAMPLERS) > _MAX_SAMPLERS:
-    _SAMPLERS.popitem(last=False)
-  return sampler(params, prompts, rng=rng, temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id,
+  sampler = sampler_for(model, batch_size=len(prompts), max_prompt_len=bucket, max_new_tokens=max_new_tokens,
+                        num_samples=num_samples, return_confidence=return_confidence, confidence_k=confidence_k,
+                        mesh=mesh, cache_dtype=cache_dtype)
+  return sampler(model, prompts, rng=rng, temperature=temperature, top_p=top_p, top_k=top_k, eos_id=eos_id,
                  pad_id=pad_id, penalty=penalty)

@@ -1,0 +1,128 @@
+"""tools/study.py: the arms' configs, the t-interval, and a miniature study (2 arms x 2 seeds, at most 2 steps
+each, tiny random policy) that writes its table and plots, skips finished runs on a rerun, and reproduces a
+run's numbers from its seed in another directory."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.train_fixtures import make_tiny_policy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import study  # noqa: E402
+
+T_975 = {1: 12.706204736, 2: 4.302652730}  # Student t quantiles, two-sided 95%, by degrees of freedom
+# Small sizes for the tiny policy (tests/train_fixtures.tiny_config's), minimal evaluation.
+TINY = ["--config", "configs/smoke.py", "--steps", "2", "--max_steps", "2", "--eval_every", "0",
+        "--set", "rollout.max_new_tokens=24", "--set", "rollout.max_prompt_len=40",
+        "--set", "data.train_levels={'2': 1.0, '3': 1.0}", "--set", "data.num_train=64",
+        "--set", "eval.easy_levels=2", "--set", "eval.hard_levels=3", "--set", "eval.num_problems=2",
+        "--set", "eval.num_samples=2", "--set", "eval.hint_ratios=0.0"]
+# 4 prompts x 4 samples x 24 tokens = 384 tokens at most per sampling round: GRPO needs 2 steps for this budget,
+# GHPO spends it in its first step (a random policy fails every group, so every group climbs the ladder).
+BUDGET = ["--budget_tokens", "385"]
+
+
+def test_t_interval_hand_worked():
+  mean, half, n = study.t_interval([1.0, 2.0, 3.0])  # sd 1
+  assert (mean, n) == (2.0, 3) and half == pytest.approx(T_975[2] / math.sqrt(3))
+  assert study.t_interval([0.5, None, float("nan")]) == (0.5, None, 1)
+  assert study.t_interval([]) == (None, None, 0)
+
+
+def _args(*argv):
+  return study.argparse.Namespace(**{**dict(config="configs/smoke.py", quick=False, steps=0, model="", set=None,
+                                            budget_tokens=0, max_steps=0, eval_every=None, seeds="0,1,2",
+                                            arms=",".join(study.ARMS)), **dict(argv)})
+
+
+def test_plan_builds_every_arm_at_an_equal_budget():
+  runs, settings = study.plan(_args(("model", "/some/policy")))
+  assert len(runs) == 7 * 3 and settings["seeds"] == [0, 1, 2]
+  smoke = study.load_config("configs/smoke.py")
+  smoke_steps = smoke.num_steps
+  most_tokens = smoke_steps * smoke.data.prompts_per_step * smoke.rollout.group_size * smoke.rollout.max_new_tokens
+  assert settings["budget_tokens"] == most_tokens // 4 and settings["max_steps"] == 4 * smoke_steps
+  by = {(arm, seed): c for arm, seed, c in runs}
+  assert {c.max_gen_tokens for c in by.values()} == {settings["budget_tokens"]}
+  assert {c.num_steps for c in by.values()} == {settings["max_steps"]}
+  assert by[("grpo", 0)].curriculum.mode == "none" and by[("filter", 1)].curriculum.mode == "filter"
+  assert tuple(by[("ghpo", 2)].curriculum.ladder) == (0.25, 0.5, 0.75)
+  assert (by[("ghpo_other", 0)].curriculum.mode, by[("ghpo_other", 0)].hints.corruption) == ("ghpo", "other")
+  assert by[("ghpo_shuffle", 0)].hints.corruption == "shuffle" and by[("ghpo", 0)].hints.corruption == "none"
+  assert by[("anneal", 0)].curriculum.anneal_steps == smoke_steps
+  assert by[("adaptive", 1)].seed == 1 and by[("adaptive", 1)].model.path == "/some/policy"
+
+
+def test_plan_rejects_unknown_arms_and_keys():
+  with pytest.raises(ValueError, match="unknown arms"):
+    study.plan(_args(("arms", "grpo,ppo")))
+  with pytest.raises(KeyError, match="learning_rat"):
+    study.plan(_args(("set", ["rl.learning_rat=1e-4"])))
+
+
+def _study(*argv, cache):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "study.py"), *argv, "--compile_cache", cache],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def _table(md, heading):
+  """{row label: {column label: cell}} of the markdown table under `heading`."""
+  block = md.split(heading, 1)[1].split("\n## ", 1)[0]
+  rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("| ")]
+  header = rows[0]
+  return {r[0]: dict(zip(header[1:], r[1:])) for r in rows[2:]}  # rows[1] is the --- line
+
+
+def _untimed(summary):
+  return {k: v for k, v in summary.items() if not k.startswith("time/") and k != "workdir"}
+
+
+def test_miniature_study_table_resume_and_reproducibility(tmp_path, capsys):
+  policy = make_tiny_policy(str(tmp_path / "policy"))
+  out, cache = str(tmp_path / "study"), str(tmp_path / "jax_cache")
+  args = ["--model", policy, "--arms", "grpo,ghpo", "--seeds", "0,1", *TINY, *BUDGET]
+  _study("--out", out, *args, cache=cache)
+
+  md = open(os.path.join(out, "study.md")).read()
+  outcomes = _table(md, "## pass@1 without hints")
+  process = _table(md, "## Learning signal, hints, shortcuts and budget")
+  assert list(outcomes) == list(process) == ["GRPO (no hints)", "GHPO 0.25/0.5/0.75"]
+  for name in ("study_hard_pass.png", "study_signal_yield.png", "study_hint_ratio.png", "study_shortcut.png"):
+    assert os.path.getsize(os.path.join(out, name)) > 0
+
+  # The cells come from the runs' files: generated tokens = mean over seeds ± t(1 df) * |a - b| / 2.
+  summaries = {}
+  for arm in ("grpo", "ghpo"):
+    for seed in (0, 1):
+      wd = os.path.join(out, arm, f"seed{seed}")
+      last = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))][-1]
+      summaries[(arm, seed)] = json.load(open(os.path.join(wd, "summary.json")))
+      assert summaries[(arm, seed)]["gen_tokens"] == last["gen_tokens_total"] >= 385
+  a, b = summaries[("grpo", 0)]["gen_tokens"], summaries[("grpo", 1)]["gen_tokens"]
+  assert process["GRPO (no hints)"]["generated tokens"] == f"{(a + b) / 2:,.0f} ± {T_975[1] * abs(a - b) / 2:,.0f}"
+  assert process["GHPO 0.25/0.5/0.75"]["steps"] == "1 ± 0"
+  # Equal budget: GHPO's retries spend it in one step, GRPO needs its 2 steps.
+  assert [summaries[("ghpo", s)]["steps"] for s in (0, 1)] == [1, 1]
+  assert [summaries[("grpo", s)]["steps"] for s in (0, 1)] == [2, 2]
+  assert summaries[("ghpo", 0)]["hint_ratio/all/mean"] == 0.75 and summaries[("grpo", 0)]["hint_ratio/all/mean"] == 0.0
+
+  # A rerun skips the finished runs and writes the same tables.
+  mtimes = {k: os.path.getmtime(os.path.join(out, k[0], f"seed{k[1]}", "metrics.jsonl")) for k in summaries}
+  study.main(["--out", out, *args, "--compile_cache", ""])  # in this process: nothing may compile or train
+  assert capsys.readouterr().out.count("already finished, skipped") == 4
+  assert mtimes == {k: os.path.getmtime(os.path.join(out, k[0], f"seed{k[1]}", "metrics.jsonl")) for k in summaries}
+  assert open(os.path.join(out, "study.md")).read().split("## Cost")[0] == md.split("## Cost")[0]
+
+  # The same seed in another directory gives the same numbers.
+  again = str(tmp_path / "again")
+  _study("--out", again, "--model", policy, "--arms", "grpo", "--seeds", "1", *TINY, *BUDGET, cache=cache)
+  rerun = json.load(open(os.path.join(again, "grpo", "seed1", "summary.json")))
+  assert _untimed(rerun) == _untimed(summaries[("grpo", 1)])

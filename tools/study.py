@@ -1,0 +1,571 @@
+"""The embedded study: every arm at an equal budget of generated tokens, over several seeds.
+
+    python tools/study.py --out runs/study --quick            # the quick preset (see QUICK below)
+    python tools/study.py --out runs/study                    # the full study (its time: see below)
+    python tools/study.py --out runs/study --arms grpo,ghpo --seeds 0,1,2,3,4
+    python tools/study.py --out runs/study --report_only      # the table and plots from finished runs
+
+Arms (ARMS): GRPO (no hints), DAPO-style filter, GHPO (ladder 0.25/0.5/0.75), adaptive scheduler,
+annealed hints, and GHPO with corrupted hints (another problem's trace; shuffled steps). Each
+(arm, seed) is one run of jaxghpo.train.run in OUT/ARM/seedS, in this process, one after another;
+a run that already finished is skipped, an interrupted one resumes from its checkpoint. Compiled
+programs are kept in OUT/.jax_cache, so only the first run pays for compilation.
+
+Equal budget: every run stops once it has generated `budget_tokens` tokens (config.max_gen_tokens;
+GHPO's retries are counted), with `max_steps` as a cap that no arm should reach (the table shows
+the steps each arm took). The learning-rate schedule and the anneal schedule are set over the same
+number of steps for every arm. Default budget: a quarter of what `steps` steps could generate at most
+(steps x prompts_per_step x group_size x max_new_tokens / 4: chains responses are much shorter than
+max_new_tokens); cap: 4 x steps.
+
+Outputs in OUT: study.md (tables: mean and 95% t-interval over seeds per metric, paired differences
+to GRPO; cost), study.json (every run's summary), and PNG plots: study_hard_pass.png (hard-split
+pass@1 without hint against generated tokens; one point per evaluation, mid-run ones with
+--eval_every), study_signal_yield.png, study_hint_ratio.png, study_shortcut.png. The tables hold
+only numbers from the runs' files; the same seeds give the same tables (runs are deterministic on
+CPU); wall times are in a separate table because they are not.
+
+Time on the 2-core development machine (shared with other jobs, load about 5; the tool prints each
+run's time and an estimate for the rest as it goes):
+  --quick, shipped base policy: one seed of all 7 arms took 4m40s (the first run pays ~30 s of
+    compilation), so the default 3 seeds take about 14 minutes.
+  full (configs/default.py, 21 runs of up to 4 x 120 steps with 3 mid-run evaluations each): several
+    hours; estimate it as 21 x the time of one default run at the same budget.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from jaxghpo import report  # noqa: E402
+
+GHPO = {"curriculum.mode": "ghpo", "curriculum.ladder": (0.25, 0.5, 0.75), "hints.corruption": "none"}
+ARMS: dict[str, dict[str, Any]] = {
+    "grpo": {"curriculum.mode": "none", "hints.corruption": "none"},
+    "filter": {"curriculum.mode": "filter", "hints.corruption": "none"},
+    "ghpo": dict(GHPO),
+    "adaptive": {"curriculum.mode": "adaptive", "hints.corruption": "none"},
+    "anneal": {"curriculum.mode": "anneal", "hints.corruption": "none"},
+    "ghpo_other": {**GHPO, "hints.corruption": "other"},
+    "ghpo_shuffle": {**GHPO, "hints.corruption": "shuffle"},
+}
+ARM_LABELS = {"grpo": "GRPO (no hints)", "filter": "DAPO filter", "ghpo": "GHPO 0.25/0.5/0.75",
+              "adaptive": "adaptive", "anneal": "anneal", "ghpo_other": "GHPO, other problem's trace",
+              "ghpo_shuffle": "GHPO, shuffled steps"}
+BASELINE = "grpo"
+
+# Presets: overrides of the base config file. `steps` is the nominal length (the budget and cap derive from it).
+FULL = {"steps": None, "overrides": {"export_at_end": False}, "eval_every": None}
+QUICK = {"steps": 10, "eval_every": 0,
+         "overrides": {"export_at_end": False, "data.prompts_per_step": 8, "eval.num_problems": 8,
+                       "eval.num_samples": 4, "eval.hint_ratios": "0.0"}}
+
+# The table's metrics: (key in the run summary, column label).
+OUTCOMES = (("pass@1/hard/sampled/before", "hard before (avg@k)"),
+            ("pass@1/hard/sampled/after", "hard after (avg@k)"),
+            ("pass@1/hard/greedy/before", "hard before (greedy)"),
+            ("pass@1/hard/greedy/after", "hard after (greedy)"),
+            ("pass@1/easy/sampled/after", "easy after (avg@k)"),
+            ("pass@1/ood/sampled/after", "ood after (avg@k)"))
+PROCESS = (("signal_yield/hard/mean", "signal yield, hard"),
+           ("hint_ratio/all/mean", "mean hint ratio"),
+           ("diag/shortcut/hard/hint0/sampled/after/shortcut_rate", "shortcut rate, hard"),
+           ("diag/shortcut/hard/hint0/sampled/after/correct_shortcut_rate", "shortcuts among correct, hard"),
+           ("diag/shortcut/hard/hint0/sampled/after/work_steps_mean", "steps written, hard"),
+           ("gen_tokens", "generated tokens"),
+           ("steps", "steps"))
+PAIRED = (("pass@1/hard/sampled/after", "hard (avg@k)"), ("pass@1/hard/greedy/after", "hard (greedy)"),
+          ("pass@1/easy/sampled/after", "easy (avg@k)"), ("pass@1/ood/sampled/after", "ood (avg@k)"))
+COST = (("time/wall_s", "wall time per run (s)"), ("time/steps_s", "training steps (s)"))
+COUNTS = {"gen_tokens", "steps", "time/wall_s", "time/steps_s"}
+NEEDED = "diag/shortcut/hard/hint0/sampled/after/level_mean"  # steps the hard problems need, on average
+
+
+# ------------------------------------------------------------------------------------ configs
+def load_config(spec: str):
+  """get_config() of a config file; "path.py:arg" passes arg (configs/default.py:mode=none)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path) and os.path.exists(os.path.join(ROOT, path)):
+    path = os.path.join(ROOT, path)  # configs/... relative to the repository, from any directory
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--config {spec!r}: no file {path}")
+  module_spec = importlib.util.spec_from_file_location(f"study_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def set_dotted(config, key: str, value) -> None:
+  """config.a.b = value for key "a.b"; an unknown key is an error that names it."""
+  *path, leaf = key.split(".")
+  node = config
+  for part in path:
+    if part not in node:
+      raise KeyError(f"override {key!r}: config has no {part!r} (under {'.'.join(path) or 'the top level'})")
+    node = node[part]
+  if leaf not in node:
+    raise KeyError(f"override {key!r}: config has no key {leaf!r}; known: {sorted(node.keys())}")
+  node[leaf] = value
+
+
+def get_dotted(config, key: str):
+  node = config
+  for part in key.split("."):
+    if part not in node:
+      raise KeyError(f"override {key!r}: config has no key {part!r}; known: {sorted(node.keys())}")
+    node = node[part]
+  return node
+
+
+def parse_value(text: str, current=None):
+  """A --set value for a key whose value is now `current`: the raw text for string keys, else a
+  Python literal (1, 0.5, (0.25, 0.5), True, {"2": 1.0}), or the raw text when it is none."""
+  if isinstance(current, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def plan(args) -> tuple[list[tuple[str, int, Any]], dict]:
+  """[(arm, seed, config)] of the study, and the study's settings (budget, cap, ...)."""
+  preset = QUICK if args.quick else FULL
+  base = load_config(args.config)
+  steps = int(args.steps or preset["steps"] or base.num_steps)
+  overrides = dict(preset["overrides"])
+  if args.model:
+    overrides["model.path"] = args.model
+  for item in args.set or []:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set {item!r}: expected key=value (e.g. --set rl.learning_rate=1e-4)")
+    overrides[key] = parse_value(value, get_dotted(base, key))
+  for key, value in overrides.items():
+    set_dotted(base, key, value)
+  P, G = int(base.data.prompts_per_step), int(base.rollout.group_size)
+  budget = int(args.budget_tokens or steps * P * G * int(base.rollout.max_new_tokens) // 4)
+  max_steps = int(args.max_steps or 4 * steps)
+  eval_every = args.eval_every if args.eval_every is not None else preset["eval_every"]
+  eval_every = max(steps // 4, 1) if eval_every is None else int(eval_every)
+  settings = {"config": args.config, "preset": "quick" if args.quick else "full", "steps": steps,
+              "budget_tokens": budget, "max_steps": max_steps, "eval_every_steps": eval_every,
+              "overrides": {k: v for k, v in overrides.items()}, "seeds": parse_ints(args.seeds),
+              "arms": parse_arms(args.arms)}
+  runs = []
+  for arm in settings["arms"]:
+    for seed in settings["seeds"]:
+      c = load_config(args.config)
+      for key, value in overrides.items():
+        set_dotted(c, key, value)
+      for key, value in ARMS[arm].items():
+        set_dotted(c, key, value)
+      c.seed = int(seed)
+      c.num_steps = max_steps
+      c.max_gen_tokens = budget
+      c.eval_every_steps = eval_every
+      c.checkpoint_every_steps = min(int(c.checkpoint_every_steps), max_steps)
+      c.curriculum.anneal_steps = steps  # the anneal arm decays over the nominal length, not the cap
+      runs.append((arm, int(seed), c))
+  return runs, settings
+
+
+def parse_ints(text: str) -> list[int]:
+  values = [int(x) for x in str(text).split(",") if x.strip()]
+  if not values:
+    raise ValueError(f"--seeds {text!r}: give at least one seed, e.g. 0,1,2")
+  return values
+
+
+def parse_arms(text: str) -> list[str]:
+  arms = [a.strip() for a in str(text).split(",") if a.strip()]
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown or not arms:
+    raise ValueError(f"--arms {text!r}: unknown arms {unknown}; choose from {list(ARMS)}")
+  return arms
+
+
+# ------------------------------------------------------------------------------------ running
+def run_dir(out: str, arm: str, seed: int) -> str:
+  return os.path.join(out, arm, f"seed{seed}")
+
+
+def _config_text(config) -> str:
+  return config.to_json_best_effort(sort_keys=True, indent=1)
+
+
+def run_state(workdir: str, config) -> str:
+  """"done" (summary.json says complete), "finished" (metrics complete, report missing), "partial"
+  (started: resume it) or "new". A workdir started with another config is an error."""
+  marker = os.path.join(workdir, "study_run.json")
+  if os.path.exists(marker):
+    with open(marker, encoding="utf-8") as f:
+      old = json.load(f)["config"]
+    new = json.loads(_config_text(config))
+    if old != new:
+      diff = sorted(_diff_keys(old, new))
+      raise ValueError(f"{workdir} holds a run of another configuration (differs in {diff[:8]}); "
+                       "use another --out or delete that directory")
+  summary_path = os.path.join(workdir, report.SUMMARY_JSON)
+  if os.path.exists(summary_path):
+    with open(summary_path, encoding="utf-8") as f:
+      if json.load(f).get("complete"):
+        return "done"
+  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    try:
+      if report.summarize(workdir, config, with_diagnostics=False)["complete"]:
+        return "finished"
+    except (KeyError, ValueError, IndexError):
+      pass
+    return "partial"
+  return "new"
+
+
+def _diff_keys(a, b, prefix=""):
+  if isinstance(a, dict) and isinstance(b, dict):
+    for key in set(a) | set(b):
+      yield from _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+  elif a != b:
+    yield prefix.rstrip(".")
+
+
+def execute(runs, out: str, log=print) -> list[dict]:
+  """Runs (or skips) every (arm, seed); returns each run's summary dict with arm and seed added."""
+  from jaxghpo import train  # heavy: only when something may run
+  summaries = []
+  timings = []
+  for i, (arm, seed, config) in enumerate(runs):
+    workdir = run_dir(out, arm, seed)
+    state = run_state(workdir, config)
+    if state == "new":
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "study_run.json"), "w", encoding="utf-8") as f:
+        json.dump({"arm": arm, "seed": seed, "config": json.loads(_config_text(config))}, f, indent=1)
+    if state in ("new", "partial"):
+      resuming = " (resuming)" if state == "partial" else ""
+      log(f"[study] run {i + 1}/{len(runs)}: {arm} seed {seed} -> {workdir}{resuming}")
+      t0 = time.perf_counter()
+      train.run(config, workdir)
+      timings.append(time.perf_counter() - t0)
+      left = sum(1 for a, s, c in runs[i + 1:] if run_state(run_dir(out, a, s), c) != "done")
+      log(f"[study] {arm} seed {seed} took {report.fmt_seconds(timings[-1])}; "
+          f"about {report.fmt_seconds(left * float(np.mean(timings)))} left for {left} runs")
+    elif state == "finished":
+      # The budget ended the run but its report is missing: rerunning train.run would train on.
+      report.finish(workdir, config, console=False, is_main_process=True)
+    else:
+      log(f"[study] run {i + 1}/{len(runs)}: {arm} seed {seed} already finished, skipped")
+    with open(os.path.join(workdir, report.SUMMARY_JSON), encoding="utf-8") as f:
+      summaries.append({**json.load(f), "arm": arm, "seed": seed, "workdir": workdir})
+  return summaries
+
+
+# ------------------------------------------------------------------------------------ statistics
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float | None, float | None, int]:
+  """(mean, half-width of the two-sided t-interval, n) over the finite values; half-width None if n < 2."""
+  x = np.asarray([v for v in values if v is not None and math.isfinite(float(v))], np.float64)
+  if x.size == 0:
+    return None, None, 0
+  if x.size == 1:
+    return float(x[0]), None, 1
+  from scipy import stats  # a dependency of jax
+  half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+  return float(x.mean()), half, int(x.size)
+
+
+def by_arm(summaries: Sequence[Mapping]) -> dict[str, list[Mapping]]:
+  out: dict[str, list[Mapping]] = {}
+  for s in summaries:
+    out.setdefault(s["arm"], []).append(s)
+  for runs in out.values():
+    runs.sort(key=lambda s: s["seed"])
+  return out
+
+
+def cell(values, key: str) -> str:
+  mean, half, n = t_interval(values)
+  if mean is None:
+    return "-"
+  if key in COUNTS:
+    text = f"{mean:,.0f}" + (f" ± {half:,.0f}" if half is not None else "")
+  else:
+    text = f"{mean:.3f}" + (f" ± {half:.3f}" if half is not None else "")
+  return text
+
+
+def aggregate(summaries: Sequence[Mapping]) -> dict[str, dict[str, dict]]:
+  """{arm: {metric: {"mean", "ci95", "n", "values"}}} over the seeds, for study.json."""
+  out = {}
+  for arm, runs in by_arm(summaries).items():
+    out[arm] = {}
+    for key, _ in OUTCOMES + PROCESS + COST:
+      values = [r.get(key) for r in runs]
+      mean, half, n = t_interval(values)
+      out[arm][key] = {"mean": mean, "ci95": half, "n": n, "values": values}
+  return out
+
+
+def paired_to_baseline(summaries: Sequence[Mapping], key: str, arm: str) -> list[float]:
+  """Per seed, arm's value minus the baseline's (seeds both have)."""
+  runs = by_arm(summaries)
+  base = {s["seed"]: s.get(key) for s in runs.get(BASELINE, [])}
+  return [s[key] - base[s["seed"]] for s in runs.get(arm, [])
+          if s.get(key) is not None and base.get(s["seed"]) is not None]
+
+
+def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float | None) -> str:
+  runs = by_arm(summaries)
+  arms = [a for a in settings["arms"] if a in runs]
+  seeds = settings["seeds"]
+  k = next((s.get("eval_k") for s in summaries if s.get("eval_k")), None)
+  lines = ["# Study: GHPO and its neighbours at an equal budget of generated tokens", "",
+           f"config `{settings['config']}` ({settings['preset']} preset), seeds {', '.join(map(str, seeds))}; "
+           f"every run stops after {settings['budget_tokens']:,} generated tokens (retries included; cap "
+           f"{settings['max_steps']} steps, schedules over {settings['steps']} steps). "
+           f"Cells: mean ± half-width of the 95% t-interval over the {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+           "(no interval for one seed). "
+           f"avg@k: mean accuracy of k={k or '-'} samples per problem at the evaluation temperature; greedy: "
+           "temperature 0. All pass@1 numbers are without hints.", ""]
+  if settings.get("overrides"):
+    lines += ["Overrides: " + ", ".join(f"`{key}={value}`" for key, value in settings["overrides"].items()), ""]
+  for title, metrics in (("pass@1 without hints (before training is the same base policy for every arm)", OUTCOMES),
+                         ("Learning signal, hints, shortcuts and budget", PROCESS)):
+    metrics = _present(metrics, summaries)
+    lines += [f"## {title}", "", "| arm | " + " | ".join(label for _, label in metrics) + " |",
+              "| --- | " + " | ".join("---:" for _ in metrics) + " |"]
+    for arm in arms:
+      lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cell([r.get(key) for r in runs[arm]], key)
+                                                          for key, _ in metrics) + " |")
+    lines.append("")
+  needed = t_interval([s.get(NEEDED) for s in summaries])[0]
+  if needed is not None:
+    lines += [f"Shortcut rate: fraction of completions to hard problems (no hint, sampled, after training) that give "
+              f"an answer after fewer steps than the problem needs ({needed:.2f} on average); shortcuts among "
+              "correct: the same among correct completions; steps written: well-formed steps per completion.", ""]
+  if BASELINE in runs and len(arms) > 1:
+    paired = _present(PAIRED, summaries)
+    lines += [f"## Difference to {ARM_LABELS[BASELINE]} after training, paired by seed", "",
+              "| arm | " + " | ".join(label for _, label in paired) + " |",
+              "| --- | " + " | ".join("---:" for _ in paired) + " |"]
+    for arm in arms:
+      if arm != BASELINE:
+        lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(
+            _signed(paired_to_baseline(summaries, key, arm)) for key, _ in paired) + " |")
+    lines.append("")
+    base_yield = t_interval([r.get("signal_yield/hard/mean") for r in runs[BASELINE]])[0]
+    for arm in arms:
+      arm_yield = t_interval([r.get("signal_yield/hard/mean") for r in runs[arm]])[0]
+      if arm != BASELINE and arm_yield is not None and base_yield is not None:
+        factor = (f"{arm_yield / base_yield:.1f}x" if base_yield > 0 else
+                  "undefined (both 0)" if arm_yield == 0 else "unbounded (GRPO's is 0)")
+        lines.append(f"- signal yield on hard groups, {ARM_LABELS[arm]} / GRPO: {arm_yield:.3f} / {base_yield:.3f} "
+                     f"= {factor}")
+    lines.append("")
+  budget_hit = {arm: sum(1 for r in runs[arm] if (r.get("gen_tokens") or 0) >= settings["budget_tokens"])
+                for arm in arms}
+  short = [f"{ARM_LABELS[a]} ({n}/{len(runs[a])})" for a, n in budget_hit.items() if n < len(runs[a])]
+  if short:
+    lines += [f"Runs that reached the step cap before the token budget: {', '.join(short)}.", ""]
+  lines += ["## Cost (wall clock: not reproducible, unlike the tables above)", "",
+            "| arm | " + " | ".join(label for _, label in COST) + " |",
+            "| --- | " + " | ".join("---:" for _ in COST) + " |"]
+  for arm in arms:
+    lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cell([r.get(key) for r in runs[arm]], key)
+                                                        for key, _ in COST) + " |")
+  if elapsed_s is not None:
+    lines += ["", f"This invocation took {report.fmt_seconds(elapsed_s)} (runs already finished were skipped)."]
+  lines += ["", "![hard pass@1 against generated tokens](study_hard_pass.png)",
+            "![signal yield](study_signal_yield.png)", "![hint ratio](study_hint_ratio.png)",
+            "![shortcut rate](study_shortcut.png)", ""]
+  return "\n".join(lines)
+
+
+def _present(metrics, summaries):
+  """The metrics some run has a value for (a split or greedy decoding the config does not evaluate is left out)."""
+  return tuple((key, label) for key, label in metrics if any(s.get(key) is not None for s in summaries))
+
+
+def _signed(values) -> str:
+  mean, half, n = t_interval(values)
+  if mean is None:
+    return "-"
+  return f"{mean:+.3f}" + (f" ± {half:.3f}" if half is not None else "")
+
+
+# ------------------------------------------------------------------------------------ plots
+def _mean_curve(curves: Sequence[tuple[np.ndarray, np.ndarray]], points: int = 60):
+  """Mean (and min, max) of several (x, y) curves on a common x grid over their shared x range."""
+  curves = [(np.asarray(x, float), np.asarray(y, float)) for x, y in curves if len(x) > 0]
+  if not curves:
+    return None
+  lo, hi = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
+  if hi <= lo:
+    return None
+  grid = np.linspace(lo, hi, points)
+  ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+  return grid, ys.mean(0), ys.min(0), ys.max(0)
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+  if y.size < window or window < 2:
+    return y
+  kernel = np.ones(window) / window
+  padded = np.concatenate([np.full(window - 1, y[0]), y])
+  return np.convolve(padded, kernel, mode="valid")
+
+
+def plots(out: str, summaries: Sequence[Mapping], settings: Mapping) -> list[str]:
+  """The study's PNG plots; returns their paths."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  runs = by_arm(summaries)
+  arms = [a for a in settings["arms"] if a in runs]
+  colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+  metrics = {(arm, r["seed"]): report.read_metrics(r["workdir"]) for arm in arms for r in runs[arm]}
+  paths = []
+
+  def new_fig(title, xlabel, ylabel, size=(7, 4.2)):
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+  def save(fig, ax, name):
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=100)
+    paths.append(path)
+
+  # Hard pass@1 (no hint, sampled) at each evaluation against generated tokens.
+  fig, ax = new_fig("hard problems, pass@1 without hint (avg@k) vs generated tokens",
+                    "generated tokens (retries included)", "pass@1")
+  for arm in arms:
+    curves = []
+    for r in runs[arm]:
+      pts = report.eval_curve(metrics[(arm, r["seed"])], "hard", "sampled")
+      if pts:
+        x, y = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
+        ax.plot(x, y, color=colors[arm], alpha=0.35, linewidth=0.8, marker=".")
+        curves.append((x, y))
+    mean = _mean_curve(curves)
+    if mean is not None:
+      ax.plot(mean[0], mean[1], color=colors[arm], linewidth=2, label=ARM_LABELS[arm])
+  save(fig, ax, "study_hard_pass.png")
+
+  for key, name, title in (("frac_groups_nonzero_adv/hard", "study_signal_yield.png",
+                            "learning-signal yield on hard groups (fraction with non-zero advantage)"),
+                           ("hint_ratio_mean", "study_hint_ratio.png", "mean hint ratio of the trained groups")):
+    fig, ax = new_fig(title, "generated tokens (retries included)", key)
+    for arm in arms:
+      curves = []
+      for r in runs[arm]:
+        rows = [row for row in metrics[(arm, r["seed"])] if int(row["step"]) >= 1
+                and isinstance(row.get(key), (int, float)) and isinstance(row.get("gen_tokens_total"), (int, float))]
+        if rows:
+          x = np.array([row["gen_tokens_total"] for row in rows], float)
+          curves.append((x, _smooth(np.array([row[key] for row in rows], float), 5)))
+      mean = _mean_curve(curves)
+      if mean is not None:
+        ax.plot(mean[0], mean[1], color=colors[arm], linewidth=2, label=ARM_LABELS[arm])
+        ax.fill_between(mean[0], mean[2], mean[3], color=colors[arm], alpha=0.12)
+    ax.set_ylim(-0.03, 1.03)
+    save(fig, ax, name)
+
+  # Shortcut rate on hard problems before and after, per arm.
+  fig, ax = new_fig("hard problems, no hint, sampled: answered with fewer steps than needed",
+                    "", "shortcut rate (fraction of completions)")
+  top = 0.05
+  xs = np.arange(len(arms))
+  for offset, when, hatch in ((-0.2, "before", "//"), (0.2, "after", None)):
+    key = f"diag/shortcut/hard/hint0/sampled/{when}/shortcut_rate"
+    stats = [t_interval([r.get(key) for r in runs[arm]]) for arm in arms]
+    means = [m if m is not None else 0.0 for m, _, _ in stats]
+    errs = [h if h is not None else 0.0 for _, h, _ in stats]
+    ax.bar(xs + offset, means, width=0.4, yerr=errs, color=[colors[a] for a in arms], hatch=hatch,
+           alpha=0.5 if when == "before" else 0.9, label=when, capsize=3)
+    top = max([top] + [m + e for m, e in zip(means, errs)])
+  ax.set_ylim(0.0, min(1.0, top * 1.1))  # a rate: intervals of few seeds may reach past [0, 1]
+  ax.set_xticks(xs)
+  ax.set_xticklabels([ARM_LABELS[a] for a in arms], rotation=20, ha="right", fontsize=7)
+  save(fig, ax, "study_shortcut.png")
+  return paths
+
+
+# ------------------------------------------------------------------------------------ main
+def write_outputs(out: str, summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float | None) -> str:
+  path = os.path.join(out, "study.md")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(markdown(summaries, settings, elapsed_s))
+  with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
+    json.dump(report._jsonable({"settings": settings, "aggregate": aggregate(summaries),
+                                "runs": [dict(s) for s in summaries]}), f, indent=1, sort_keys=True)
+  plots(out, summaries, settings)
+  return path
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", required=True, help="study directory: one workdir per arm and seed, study.md, plots")
+  p.add_argument("--config", default="configs/default.py", help="base config file (path[:arg])")
+  p.add_argument("--model", default="", help="override config.model.path (an HF directory or builtin:NAME)")
+  p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {list(ARMS)}")
+  p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (at least 3 for intervals worth reading)")
+  p.add_argument("--quick", action="store_true", help=f"small preset (about 15 minutes on 2 cores): {QUICK}")
+  p.add_argument("--steps", type=int, default=0, help="nominal run length in steps (default: preset / config)")
+  p.add_argument("--budget_tokens", type=int, default=0, help="generated tokens per run (default: see above)")
+  p.add_argument("--max_steps", type=int, default=0, help="step cap per run (default 4 x steps)")
+  p.add_argument("--eval_every", type=int, default=None, help="evaluate every N steps (0: before and after only)")
+  p.add_argument("--set", action="append", help="config override key=value (repeatable)")
+  p.add_argument("--compile_cache", default="<out>/.jax_cache",
+                 help="persistent JAX compilation cache directory ('' to disable)")
+  p.add_argument("--report_only", action="store_true", help="write the tables and plots from finished runs")
+  args = p.parse_args(argv)
+
+  t0 = time.perf_counter()
+  os.makedirs(args.out, exist_ok=True)
+  if args.compile_cache:
+    import jax
+    cache = args.compile_cache.replace("<out>", args.out)
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  runs, settings = plan(args)
+  print(f"[study] {len(settings['arms'])} arms x {len(settings['seeds'])} seeds = {len(runs)} runs; budget "
+        f"{settings['budget_tokens']:,} generated tokens per run (cap {settings['max_steps']} steps) -> {args.out}",
+        flush=True)
+  if args.report_only:
+    summaries = []
+    for arm, seed, config in runs:
+      path = os.path.join(run_dir(args.out, arm, seed), report.SUMMARY_JSON)
+      if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+          summaries.append({**json.load(f), "arm": arm, "seed": seed, "workdir": run_dir(args.out, arm, seed)})
+  else:
+    summaries = execute(runs, args.out, log=lambda m: print(m, flush=True))
+  path = write_outputs(args.out, summaries, settings, time.perf_counter() - t0)
+  print(f"[study] {path} written ({report.fmt_seconds(time.perf_counter() - t0)})", flush=True)
+  return path
+
+
+if __name__ == "__main__":
+  main()
