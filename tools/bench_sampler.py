@@ -9,7 +9,6 @@ the ratio is taken against the fastest of them.
   python tools/bench_sampler.py                       # hidden 256, 4 layers, batch 64, prompt 32, 64 new
   python tools/bench_sampler.py --hidden 64 --layers 2 --repeats 2
   python tools/bench_sampler.py --devices 2           # our sampler data-parallel over 2 host devices
-  python tools/bench_sampler.py --proposed_cache_layout   # models change proposed in BENCHMARKS.md
 """
 from __future__ import annotations
 
@@ -45,8 +44,6 @@ def parse_args():
                       "default: the Sampler's default")
   p.add_argument("--devices", type=int, default=1,
                  help="host devices for our sampler (rows sharded over a ('data',) mesh of this size)")
-  p.add_argument("--proposed_cache_layout", action="store_true",
-                 help="run ours with the KV-cache layout [B, KV, S, hd] proposed for jaxghpo.models")
   p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
   p.add_argument("--hf_threads", default="2", help="comma-separated torch thread counts; empty skips transformers")
   p.add_argument("--platform", default="cpu", help="JAX platform for our sampler (cpu, or cuda where present)")
@@ -69,47 +66,6 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from jaxghpo import models, parallel, rollout  # noqa: E402
-
-
-def use_proposed_cache_layout():
-  """Swaps in the attention cache path proposed for jaxghpo.models (not yet there): the cache stored as
-  [B, KV, S, hd] so that neither attention einsum transposes the whole cache at every decode step."""
-  import math
-
-  from jaxghpo.models import layers
-
-  uncached = layers.Attention.__call__
-
-  def call(self, x, positions, mask, inv_freq, cache_kv=None, cache_pos=None):
-    if cache_kv is None:
-      return uncached(self, x, positions, mask, inv_freq)
-    B, T, _ = x.shape
-    KV, G, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
-    q = self.q_proj(x).reshape(B, T, self.num_heads, hd)
-    k = self.k_proj(x).reshape(B, T, KV, hd)
-    v = self.v_proj(x).reshape(B, T, KV, hd)
-    if self.q_norm is not None:
-      q, k = self.q_norm(q), self.k_norm(k)
-    q, k = layers.apply_rope(q, positions, inv_freq), layers.apply_rope(k, positions, inv_freq)
-    k_cache, v_cache = cache_kv
-    k = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), (0, 0, cache_pos, 0))
-    v = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, cache_pos, 0))
-    qg = q.reshape(B, T, KV, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, hd)
-    scores = jnp.einsum("bkqd,bksd->bkqs", qg, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
-    scores = jnp.where(mask[:, None, None], scores.reshape(B, KV, G, T, -1), layers._NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(B, KV, G * T, -1)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(q.dtype))
-    out = out.reshape(B, KV, G, T, hd).transpose(0, 3, 1, 2, 4).reshape(B, T, -1)
-    return self.o_proj(out), (k, v)
-
-  def zeros(cls, cfg, batch, slots, dtype=None):
-    shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
-    dtype = dtype or cfg.compute_dtype
-    return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-               v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
-
-  layers.Attention.__call__ = call
-  models.KVCache.zeros = classmethod(zeros)
 
 
 def build_hf_model(args, out_dir):
@@ -232,8 +188,6 @@ def profile_ours(sampler, model, prompts, args, calls=2):
 
 
 def main(args):
-  if args.proposed_cache_layout:
-    use_proposed_cache_layout()
   with tempfile.TemporaryDirectory() as tmp:
     hf_model = build_hf_model(args, tmp)
     model, _ = models.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
@@ -244,7 +198,7 @@ def main(args):
   print(f"qwen2 hidden {args.hidden}, {args.layers} layers, heads {args.heads}/{args.kv_heads}, mlp {args.mlp}, "
         f"vocab {args.vocab}; batch {args.batch}, prompt {args.prompt}, {args.new} new tokens (EOS off)\n"
         f"ours: {args.dtype}, donate_cache={sampler.donate_cache}, devices={args.devices}, "
-        f"cache layout={'proposed [B,KV,S,hd]' if args.proposed_cache_layout else 'models.KVCache'}; "
+        "cache layout=models.KVCache [B,KV,S,hd]; "
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__}; "
         f"{os.cpu_count()} CPUs (affinity {len(os.sched_getaffinity(0))}); best of {args.repeats}")
   # All of ours first, then transformers: torch's worker threads keep spinning for a while after each

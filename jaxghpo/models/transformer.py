@@ -11,14 +11,14 @@ from jaxghpo.models.layers import Block, RMSNorm, param, rope_inv_freq
 
 @struct.dataclass
 class KVCache:
-  """Per-layer keys and values, each [B, S, num_kv_heads, head_dim]; S = cache slots."""
+  """Per-layer keys and values, each [B, num_kv_heads, S, head_dim]; S = cache slots."""
   k: tuple
   v: tuple
 
   @classmethod
   def zeros(cls, cfg: ModelConfig, batch: int, slots: int, dtype=None) -> "KVCache":
     dtype = dtype or cfg.compute_dtype
-    shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
     return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
                v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
 
