@@ -376,6 +376,16 @@ class Trainer:
     return metrics, rows
 
   # ------------------------------------------------------------------------------------ the loop
+  def export(self, out_dir: str) -> None:
+    """The policy in HF format (process 0 writes; with several processes every one joins the gather)."""
+    params = self.params
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      params = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() == 0:
+      models.save_pretrained(nnx.merge(self.graphdef, params), self.model_cfg, out_dir)
+      self.tokenizer.save_pretrained(out_dir)
+
   def write(self, ready, extra=None) -> None:
     if ready is not None:
       step, row = ready
@@ -392,6 +402,11 @@ class Trainer:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(c.to_json_best_effort(indent=2))
     summary = {}
+    spent = bool(c.max_gen_tokens) and self.gen_tokens_total >= int(c.max_gen_tokens)
+    if self.start_step >= num_steps or (self.start_step > 0 and spent):
+      self.writer.close()  # a finished run: nothing to train, its files are complete
+      self.checkpointer.close()
+      return {"already_finished": True}
     if self.start_step == 0:
       summary["eval_before"] = self.evaluate(0)
       self.writer.write(0, summary["eval_before"])
@@ -419,10 +434,8 @@ class Trainer:
       if self._stop_requested or done == num_steps:
         break
     self.checkpointer.wait()
-    if c.export_at_end and not self._stop_requested and jax.process_index() == 0:
-      export = os.path.join(self.workdir, "export")
-      models.save_pretrained(nnx.merge(self.graphdef, self.params), self.model_cfg, export)
-      self.tokenizer.save_pretrained(export)
+    if c.export_at_end and not self._stop_requested:
+      self.export(os.path.join(self.workdir, "export"))
     self.writer.close()
     self.checkpointer.close()
     return summary
