@@ -15,8 +15,8 @@ from configs.base import get_base_config
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = get_base_config()
-  c.num_steps = 140
-  c.checkpoint_every_steps = 35
+  c.num_steps = 80
+  c.checkpoint_every_steps = 20
   c.data.train_levels = ml_collections.ConfigDict(
       {"1": 1.0, "2": 1.0, "3": 1.0, "4": 2.0, "5": 3.0, "6": 3.0})
   c.data.prompts_per_step = 16
