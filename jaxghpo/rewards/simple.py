@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from jaxghpo.rewards.math import answer_tag_content
+
 Extract = Callable[[str], "str | None"]
 
 
@@ -52,13 +54,8 @@ def last_boxed(completion: str) -> str | None:
 
 def answer_tag(completion: str) -> str | None:
     """Content of the last complete <answer>...</answer> pair, stripped, or None."""
-    end = completion.rfind("</answer>")
-    if end < 0:
-        return None
-    start = completion.rfind("<answer>", 0, end)
-    if start < 0:
-        return None
-    return completion[start + len("<answer>"):end].strip()
+    content = answer_tag_content(completion)
+    return None if content is None else content.strip()
 
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
