@@ -81,14 +81,13 @@ class Trainer:
     if float(rl_cfg.kl_coef) != 0.0:
       self.ref_params = jax.tree.map(lambda x: x.copy(), params)
       self.logprob_fn = rl.make_logprob_fn(self.graphdef, rl_cfg, self.mesh, self.param_shardings)
+    self.last_confidence = None
     self.samplers = self._make_samplers(int(config.rollout.max_prompt_len), int(config.rollout.max_new_tokens))
     # Evaluation reaches longer (out-of-distribution) chains than training: its own sizes.
     eval_prompt = int(config.eval.get("max_prompt_len", 0) or config.rollout.max_prompt_len)
     eval_new = int(config.eval.get("max_new_tokens", 0) or config.rollout.max_new_tokens)
-    if (eval_prompt, eval_new) == (int(config.rollout.max_prompt_len), int(config.rollout.max_new_tokens)):
-      self.eval_samplers = {self.P: self.samplers[self.P]}
-    else:
-      self.eval_samplers = self._make_samplers(eval_prompt, eval_new, divisors=(1,))
+    # Evaluation also returns DeepConf token confidences (for confidence-filtered voting in the report).
+    self.eval_samplers = self._make_samplers(eval_prompt, eval_new, divisors=(1,), return_confidence=True)
     self.eval_prompt_len = eval_prompt
     self.rng = jax.random.key(int(config.seed))
 
@@ -101,7 +100,8 @@ class Trainer:
     self._stop_requested = False
 
   # ------------------------------------------------------------------------------------ set-up
-  def _make_samplers(self, max_prompt_len: int, max_new_tokens: int, divisors=(1, 2, 4)) -> dict[int, Sampler]:
+  def _make_samplers(self, max_prompt_len: int, max_new_tokens: int, divisors=(1, 2, 4),
+                     return_confidence: bool = False) -> dict[int, Sampler]:
     """Samplers for P, P/2, P/4 prompts: a retry re-samples only its groups, in the smallest bucket that fits."""
     shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     n_proc = jax.process_count()
@@ -111,7 +111,8 @@ class Trainer:
       if p >= n_proc and (p * self.G) % shards == 0 and p % n_proc == 0 and p not in sizes:
         sizes.append(p)
     return {p: Sampler(self.model, batch_size=p, max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
-                       num_samples=self.G, mesh=self.mesh) for p in sizes}
+                       num_samples=self.G, mesh=self.mesh, return_confidence=return_confidence)
+            for p in sizes}
 
   def _install_sigterm(self) -> None:
     def handler(signum, frame):
@@ -159,7 +160,7 @@ class Trainer:
     samplers = samplers or self.samplers
     n = len(examples)
     n_proc = jax.process_count()
-    tokens, logprobs, lengths = [], [], []
+    tokens, logprobs, lengths, confidence = [], [], [], []
     start = 0
     while start < n:
       # Buckets are global sizes; this host brings its share of each call.
@@ -174,7 +175,10 @@ class Trainer:
       tokens.append(hosts.local_rows(out.tokens)[:rows])
       logprobs.append(hosts.local_rows(out.logprobs)[:rows])
       lengths.append(hosts.local_rows(out.lengths)[:rows])
+      if out.confidence is not None:
+        confidence.append(hosts.local_rows(out.confidence)[:rows])
       start += len(chunk)
+    self.last_confidence = np.concatenate(confidence) if confidence else None
     return prompts, np.concatenate(tokens), np.concatenate(logprobs), np.concatenate(lengths)
 
   def rollout(self, examples, ratios, rng) -> StepRollout:
@@ -362,14 +366,20 @@ class Trainer:
       prompts, tokens, _, lengths = self.sample(chunk, np.full(len(chunk), ratio, np.float32), key,
                                                 temperature=temperature, samplers=self.eval_samplers,
                                                 max_prompt_len=self.eval_prompt_len)
+      conf = self.last_confidence
       texts = groups.decode(self.tokenizer, tokens, lengths, self.eos_id)
-      texts = [texts[i * G + j] for i in range(len(chunk)) for j in range(k)]
+      picked = [i * G + j for i in range(len(chunk)) for j in range(k)]
+      texts = [texts[r] for r in picked]
       _, acc = self.score(texts, [ex.answer for ex in chunk for _ in range(k)])
       acc = acc.reshape(len(chunk), k)
       for i, ex in enumerate(chunk):
-        rows.append({"problem_id": int(ex.problem_id), "level": int(ex.level), "problem": ex.problem,
-                     "answer": ex.answer, "hint": prompts.hint_text[i], "completions": texts[i * k:(i + 1) * k],
-                     "correct": (acc[i] > 0).tolist()})
+        row = {"problem_id": int(ex.problem_id), "level": int(ex.level), "problem": ex.problem,
+               "answer": ex.answer, "hint": prompts.hint_text[i], "completions": texts[i * k:(i + 1) * k],
+               "correct": (acc[i] > 0).tolist()}
+        if conf is not None:  # DeepConf: per-token confidence of each completion, up to its length
+          row["token_confidences"] = [np.round(conf[r, :int(lengths[r])], 4).tolist()
+                                      for r in picked[i * k:(i + 1) * k]]
+        rows.append(row)
     correct = hosts.allgather(np.asarray([r["correct"] for r in rows], bool).reshape(len(rows), k))
     levels = hosts.allgather(np.asarray([r["level"] for r in rows], np.int64))
     metrics = evaluation.aggregate([{"level": int(l), "correct": c} for l, c in zip(levels, correct)], k)
