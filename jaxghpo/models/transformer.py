@@ -23,6 +23,21 @@ class KVCache:
                v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
 
 
+def constrain_batch(x):
+  """Shards activations' batch axis over ("data", "fsdp") when a mesh is set (``jax.set_mesh``).
+
+  Without it XLA may gather FSDP activations (and the logits) over the batch: measured +8.7 GB per
+  device for the 7B config. A no-op without a mesh, or when the batch does not divide.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not {"data", "fsdp"} <= set(mesh.axis_names):
+    return x
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if shards == 1 or x.shape[0] % shards:
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(("data", "fsdp")))
+
+
 class Transformer(nnx.Module):
   """tokens -> logits. Parameter names follow transformers' so that import/export is a name map."""
 
@@ -47,11 +62,12 @@ class Transformer(nnx.Module):
     """
     cfg = self.cfg
     inv_freq = rope_inv_freq(cfg)
-    x = jnp.take(self.embed_tokens[...], tokens_BxT, axis=0).astype(cfg.compute_dtype)
+    x = constrain_batch(jnp.take(self.embed_tokens[...], tokens_BxT, axis=0).astype(cfg.compute_dtype))
     new_k, new_v = [], []
     for i, block in enumerate(self.layers):
       kv = None if cache is None else (cache.k[i], cache.v[i])
       x, (k, v) = block(x, positions_BxT, mask_BxTxS, inv_freq, kv, cache_pos)
+      x = constrain_batch(x)
       new_k.append(k)
       new_v.append(v)
     x = self.norm(x)

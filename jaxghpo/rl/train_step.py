@@ -236,13 +236,15 @@ class TrainStep:
     self._check(batch)
     if self._jitted is None:
       self._jitted = self._build(params)
-    return self._jitted.lower(params, opt_state, batch, rng)
+    with jax.set_mesh(self.mesh):  # the model constrains its activations to the batch shards
+      return self._jitted.lower(params, opt_state, batch, rng)
 
   def __call__(self, params, opt_state, batch: RLBatch, rng):
     self._check(batch)
     if self._jitted is None:
       self._jitted = self._build(params)
-    return self._jitted(params, opt_state, batch, rng)
+    with jax.set_mesh(self.mesh):  # the model constrains its activations to the batch shards
+      return self._jitted(params, opt_state, batch, rng)
 
 
 def make_train_step(graphdef, cfg, mesh, optimizer, param_shardings, compiler_options=None) -> TrainStep:
