@@ -11,7 +11,6 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from jaxghpo import models, parallel, rewards
 from jaxghpo.data import files as files_lib

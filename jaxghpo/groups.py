@@ -6,7 +6,7 @@ Host side of the RL step between the scheduler and the train step. Everything he
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -101,5 +101,3 @@ def decode(tokenizer, tokens_RxN: np.ndarray, lengths_R: np.ndarray, eos_id: int
     out.append(tokenizer.decode(ids, skip_special_tokens=False))
   return out
 
-
-ScoreFn = Callable[[list[str], list[str]], "tuple[np.ndarray, np.ndarray]"]

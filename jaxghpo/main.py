@@ -6,7 +6,6 @@ processes on one machine with --coordinator_address=127.0.0.1:PORT --num_process
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags

@@ -9,7 +9,6 @@ The device side is pure jitted functions; the host keeps every decision that dep
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -305,7 +304,6 @@ class Trainer:
 
   def host_metrics(self, ro: StepRollout, levels, keep, sched_metrics) -> dict:
     """Step metrics from this step's final groups, reduced over hosts (small arrays only)."""
-    G = self.G
     acc = hosts.allgather(ro.accuracy)
     rew = hosts.allgather(ro.rewards)
     lengths = hosts.allgather(ro.lengths)

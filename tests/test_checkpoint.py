@@ -93,7 +93,6 @@ def test_round_trip_sharded_params_adamw_and_host_state(tmp_path):
     assert ckpt.latest_step() == 3
 
     # Restore onto the same layout and onto another one: leaves land where the target says.
-    opt_sh = ts.optimizer_shardings(optimizer, params, shardings, mesh)
     for target_mesh in (mesh, parallel.make_mesh((1, 4, 2))):
       p_sh = parallel.param_shardings(params, target_mesh)
       o_sh = ts.optimizer_shardings(optimizer, params, p_sh, target_mesh)

@@ -1,7 +1,6 @@
 """Logit parity with transformers, HF round trip, sharded and bfloat16 loading, clear errors."""
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp

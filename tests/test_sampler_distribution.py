@@ -1,6 +1,5 @@
 """Sampled tokens follow softmax(logits / T) (chi-square, fixed seed); top-k and top-p exclude what they must."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.scipy.stats import chi2

@@ -1,7 +1,6 @@
 """The jitted train step on 8 fake CPU devices in three mesh layouts equals the one-device step;
 the one-device step skips non-finite updates and learns a tiny preference."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

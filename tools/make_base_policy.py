@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -44,7 +43,6 @@ def model_config(tok, args) -> models.ModelConfig:
 
 def teacher_forced_pass(model, tok, examples, hint_ratio: float, max_len: int) -> float:
   """Fraction of examples whose whole target is the argmax at every position (= greedy pass)."""
-  rng = np.random.default_rng(0)
   rows = []
   for ex in examples:
     hint = hints_lib.cut(ex.steps, hint_ratio, "steps", step_sep=ex.step_sep) if hint_ratio > 0 else ""

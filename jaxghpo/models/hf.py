@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from jaxghpo import parallel
-from jaxghpo.models.config import DTYPES, ModelConfig
+from jaxghpo.models.config import ModelConfig
 from jaxghpo.models.safetensors_io import FLOAT_CODES, SafetensorsError, SafetensorsFile, save_file
 from jaxghpo.models.transformer import Transformer, abstract_model
 

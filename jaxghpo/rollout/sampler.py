@@ -172,7 +172,7 @@ class Sampler:
     cfg, G, N = self.cfg, self.num_samples, self.max_new_tokens
     rng = jax.random.wrap_key_data(key_data, impl=key_impl) if key_impl else key_data
     B, P = prompt_ids_BxP.shape
-    R, S = B * G, P + N
+    R = B * G
     model = nnx.merge(self.graphdef, params)
 
     # Prefill: the prompts' own cache [B, P], computed once per prompt.
