@@ -158,3 +158,15 @@ def test_launch_sync_and_errors(tmp_path):
   local = _launch(tmp_path, "--dry-run", "--name=t", "--zone=z", "--config=c.py", "--workdir=/tmp/run")
   assert local.returncode == 0 and "neither a gs:// path" in local.stderr
   assert not (tmp_path / "gcloud_called").exists()
+
+
+@pytest.mark.parametrize("name", ["default", "smoke"])
+def test_embedded_configs_leave_room_for_their_longest_hint(name):
+  """The start-up checks of the trainer (mesh, batch, prompt room for the longest hint) pass for the
+  configs that run the embedded task, so a trace-format change cannot silently break them."""
+  import jax
+  from jaxghpo.data import tokenizer as tok_lib
+  config = load(os.path.join(ROOT, "configs", f"{name}.py")).get_config()
+  experiment.validate(config, jax.device_count(), 1)
+  problems = experiment.load_problems(config)
+  experiment.check_prompt_room(config, problems, tok_lib.load(tok_lib.task_tokenizer_path()))
