@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+from tests.procs import wait_all
 from flax import nnx
 
 from jaxghpo import checkpoint, curriculum, models, parallel
@@ -272,15 +274,7 @@ def test_two_processes_save_and_restore_together(tmp_path):
                                                                         dir=str(tmp_path / "ckpt"))],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=root)
            for i in range(2)]
-  logs = []
-  try:
-    for p in procs:
-      logs.append(p.communicate(timeout=120)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  logs = wait_all(procs)
   for i, p in enumerate(procs):
     assert p.returncode == 0 and f"ok {i}" in logs[i], f"process {i} failed:\n{logs[i][-4000:]}"
   mesh = parallel.make_mesh((1, 8, 1))

@@ -10,38 +10,26 @@ import threading
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from jaxghpo import rewards
 from jaxghpo.rewards import math as rmath
-from jaxghpo.rewards import pool as pool_lib
+from tests.procs import reward_pool_processes
 
 NUM_WORKERS = 2
 HOSTILE_DEADLINE_S = 1.0
 
 
-def _pool_processes() -> set[int]:
-    out = set()
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if pool_lib.PROCESS_MARKER in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE:
-                out.add(p.pid)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return out
-
-
 @pytest.fixture(scope="module")
 def verifier():
     """The default verifier, configured small; shut down (and checked) at the end of the module."""
-    before = _pool_processes()
+    before = reward_pool_processes()
     rewards.configure(num_workers=NUM_WORKERS, deadline_s=5.0)
     v = rmath.default_verifier()
     v.pool.start()
     yield v
     rewards.shutdown()
-    assert _pool_processes() <= before
+    assert reward_pool_processes() <= before
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,14 +217,14 @@ def test_hostile_batch_returns_within_its_bound_and_leaves_no_process(verifier):
     assert stats.timeouts + stats.correct + stats.pred_unparsed + stats.errors <= 64
     # Workers that were killed are gone; the pool still has its workers and still works.
     killed = before - set(verifier.pool.pids())
-    assert not killed & _pool_processes()
+    assert not killed & reward_pool_processes()
     assert len(verifier.pool.pids()) == NUM_WORKERS
     np.testing.assert_array_equal(rewards.math_reward(["\\boxed{5}"], ["5"]), [1.0])
     # Shutdown: the zygote and every worker are gone (killed ones were already).
     pids = set(verifier.pool.pids()) | {verifier.pool.zygote_pid}
-    assert pids <= _pool_processes()
+    assert pids <= reward_pool_processes()
     rewards.shutdown()
-    assert not pids & _pool_processes()
+    assert not pids & reward_pool_processes()
 
 
 def test_hard_kill_path_with_math_verify():
@@ -249,5 +237,5 @@ def test_hard_kill_path_with_math_verify():
         np.testing.assert_array_equal(scores, [0.0, 1.0])
         assert (stats.timeouts, stats.kills, stats.restarts) == (1, 1, 1)
         pids = set(v.pool.pids()) | {v.pool.zygote_pid}
-        assert not old & pids and not old & _pool_processes()
-    assert not pids & _pool_processes()
+        assert not old & pids and not old & reward_pool_processes()
+    assert not pids & reward_pool_processes()

@@ -17,24 +17,13 @@ import psutil
 import pytest
 
 from jaxghpo.rewards import pool as pool_lib
+from tests.procs import reward_pool_processes
 from jaxghpo.rewards.pool import WorkerPool
 
 # sum(range(10**12)) spends hours in one C loop that never checks for signals, so the soft deadline
 # (a signal handler) never runs: only the hard deadline can end it. (pow of huge ints, by contrast,
 # checks for signals and is ended by the soft deadline.)
 UNINTERRUPTIBLE = (range(10**12),)
-
-
-def pool_processes() -> set[int]:
-    """Pids of our live descendants that belong to a reward pool (a zygote or a worker)."""
-    out = set()
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if pool_lib.PROCESS_MARKER in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE:
-                out.add(p.pid)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            pass
-    return out
 
 
 def _gone(pids, timeout_s=5.0) -> bool:
@@ -57,9 +46,9 @@ def add_pool():
 @pytest.fixture
 def no_new_processes():
     """Asserts that a test leaves behind no pool process that did not exist before it."""
-    before = pool_processes()
+    before = reward_pool_processes()
     yield
-    assert pool_processes() <= before
+    assert reward_pool_processes() <= before
 
 
 def test_results_in_order_and_workers_reused(add_pool):
@@ -125,8 +114,8 @@ def test_hard_deadline_kills_replaces_and_leaves_nothing_behind(no_new_processes
         assert _gone(killed)
         assert p.map([([7],)] * 2).values == [7, 7]  # the replacement works
         pids = p.pids() + [p.zygote_pid]
-        assert set(pids) <= pool_processes()
-    assert not set(pids) & pool_processes()
+        assert set(pids) <= reward_pool_processes()
+    assert not set(pids) & reward_pool_processes()
 
 
 def test_worker_crash_is_an_error_and_the_pool_recovers(no_new_processes):
@@ -141,10 +130,10 @@ def test_close_leaves_no_process(no_new_processes):
     p = WorkerPool(operator.add, num_workers=3, deadline_s=1.0)
     p.map([(1, 2)] * 5)
     pids = p.pids() + [p.zygote_pid]
-    assert len(pids) == 4 and set(pids) <= pool_processes()
+    assert len(pids) == 4 and set(pids) <= reward_pool_processes()
     p.close()
     assert _gone(pids, timeout_s=0.0)                # close() waited for them
-    assert not set(pids) & pool_processes()
+    assert not set(pids) & reward_pool_processes()
     with pytest.raises(RuntimeError, match="closed"):
         p.map([(1, 2)])
 

@@ -12,6 +12,8 @@ import numpy as np
 import portpicker
 import pytest
 
+from tests.procs import wait_all
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_scheduler_worker.py")
 
@@ -33,15 +35,7 @@ def _run_two_processes(tmp_path):
                         "--out", outs[i]], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)
   ]
-  logs = []
-  try:
-    for p in procs:
-      logs.append(p.communicate(timeout=120)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+  logs = wait_all(procs)
   for i, p in enumerate(procs):
     assert p.returncode == 0, f"process {i} failed:\n{logs[i][-4000:]}"
   return [dict(np.load(o)) for o in outs]
