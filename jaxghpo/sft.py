@@ -116,15 +116,22 @@ def run(config, workdir: str) -> dict:
     mesh = experiment.make_mesh(config)
     model, cfg, tokenizer = experiment.load_policy(config, mesh)
   levels = experiment.parse_levels(c.levels)
+  # Levels seen only with a hint that leaves at most c.max_remaining steps: every other batch, in a
+  # second fixed shape long enough for the longest of them (the task knows its lengths).
+  hinted = experiment.parse_levels(c.get("hinted_levels", "")) if config.data.source == "task" else []
+  hinted_len = 0
   if config.data.source == "task":
     task = get_task(config.data.task)
-    draw = lambda step: task.generate("train", int(c.batch_size), int(config.seed) * 1_000_003 + step,
-                                      levels=levels)
+    draw = lambda step, lv: task.generate("train", int(c.batch_size), int(config.seed) * 1_000_003 + step,
+                                          levels=lv)
+    if hinted:
+      hinted_len = max(task.problem_len(l) + task.solution_len(l) + 3 for l in hinted)
+      hinted_len = -(-hinted_len // 8) * 8
   else:
     problems = experiment.load_problems(config).train
     order = np.random.default_rng(int(config.seed)).permutation(len(problems))
-    draw = lambda step: [problems[order[(step * int(c.batch_size) + i) % len(problems)]]
-                         for i in range(int(c.batch_size))]
+    draw = lambda step, lv: [problems[order[(step * int(c.batch_size) + i) % len(problems)]]
+                             for i in range(int(c.batch_size))]
   steps = int(config.num_steps)
   lr = float(c.learning_rate)
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, min(200, steps // 10)), steps, lr * 0.05)
@@ -136,11 +143,18 @@ def run(config, workdir: str) -> dict:
   t0 = time.time()
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
     for step in range(1, steps + 1):
-      b = encode_examples(draw(step), tokenizer, max_len=int(c.max_len), rng=rng, hint_prob=float(c.hint_prob),
-                          placement=config.hints.placement, style=config.data.style, hint_unit=config.hints.unit)
+      fmt = dict(placement=config.hints.placement, style=config.data.style, hint_unit=config.hints.unit)
+      hinted_batch = bool(hinted) and step % 2 == 0
+      if hinted_batch:
+        b = encode_examples(draw(step, hinted), tokenizer, max_len=hinted_len, rng=rng,
+                            max_remaining=int(c.max_remaining), **fmt)
+      else:
+        b = encode_examples(draw(step, levels), tokenizer, max_len=int(c.max_len), rng=rng,
+                            hint_prob=float(c.hint_prob), **fmt)
       params, opt_state, loss = step_fn(params, opt_state, b.tokens_BxT, b.loss_mask_BxT, b.valid_BxT)
       if step % int(config.log_every_steps) == 0 or step == steps:
-        row = {"step": step, "loss": float(loss), "time/elapsed_s": time.time() - t0}
+        row = {"step": step, "loss": float(loss), "hinted_batch": hinted_batch, "seq_len": int(b.tokens_BxT.shape[1]),
+               "time/elapsed_s": time.time() - t0}
         log.write(json.dumps(row) + "\n")
         log.flush()
         print(f"sft step {step}/{steps} loss {row['loss']:.4f} ({row['time/elapsed_s']:.0f}s)", flush=True)
