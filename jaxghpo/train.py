@@ -54,6 +54,9 @@ class Trainer:
     experiment.check_prompt_room(config, self.problems, self.tokenizer)
     self.score = experiment.reward_fn(config, self.problems)
     self.eos_id = self.tokenizer.eos_token_id
+    # Tokens of the in-prompt hint marker that follows a hint (plain style): the hint span ends before it.
+    self.marker_tokens = (len(self.tokenizer.encode(HINT_MARKER, add_special_tokens=False))
+                          if config.data.style == "plain" else 0)
     self.pad_id = self.tokenizer.pad_token_id or 0
 
     n_proc = jax.process_count()
@@ -285,8 +288,7 @@ class Trainer:
       prompt_ids[r, Pw - len(ids):] = ids
       prompt_valid[r, Pw - len(ids):] = True
     rows = np.arange(R) // G
-    marker = len(self.tokenizer.encode(HINT_MARKER, add_special_tokens=False)) if c.data.style == "plain" else 0
-    hint_mask = groups.hint_token_mask(ro.prompts, rows, Pw, marker) & prompt_valid
+    hint_mask = groups.hint_token_mask(ro.prompts, rows, Pw, self.marker_tokens) & prompt_valid
     N = ro.tokens.shape[1]
     response_valid = np.arange(N)[None, :] < ro.lengths[:, None]
     keep_R = np.repeat(keep_P, G)
