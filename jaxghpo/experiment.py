@@ -133,8 +133,11 @@ def check_prompt_room(config, problems: Problems, tokenizer) -> None:
   from jaxghpo.curriculum import hints as hints_lib
   from jaxghpo.data import templates
   c = config.curriculum
-  top = max([float(c.max_ratio), float(c.anneal_start_ratio)] + [float(r) for r in c.ladder])
-  top = min(top, 1.0 - 1e-6)
+  if c.mode in ("none", "filter"):
+    top = 0.0  # these modes never put a hint in a prompt
+  else:
+    top = max([float(c.max_ratio), float(c.anneal_start_ratio)] + [float(r) for r in c.ladder])
+    top = min(top, 1.0 - 1e-6)
   sample = sorted(problems.train, key=lambda ex: len(ex.solution) + len(ex.problem))[-64:]
   worst = 0
   for ex in sample:

@@ -170,3 +170,19 @@ def test_embedded_configs_leave_room_for_their_longest_hint(name):
   experiment.validate(config, jax.device_count(), 1)
   problems = experiment.load_problems(config)
   experiment.check_prompt_room(config, problems, tok_lib.load(tok_lib.task_tokenizer_path()))
+
+
+def test_prompt_room_counts_hints_only_in_modes_that_give_them():
+  """A no-hint mode (GRPO "none", DAPO "filter") needs room for the bare prompt only; "ghpo" needs the hint's."""
+  from jaxghpo.data import tokenizer as tok_lib
+  config = load(os.path.join(ROOT, "configs", "default.py")).get_config()
+  config.data.num_train = 200
+  config.rollout.max_prompt_len = 32  # a level-6 prompt fits; with a 75% hint it does not
+  problems = experiment.load_problems(config)
+  tok = tok_lib.load(tok_lib.task_tokenizer_path())
+  for mode in ("none", "filter"):
+    config.curriculum.mode = mode
+    experiment.check_prompt_room(config, problems, tok)
+  config.curriculum.mode = "ghpo"
+  with pytest.raises(ValueError, match="max_prompt_len=32 is too short"):
+    experiment.check_prompt_room(config, problems, tok)

@@ -188,3 +188,20 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
   json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
   with pytest.raises(SafetensorsError, match=r"mlp\.(gate|up|down)_proj\.weight.*shape"):
     models.from_pretrained(path)
+
+
+@pytest.mark.parametrize("lead", [(), (5,), (3, 4), (2, 3, 4)])
+def test_matmul_2d_equals_einsum_and_its_gradients(lead):
+  """The flattened matmul of every Linear (kept 2-D so XLA:CPU's weight gradient needs no transposed
+  copies) computes the same values and gradients as the einsum over all leading axes."""
+  from jaxghpo.models.layers import matmul_2d
+  rs = np.random.default_rng(0)
+  x = jnp.asarray(rs.standard_normal((*lead, 6)), jnp.float32)
+  w = jnp.asarray(rs.standard_normal((6, 7)), jnp.float32)
+  dy = jnp.asarray(rs.standard_normal((*lead, 7)), jnp.float32)
+  ref = lambda x, w: jnp.sum(jnp.einsum("...i,io->...o", x, w) * dy)
+  ours = lambda x, w: jnp.sum(matmul_2d(x, w) * dy)
+  assert matmul_2d(x, w).shape == (*lead, 7)
+  np.testing.assert_allclose(matmul_2d(x, w), jnp.einsum("...i,io->...o", x, w), rtol=1e-5, atol=1e-5)
+  for g_ours, g_ref in zip(jax.grad(ours, argnums=(0, 1))(x, w), jax.grad(ref, argnums=(0, 1))(x, w)):
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-5)

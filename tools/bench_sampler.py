@@ -58,6 +58,7 @@ if ARGS.devices > 1:  # must be set before jax is imported
                              f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
 os.environ.setdefault("JAX_PLATFORMS", ARGS.platform)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -130,61 +131,12 @@ def bench_hf(hf_model, prompts, args, mode, threads):
   return best_of(run, args.repeats)
 
 
-def _op_kinds(hlo_text):
-  """Maps each fusion of the compiled program to "matmul" when its computation holds a dot."""
-  import re
-
-  bodies, current = {}, None
-  for line in hlo_text.splitlines():
-    head = re.match(r"^%?([\w.\-]+) .*\{$", line)
-    if head and not line.startswith(" "):
-      current = head.group(1)
-      bodies[current] = []
-    elif current is not None:
-      bodies[current].append(line)
-  kinds = {}
-  for lines in bodies.values():
-    for line in lines:
-      m = re.match(r"^\s*(?:ROOT )?%([\w.\-]+) = .* fusion\(.*calls=%([\w.\-]+)", line)
-      if m and any(" dot(" in x for x in bodies.get(m.group(2), ())):
-        kinds[m.group(1)] = "matmul"
-  return kinds
-
-
 def profile_ours(sampler, model, prompts, args, calls=2):
   """Prints the time of our compiled ops per call, grouped by op kind (matmuls, and other fusions by name)."""
-  import collections
-  import glob
-  import re
-
-  from jax.profiler import ProfileData
-
+  import xla_profile
   run = lambda: np.asarray(sampler(model, prompts, rng=jax.random.key(0)).lengths)
-  run()
-  with tempfile.TemporaryDirectory() as trace_dir:
-    wall = time.perf_counter()
-    with jax.profiler.trace(trace_dir):
-      for _ in range(calls):
-        run()
-    wall = (time.perf_counter() - wall) / calls
-    data = ProfileData.from_file(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0])
-  kinds = _op_kinds(sampler.lower(model, prompts, rng=jax.random.key(0)).compile().as_text())
-  per_kind, threads = collections.Counter(), set()
-  for plane in data.planes:
-    for line in plane.lines:
-      if "Eigen" not in line.name:  # XLA:CPU runs compiled ops on its Eigen thread pool
-        continue
-      for event in line.events:
-        if event.name.startswith("ThunkExecutor") or "Await" in event.name:
-          continue
-        threads.add(line.name)
-        kind = kinds.get(event.name) or re.sub(r"[._]?\d+$", "", re.sub(r"\.clone.*", "", event.name))
-        per_kind[kind] += event.duration_ns / calls / 1e6
-  total = sum(per_kind.values())
-  print(f"profile (greedy, traced wall {wall * 1e3:.0f} ms per call; op time {total:.0f} ms on "
-        f"{len(threads)} XLA threads):")
-  for kind, ms in per_kind.most_common(12):
-    print(f"  {ms:8.1f} ms  {100 * ms / total:5.1f}%  {kind}")
+  text = sampler.lower(model, prompts, rng=jax.random.key(0)).compile().as_text()
+  xla_profile.print_profile("greedy", *xla_profile.profile(run, text, calls))
 
 
 def main(args):

@@ -22,6 +22,19 @@ def param(rngs: nnx.Rngs | None, init, shape, dtype, names) -> nnx.Param:
   return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
 
+def matmul_2d(x_NxI, w_IxO):
+  """x [..., I] @ w [I, O] -> [..., O], computed on x flattened to 2-D [tokens, I].
+
+  Why flatten: the weight gradient of a matmul over several leading axes contracts all of them
+  ("...i,...o->io"), and XLA:CPU then copies both operands into a transposed layout before its dot
+  (measured: 22% of the 512-wide train step, copy fusions of [2048, tokens]); over one flattened
+  token axis the dot takes them as they are. On TPU/GPU the reshape is free.
+  """
+  lead = x_NxI.shape[:-1]
+  y = jnp.dot(x_NxI.reshape(-1, x_NxI.shape[-1]), w_IxO)
+  return y.reshape(*lead, w_IxO.shape[-1])
+
+
 class Linear(nnx.Module):
   """y = x @ kernel (+ bias); kernel [in, out] (the transpose of torch's weight)."""
 
@@ -32,7 +45,7 @@ class Linear(nnx.Module):
     self.dtype = cfg.compute_dtype
 
   def __call__(self, x):
-    y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = matmul_2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y

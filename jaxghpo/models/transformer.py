@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from jaxghpo.models.config import ModelConfig
-from jaxghpo.models.layers import Block, RMSNorm, param, rope_inv_freq
+from jaxghpo.models.layers import Block, RMSNorm, matmul_2d, param, rope_inv_freq
 
 
 @struct.dataclass
@@ -72,7 +72,7 @@ class Transformer(nnx.Module):
       new_v.append(v)
     x = self.norm(x)
     head = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-    logits = jnp.einsum("btd,dv->btv", x, head.astype(cfg.compute_dtype)).astype(jnp.float32)
+    logits = matmul_2d(x, head.astype(cfg.compute_dtype)).astype(jnp.float32)
     new_cache = None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v))
     return logits, new_cache
 

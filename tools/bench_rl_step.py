@@ -1,0 +1,160 @@
+"""Seconds per RL step: jaxghpo's trainer against Tunix's GRPO learner, same weights and sizes, in one run.
+
+For each size (hidden x layers) a random Qwen2 is written by transformers (HF safetensors) with the
+embedded task's tokenizer beside it; both frameworks load that directory and run plain GRPO (no hints:
+jaxghpo's curriculum mode "none", Tunix's GRPOLearner) on the same problems with the same number of
+prompts P, group size G, prompt bucket, new tokens, temperature, KL coefficient (both compute reference
+logprobs with a frozen copy) and optimizer (AdamW, global-norm clipping 1.0, constant learning rate).
+
+jaxghpo runs `Trainer.rl_step` (pipeline, scheduler, sampling, rewards, advantages, batch building,
+the sharded train step) back to back as `Trainer.run` does, without evaluation or checkpoints; Tunix
+runs in its own virtual environment through tools/tunix_side.py. Each side reports the mean over
+--steps steps after --warmup steps (compilation excluded), split into rollout (sampling) and train
+(reference logprobs + the update; ours: dispatch plus the wait for it, which ends at the next step's start).
+
+  python tools/bench_rl_step.py --tunix_python=/path/to/tunix-venv/bin/python
+  python tools/bench_rl_step.py --sizes=64x2 --steps=2          # ours only when --tunix_python is empty
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--sizes", default="64x2,256x4,512x8", help="comma-separated HIDDENxLAYERS")
+  p.add_argument("--prompts_per_step", type=int, default=8)
+  p.add_argument("--group_size", type=int, default=8)
+  p.add_argument("--max_prompt_len", type=int, default=32)
+  p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument("--beta", type=float, default=0.04, help="KL coefficient (both sides)")
+  p.add_argument("--learning_rate", type=float, default=1e-5)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--tunix_python", default=os.environ.get("TUNIX_PYTHON", ""),
+                 help="python of a virtual environment with google-tunix; empty: ours only")
+  p.add_argument("--platform", default="cpu")
+  p.add_argument("--out", default="", help="also write the results as JSON here")
+  return p.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:
+  os.environ.setdefault("JAX_PLATFORMS", ARGS.platform)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import bench_models  # noqa: E402
+
+
+def problems(P: int, seed: int = 0):
+  """P chains problems (levels 1-6, no hints) as the trainer renders them: (prompt texts, answers)."""
+  from jaxghpo.data import tokenizer as tok_lib
+  from jaxghpo.data import templates
+  from jaxghpo.data.tasks import get_task
+  tok = tok_lib.load(bench_models.CHAINS_TOKENIZER)
+  exs = get_task("chains").generate("train", P, seed, levels={l: 1.0 for l in range(1, 7)})
+  return [templates.render(ex, "", "prompt", tok, "plain").prompt_text for ex in exs], [ex.answer for ex in exs]
+
+
+def our_config(model_dir: str, args):
+  from study import load_config
+  c = load_config(os.path.join(REPO, "configs", "default.py"))
+  c.model.path = model_dir
+  c.model.tokenizer = ""
+  c.curriculum.mode = "none"  # plain GRPO: the same work as Tunix's learner (no hint retries)
+  c.data.prompts_per_step = args.prompts_per_step
+  c.rollout.group_size = args.group_size
+  c.rollout.max_prompt_len = args.max_prompt_len
+  c.rollout.max_new_tokens = args.max_new_tokens
+  c.eval.max_prompt_len = args.max_prompt_len
+  c.eval.max_new_tokens = args.max_new_tokens
+  c.rl.kl_coef = args.beta
+  c.rl.learning_rate = args.learning_rate
+  c.rl.lr_schedule = "constant"
+  c.rl.warmup_steps = 0
+  c.num_steps = args.warmup + args.steps
+  return c
+
+
+def run_ours(model_dir: str, args) -> dict:
+  from jaxghpo.train import Trainer
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = Trainer(our_config(model_dir, args), workdir)
+    rng = jax.random.key(0)
+    recs, t_prev = [], None
+    for step in range(args.warmup + args.steps):
+      if step == args.warmup:
+        jax.block_until_ready(trainer.params)
+        t_prev = time.perf_counter()
+      host, _ = trainer.rl_step(step, jax.random.fold_in(rng, step))
+      recs.append(host)
+    jax.block_until_ready(trainer.params)  # the last update: counted in the timed steps
+    total = time.perf_counter() - t_prev
+    trainer.checkpointer.close()
+  timed = recs[args.warmup:]
+  mean = lambda k: float(np.mean([r[k] for r in timed]))
+  return {"step_s": total / args.steps, "rollout_s": mean("time/rollout_s") + mean("time/reward_s"),
+          "train_s": mean("time/train_s"), "gen_tokens": mean("rollout/gen_tokens")
+          if "rollout/gen_tokens" in timed[0] else None}
+
+
+def run_tunix(model_dir: str, prompts_file: str, args) -> dict:
+  cmd = [args.tunix_python, os.path.join(REPO, "tools", "tunix_side.py"), "--mode=rl", f"--model_dir={model_dir}",
+         f"--prompts={prompts_file}", f"--group_size={args.group_size}", f"--max_prompt_len={args.max_prompt_len}",
+         f"--max_new_tokens={args.max_new_tokens}", f"--beta={args.beta}", f"--learning_rate={args.learning_rate}",
+         f"--steps={args.steps}", f"--warmup={args.warmup}", f"--platform={args.platform}"]
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  for line in proc.stdout.splitlines():
+    if line.startswith("TUNIX_RESULT "):
+      return json.loads(line[len("TUNIX_RESULT "):])
+  raise RuntimeError(f"tools/tunix_side.py failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+def main(args):
+  texts, answers = problems(args.prompts_per_step)
+  print(f"P={args.prompts_per_step} prompts x G={args.group_size}, prompt bucket {args.max_prompt_len}, "
+        f"{args.max_new_tokens} new tokens, T=1, KL {args.beta}, AdamW lr {args.learning_rate}; "
+        f"{args.warmup} warm-up + {args.steps} timed steps; jax {jax.__version__} on {jax.devices()[0].device_kind}, "
+        f"{len(os.sched_getaffinity(0))} CPUs", flush=True)
+  results = []
+  for size in args.sizes.split(","):
+    hidden, layers = (int(x) for x in size.split("x"))
+    with tempfile.TemporaryDirectory() as model_dir:
+      special = bench_models.copy_chains_tokenizer(model_dir)
+      bench_models.write_qwen2(model_dir, hidden=hidden, layers=layers, vocab=special["vocab"],
+                               bos_id=special["bos"], eos_id=special["eos"], pad_id=special["pad"])
+      prompts_file = os.path.join(model_dir, "prompts.json")
+      with open(prompts_file, "w") as f:
+        json.dump({"prompts": texts, "answers": answers}, f)
+      ours = run_ours(model_dir, args)
+      theirs = run_tunix(model_dir, prompts_file, args) if args.tunix_python else None
+    rec = {"size": size, "ours": ours, "tunix": theirs}
+    line = (f"{size:>6s} ours {ours['step_s']:7.2f} s/step (rollout {ours['rollout_s']:6.2f}, "
+            f"train {ours['train_s']:6.2f})")
+    if theirs:
+      rec["ratio"] = theirs["step_s"] / ours["step_s"]
+      line += (f" | tunix {theirs['step_s']:7.2f} s/step (rollout {theirs['rollout_s']:6.2f}, "
+               f"train {theirs['train_s']:6.2f} = ref {theirs['ref_s']:5.2f} + update {theirs['update_s']:5.2f})"
+               f" | tunix/ours {rec['ratio']:4.2f}x")
+    print(line, flush=True)
+    results.append(rec)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"args": vars(args), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main(ARGS)
