@@ -116,8 +116,12 @@ def validate(config, num_devices: int, num_processes: int) -> None:
   if (P * G) % batch_shards:
     raise ValueError(f"config.data.prompts_per_step * config.rollout.group_size = {P * G} sequences is not "
                      f"divisible by the mesh's data x fsdp = {batch_shards} (config.mesh.shape={shape})")
-  if (P * G) % int(config.rl.micro_batches):
-    raise ValueError(f"config.rl.micro_batches={config.rl.micro_batches} does not divide the {P * G} sequences")
+  M = int(config.rl.micro_batches)
+  if (P * G) % M:
+    raise ValueError(f"config.rl.micro_batches={M} does not divide the {P * G} sequences")
+  if ((P * G) // M) % batch_shards:
+    raise ValueError(f"config.rl.micro_batches={M}: a micro-batch of {(P * G) // M} sequences does not divide "
+                     f"over the mesh's data x fsdp = {batch_shards} shards; lower micro_batches")
   if G < 2 and config.mode == "rl":
     raise ValueError(f"config.rollout.group_size={G}: group-relative advantages need at least 2 samples")
   for key in ("num_steps", "checkpoint_every_steps", "seed"):

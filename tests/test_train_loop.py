@@ -129,6 +129,7 @@ def test_sigterm_saves_and_exits_zero(policy, tmp_path):
     ({"rollout.max_prompt_len": 12}, "max_prompt_len"),
     ({"data.prompts_per_step": 3}, "prompts_per_step"),
     ({"rl.micro_batches": 3}, "micro_batches"),
+    ({"rl.micro_batches": 4}, "micro-batch of 4 sequences does not divide over"),  # 16 rows, 8 shards
 ])
 def test_bad_config_fails_at_start_naming_keys(policy, tmp_path, override, message):
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):

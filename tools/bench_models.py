@@ -50,19 +50,25 @@ def copy_chains_tokenizer(out_dir: str) -> dict:
   return {"vocab": len(vocab), "pad": vocab["<pad>"], "eos": vocab["<eos>"], "bos": vocab["<bos>"]}
 
 
+def word(i: int) -> str:
+  """The word of token id i: "<pad>" (0), "<unk>" (1), else "w{i}". The special words are no prefix of
+  another word (transformers splits text at special tokens before the model sees it)."""
+  return "<pad>" if i == 0 else "<unk>" if i == 1 else f"w{i}"
+
+
 def write_word_tokenizer(out_dir: str, vocab: int) -> None:
-  """A word-level HF tokenizer over "w0" ... "w{vocab-1}" (w0 is the pad): token id i <-> the word "w{i}",
-  so random id prompts become text that every framework encodes back to the same ids."""
+  """A word-level HF tokenizer with one word per token id (see `word`), so random id prompts become
+  text that every framework encodes back to the same ids."""
   from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-  words = {f"w{i}": i for i in range(vocab)}
-  tok = Tokenizer(models.WordLevel(words, unk_token="w1"))
+  words = {word(i): i for i in range(vocab)}
+  tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
   tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
   tok.save(os.path.join(out_dir, "tokenizer.json"))
   with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "w0", "unk_token": "w1",
+    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "unk_token": "<unk>",
                "model_max_length": 4096, "clean_up_tokenization_spaces": False}, f, indent=2)
 
 
 def ids_to_text(ids) -> str:
-  return " ".join(f"w{int(i)}" for i in ids)
+  return " ".join(word(int(i)) for i in ids)

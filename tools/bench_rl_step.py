@@ -10,7 +10,8 @@ jaxghpo runs `Trainer.rl_step` (pipeline, scheduler, sampling, rewards, advantag
 the sharded train step) back to back as `Trainer.run` does, without evaluation or checkpoints; Tunix
 runs in its own virtual environment through tools/tunix_side.py. Each side reports the mean over
 --steps steps after --warmup steps (compilation excluded), split into rollout (sampling) and train
-(reference logprobs + the update; ours: dispatch plus the wait for it, which ends at the next step's start).
+(the rest of the step: reference logprobs, the update, host work; Tunix's reference and update phases
+are also shown on their own).
 
   python tools/bench_rl_step.py --tunix_python=/path/to/tunix-venv/bin/python
   python tools/bench_rl_step.py --sizes=64x2 --steps=2          # ours only when --tunix_python is empty
@@ -39,6 +40,9 @@ def parse_args(argv=None):
   p.add_argument("--max_new_tokens", type=int, default=64)
   p.add_argument("--beta", type=float, default=0.04, help="KL coefficient (both sides)")
   p.add_argument("--learning_rate", type=float, default=1e-5)
+  p.add_argument("--micro_batches", type=int, default=1,
+                 help="both sides: the update and the reference logprobs in this many micro-batches "
+                      "(ours: config.rl.micro_batches; Tunix: train_micro_batch_size = P / M)")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--tunix_python", default=os.environ.get("TUNIX_PYTHON", ""),
@@ -81,6 +85,7 @@ def our_config(model_dir: str, args):
   c.eval.max_prompt_len = args.max_prompt_len
   c.eval.max_new_tokens = args.max_new_tokens
   c.rl.kl_coef = args.beta
+  c.rl.micro_batches = args.micro_batches
   c.rl.learning_rate = args.learning_rate
   c.rl.lr_schedule = "constant"
   c.rl.warmup_steps = 0
@@ -105,16 +110,19 @@ def run_ours(model_dir: str, args) -> dict:
     trainer.checkpointer.close()
   timed = recs[args.warmup:]
   mean = lambda k: float(np.mean([r[k] for r in timed]))
-  return {"step_s": total / args.steps, "rollout_s": mean("time/rollout_s") + mean("time/reward_s"),
-          "train_s": mean("time/train_s"), "gen_tokens": mean("rollout/gen_tokens")
-          if "rollout/gen_tokens" in timed[0] else None}
+  step_s = total / args.steps
+  rollout_s = mean("time/rollout_s") + mean("time/reward_s")
+  # The update runs on the device while the host starts the next step, so "train" is what the step
+  # spends outside sampling: reference logprobs, the update and the host work between them.
+  return {"step_s": step_s, "rollout_s": rollout_s, "train_s": step_s - rollout_s}
 
 
 def run_tunix(model_dir: str, prompts_file: str, args) -> dict:
   cmd = [args.tunix_python, os.path.join(REPO, "tools", "tunix_side.py"), "--mode=rl", f"--model_dir={model_dir}",
          f"--prompts={prompts_file}", f"--group_size={args.group_size}", f"--max_prompt_len={args.max_prompt_len}",
          f"--max_new_tokens={args.max_new_tokens}", f"--beta={args.beta}", f"--learning_rate={args.learning_rate}",
-         f"--steps={args.steps}", f"--warmup={args.warmup}", f"--platform={args.platform}"]
+         f"--steps={args.steps}", f"--warmup={args.warmup}", f"--platform={args.platform}",
+         f"--micro_batches={args.micro_batches}"]
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
   for line in proc.stdout.splitlines():
@@ -126,7 +134,8 @@ def run_tunix(model_dir: str, prompts_file: str, args) -> dict:
 def main(args):
   texts, answers = problems(args.prompts_per_step)
   print(f"P={args.prompts_per_step} prompts x G={args.group_size}, prompt bucket {args.max_prompt_len}, "
-        f"{args.max_new_tokens} new tokens, T=1, KL {args.beta}, AdamW lr {args.learning_rate}; "
+        f"{args.max_new_tokens} new tokens, T=1, KL {args.beta}, AdamW lr {args.learning_rate}, "
+        f"{args.micro_batches} micro-batches; "
         f"{args.warmup} warm-up + {args.steps} timed steps; jax {jax.__version__} on {jax.devices()[0].device_kind}, "
         f"{len(os.sched_getaffinity(0))} CPUs", flush=True)
   results = []

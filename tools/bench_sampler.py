@@ -47,6 +47,9 @@ def parse_args():
   p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
   p.add_argument("--hf_threads", default="2", help="comma-separated torch thread counts; empty skips transformers")
   p.add_argument("--platform", default="cpu", help="JAX platform for our sampler (cpu, or cuda where present)")
+  p.add_argument("--tunix_python", default=os.environ.get("TUNIX_PYTHON", ""),
+                 help="python of a virtual environment with google-tunix: also time Tunix's sampler "
+                      "(tools/tunix_side.py) on the same weights and prompts; empty skips it")
   p.add_argument("--profile", action="store_true",
                  help="also trace two of our greedy calls and print where the time goes, by XLA op kind")
   return p.parse_args()
@@ -139,10 +142,39 @@ def profile_ours(sampler, model, prompts, args, calls=2):
   xla_profile.print_profile("greedy", *xla_profile.profile(run, text, calls))
 
 
+TUNIX_MODES = {"greedy": "greedy", "sampled": "sampled", "top-k 50 top-p 0.95": "filtered"}
+
+
+def bench_tunix(model_dir, prompts, args, modes):
+  """Tunix's sampler in its own virtual environment: {mode: seconds per call} (best of --repeats)."""
+  import json
+  import subprocess
+
+  import bench_models
+  prompts_file = os.path.join(model_dir, "prompts.json")
+  with open(prompts_file, "w") as f:
+    json.dump({"prompts": [bench_models.ids_to_text(p) for p in prompts], "answers": [""] * len(prompts)}, f)
+  cmd = [args.tunix_python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tunix_side.py"),
+         "--mode=sampler", f"--model_dir={model_dir}", f"--prompts={prompts_file}", "--group_size=1",
+         f"--max_prompt_len={args.prompt}", f"--max_new_tokens={args.new}", f"--repeats={args.repeats}",
+         "--eos_id=-2",  # no token ends a row: every row makes --new tokens, as ours and transformers'
+         "--sampler_modes=" + ",".join(TUNIX_MODES[m] for m in modes), f"--platform={args.platform}"]
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  for line in proc.stdout.splitlines():
+    if line.startswith("TUNIX_RESULT "):
+      out = json.loads(line[len("TUNIX_RESULT "):])
+      return {m: out[TUNIX_MODES[m]]["seconds"] for m in modes}
+  raise RuntimeError(f"tools/tunix_side.py failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
 def main(args):
-  with tempfile.TemporaryDirectory() as tmp:
-    hf_model = build_hf_model(args, tmp)
-    model, _ = models.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
+  import bench_models
+  tmp_dir = tempfile.TemporaryDirectory()
+  tmp = tmp_dir.name
+  hf_model = build_hf_model(args, tmp)
+  bench_models.write_word_tokenizer(tmp, args.vocab)  # Tunix's sampler takes text
+  model, _ = models.from_pretrained(tmp, dtype=jnp.dtype(args.dtype))
   prompts = np.random.default_rng(args.seed).integers(1, args.vocab, (args.batch, args.prompt)).tolist()
   new_tokens = args.batch * args.new
   sampler = make_ours(model, args)
@@ -158,6 +190,7 @@ def main(args):
   modes = args.modes.split(",")
   ours = {mode: bench_ours(sampler, model, prompts, args, mode) for mode in modes}
   theirs = {(mode, t): bench_hf(hf_model, prompts, args, mode, t) for t in hf_threads for mode in modes}
+  tunix = bench_tunix(tmp, prompts, args, modes) if args.tunix_python else {}
   for mode in modes:
     wall, cpu = ours[mode]
     line = f"{mode:22s} ours {new_tokens / wall:8.0f} tok/s ({wall * 1e3:6.0f} ms, cpu {cpu * 1e3:6.0f} ms)"
@@ -166,9 +199,12 @@ def main(args):
       line += f" | transformers {threads}t {new_tokens / hf_wall:7.0f} tok/s ({hf_wall * 1e3:6.0f} ms)"
     if hf_threads:
       line += f" | ratio {min(theirs[mode, t][0] for t in hf_threads) / wall:4.2f}x"
+    if tunix:
+      line += f" | tunix {new_tokens / tunix[mode]:7.0f} tok/s ({tunix[mode] * 1e3:6.0f} ms), ratio {tunix[mode] / wall:4.2f}x"
     print(line, flush=True)
   if args.profile:
     profile_ours(sampler, model, prompts, args)
+  tmp_dir.cleanup()
 
 
 if __name__ == "__main__":

@@ -35,9 +35,14 @@ def parse_args(argv=None):
   p.add_argument("--prompt_len", type=int, default=64)
   p.add_argument("--new_tokens", type=int, default=64)
   p.add_argument("--kl_coef", type=float, default=0.04)
+  p.add_argument("--micro_batches", type=int, default=1, help="config.rl.micro_batches (gradient accumulation)")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--peak_sizes", default="512,1024,2048",
+                 help="square matmul sizes for the peak (an accelerator needs larger: 2048,4096,8192)")
   p.add_argument("--platform", default="cpu")
+  p.add_argument("--devices", type=int, default=1,
+                 help="data-parallel over this many host devices (XLA's --xla_force_host_platform_device_count)")
   p.add_argument("--profile", action="store_true")
   return p.parse_args(argv)
 
@@ -45,6 +50,9 @@ def parse_args(argv=None):
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
   os.environ.setdefault("JAX_PLATFORMS", ARGS.platform)
+  if ARGS.devices > 1:  # must be set before jax is imported
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -98,11 +106,12 @@ def make_step(args):
                            intermediate_size=d["mlp"], num_layers=args.layers, num_heads=d["heads"],
                            num_kv_heads=d["kv_heads"], head_dim=d["head_dim"], attention_bias=True,
                            dtype=args.dtype, param_dtype="float32")
-  mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  mesh = parallel.make_mesh((args.devices, 1, 1), devices=jax.devices()[:args.devices])
   with jax.set_mesh(mesh):
     model = parallel.shard_model(models.init_model(cfg), mesh)
   graphdef, params = nnx.split(model)
-  rcfg = rl.resolve_config(dict(learning_rate=1e-5, lr_schedule="constant", kl_coef=args.kl_coef))
+  rcfg = rl.resolve_config(dict(learning_rate=1e-5, lr_schedule="constant", kl_coef=args.kl_coef,
+                                micro_batches=args.micro_batches))
   shardings = parallel.param_shardings(params, mesh)
   optimizer = rl.make_optimizer(rcfg, 1000)
   opt_state = rl.init_opt_state(optimizer, params, shardings, mesh)
@@ -115,7 +124,7 @@ def make_step(args):
   batch = rl.make_batch(rs.randint(3, args.vocab, (B, P)), prompt_valid, rs.randint(3, args.vocab, (B, N)),
                         response_valid, rs.randn(B).astype(np.float32), -np.abs(rs.randn(B, N)).astype(np.float32),
                         ref_logp=-np.abs(rs.randn(B, N)).astype(np.float32))
-  batch = jax.device_put(batch)
+  batch = jax.device_put(batch, parallel.batch_sharding(mesh, 1))
   return cfg, step, params, opt_state, batch
 
 
@@ -123,7 +132,8 @@ def main(args):
   cfg, step, params, opt_state, batch = make_step(args)
   B, T = args.rows, args.prompt_len + args.new_tokens
   dtype = jnp.dtype(args.dtype)
-  shapes = [(n, n, n) for n in (512, 1024, 2048)] + [(B * T, cfg.hidden_size, cfg.intermediate_size)]
+  shapes = [(n, n, n) for n in map(int, args.peak_sizes.split(","))]
+  shapes.append((B * T, cfg.hidden_size, cfg.intermediate_size))
   peaks = matmul_peak(dtype, args.repeats, shapes)
   peak = max(peaks.values())
   key = jax.random.key(0)
@@ -145,7 +155,7 @@ def main(args):
     print(f"  matmul [{m}x{k}] @ [{k}x{n}]: {rate / 1e9:7.1f} GFLOP/s")
   print(f"peak (best of the above): {peak / 1e9:.1f} GFLOP/s")
   print(f"train step: qwen2 hidden {args.hidden} x {args.layers} layers ({n_params / 1e6:.1f}M params), "
-        f"{B} rows x {T} tokens, KL {args.kl_coef}: {sec:.3f} s")
+        f"{B} rows x {T} tokens in {args.micro_batches} micro-batches, KL {args.kl_coef}: {sec:.3f} s")
   print(f"  model FLOPs {flops / 1e9:.1f} G -> {flops / sec / 1e9:.1f} GFLOP/s = {100 * flops / sec / peak:.0f}% "
         f"of peak (XLA cost analysis: {xla_flops / 1e9:.1f} G)")
   if args.profile:

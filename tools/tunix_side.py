@@ -35,13 +35,22 @@ def parse_args(argv=None):
   p.add_argument("--max_grad_norm", type=float, default=1.0)
   p.add_argument("--weight_decay", type=float, default=0.01)
   p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--micro_batches", type=int, default=1,
+                 help="rl: split each step's prompts into this many micro-batches for the reference logprobs "
+                      "and the update (gradient accumulation; Tunix's train_micro_batch_size)")
   p.add_argument("--steps", type=int, default=4, help="rl: timed steps after --warmup steps")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--repeats", type=int, default=3, help="sampler: timed calls after one warm-up call")
   p.add_argument("--sampler_modes", default="greedy,sampled")
-  p.add_argument("--eos_id", type=int, default=-1, help="-1: the tokenizer's; else this id ends a sequence")
+  p.add_argument("--eos_id", type=int, default=-1,
+                 help="-1: the tokenizer's EOS; -2: none (no row ends early); else this id ends a row")
   p.add_argument("--platform", default="", help="force a JAX platform (cpu, cuda)")
   return p.parse_args(argv)
+
+
+def eos_tokens(eos_id: int):
+  """Tunix's eos_tokens argument: None (the tokenizer's), or a list; [-1] matches no token id."""
+  return None if eos_id == -1 else [-1] if eos_id == -2 else [eos_id]
 
 
 def tunix_config(hf: dict):
@@ -78,7 +87,7 @@ def run_sampler(args, prompts):
   cache = sampler_lib.CacheConfig(cache_size=args.max_prompt_len + args.max_new_tokens + 1,
                                   num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
   sampler = sampler_lib.Sampler(model, tokenizer, cache)
-  eos = None if args.eos_id < 0 else [args.eos_id]
+  eos = eos_tokens(args.eos_id)
   out = {}
   for mode in args.sampler_modes.split(","):
     kw = dict(temperature=1e-9 if mode == "greedy" else args.temperature, top_p=None if mode == "greedy" else 1.0)
@@ -143,14 +152,19 @@ def run_rl(args, prompts):
   optimizer = optax.chain(optax.clip_by_global_norm(args.max_grad_norm),
                           optax.adamw(args.learning_rate, b1=0.9, b2=0.999, eps=1e-8,
                                       weight_decay=args.weight_decay))
-  eos = None if args.eos_id < 0 else [args.eos_id]
+  eos = eos_tokens(args.eos_id)
   rollout = base_rollout.RolloutConfig(
       max_tokens_to_generate=args.max_new_tokens, max_prompt_length=args.max_prompt_len,
       kv_cache_size=args.max_prompt_len + args.max_new_tokens + 1, temperature=args.temperature,
       top_p=1.0, top_k=None, eos_tokens=eos)
+  P = len(prompts["prompts"])
+  micro = {}
+  if args.micro_batches > 1:  # one optimizer update per step over P prompts, in micro-batches of P / M
+    micro = dict(mini_batch_size=P, train_micro_batch_size=P // args.micro_batches,
+                 compute_logps_micro_batch_size=P // args.micro_batches, rollout_micro_batch_size=P)
   training = rl_cluster_lib.RLTrainingConfig(
       actor_optimizer=optimizer, eval_every_n_steps=10**9, max_steps=total,
-      metrics_logging_options=None, checkpoint_root_directory=None)
+      metrics_logging_options=None, checkpoint_root_directory=None, **micro)
   roles = {rl_cluster_lib.Role.ACTOR: mesh, rl_cluster_lib.Role.REFERENCE: mesh,
            rl_cluster_lib.Role.ROLLOUT: mesh}
   cluster = rl_cluster_lib.RLCluster(

@@ -231,6 +231,10 @@ class TrainStep:
     if B % shards:
       raise ValueError(f"batch size {B} is not divisible by the mesh's data x fsdp = {shards} batch shards "
                        "(config.mesh.shape)")
+    if (B // self.cfg.micro_batches) % shards:
+      raise ValueError(f"a micro-batch of {B // self.cfg.micro_batches} rows (batch {B} / config.rl.micro_batches="
+                       f"{self.cfg.micro_batches}) does not divide over the {shards} batch shards; lower "
+                       "micro_batches")
 
   def lower(self, params, opt_state, batch, rng):
     self._check(batch)
