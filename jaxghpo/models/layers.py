@@ -112,12 +112,12 @@ class Attention(nnx.Module):
     self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
 
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, inv_freq, cache_kv=None, cache_pos=None):
-    """Returns (out [B, T, D], (k, v) as stored for this layer, each [B, KV, S, hd]).
+    """Returns (out [B, T, D], (k [B, KV, hd, S], v [B, KV, S, hd]) as stored for this layer).
 
-    Without a cache, keys are this call's T tokens (S = T). With ``cache_kv`` = (k, v) of shape
-    [B, KV, S, hd], this call's keys/values are written at slots [cache_pos, cache_pos + T) and the
-    queries attend over all S slots as ``mask_BxTxS`` allows. Keys and values are kept heads-major
-    ([B, KV, S, hd]) so that neither attention product transposes the cache at each decode step.
+    Without a cache, keys are this call's T tokens (S = T). With ``cache_kv`` = (k, v) in the layout of
+    models.KVCache, this call's keys/values are written at slots [cache_pos, cache_pos + T) and the
+    queries attend over all S slots as ``mask_BxTxS`` allows. Keys and values are kept heads-major, keys
+    transposed ([B, KV, hd, S]), so that neither attention product transposes the cache at each decode step.
     """
     B, T, _ = x_BxTxD.shape
     KV, G, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
@@ -127,14 +127,14 @@ class Attention(nnx.Module):
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     q = apply_rope(q, positions_BxT, inv_freq)
-    k = apply_rope(k, positions_BxT, inv_freq).transpose(0, 2, 1, 3)  # [B, KV, T, hd]
-    v = v.transpose(0, 2, 1, 3)
+    k = apply_rope(k, positions_BxT, inv_freq).transpose(0, 2, 3, 1)  # [B, KV, hd, T]
+    v = v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
     if cache_kv is not None:
       k_cache, v_cache = cache_kv
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, cache_pos, 0))
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, 0, cache_pos))
       v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, cache_pos, 0))
     qg = q.reshape(B, T, KV, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, hd)
-    scores = jnp.einsum("bkqd,bksd->bkqs", qg, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
+    scores = jnp.einsum("bkqd,bkds->bkqs", qg, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
     scores = jnp.where(mask_BxTxS[:, None, None], scores.reshape(B, KV, G, T, -1), _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(B, KV, G * T, -1)
     out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(q.dtype))

@@ -131,14 +131,18 @@ class Sampler:
     self.confidence_k = min(int(confidence_k), self.cfg.vocab_size)
     self.donate_cache = bool(donate_cache)
     self._cache = None
-    # Where the slot axis of the model's cache layout is (found from shapes, so a layout change in
-    # models.KVCache needs no change here).
-    one, two = (jax.eval_shape(lambda n=n: models.KVCache.zeros(self.cfg, 1, n, self.cache_dtype)).k[0].shape
+    # Where the slot axis of the model's key and value caches is (found from shapes, so a layout change
+    # in models.KVCache needs no change here), and the logical names of their axes.
+    one, two = (jax.eval_shape(lambda n=n: models.KVCache.zeros(self.cfg, 1, n, self.cache_dtype))
                 for n in (1, 2))
-    self._slot_axis = [a != b for a, b in zip(one, two)].index(True)
-    rest = iter(("kv_heads", "head_dim"))  # the other two axes, in this order in either layout
-    self._cache_names = tuple("batch" if a == 0 else "length" if a == self._slot_axis else next(rest)
-                              for a in range(len(one)))
+    self._slot_axis, self._cache_names = {}, {}
+    for field in ("k", "v"):
+      a_shape, b_shape = getattr(one, field)[0].shape, getattr(two, field)[0].shape
+      slot = [a != b for a, b in zip(a_shape, b_shape)].index(True)
+      rest = iter(("kv_heads", "head_dim"))  # the other two axes, in this order in every layout used
+      self._slot_axis[field] = slot
+      self._cache_names[field] = tuple("batch" if a == 0 else "length" if a == slot else next(rest)
+                                       for a in range(len(a_shape)))
     if self.donate_cache:
       self._fn = jax.jit(self._generate, static_argnames=("key_impl",), donate_argnames=("cache",))
     else:
@@ -165,7 +169,14 @@ class Sampler:
   def _empty_cache(self) -> models.KVCache:
     slots = self.max_prompt_len + self.max_new_tokens
     cache = models.KVCache.zeros(self.cfg, self.num_rows, slots, self.cache_dtype)
-    return jax.tree.map(lambda x: self._constrain(x, self._cache_names), cache)
+    return self._map_cache(lambda field, x: self._constrain(x, self._cache_names[field]), cache)
+
+  @staticmethod
+  def _map_cache(fn, cache, *more):
+    """KVCache with fn(field, layer_array, *the same layer of `more` caches) for every layer of k and v."""
+    return models.KVCache(
+        k=tuple(fn("k", *xs) for xs in zip(cache.k, *(m.k for m in more))),
+        v=tuple(fn("v", *xs) for xs in zip(cache.v, *(m.v for m in more))))
 
   # ---- the jitted function ---------------------------------------------------------------------------
   def _generate(self, params, prompt_ids_BxP, prompt_valid_BxP, active_B, key_data, key_impl, controls, cache):
@@ -184,20 +195,17 @@ class Sampler:
     def rows(x):  # [B, ...] -> [R, ...], prompt-major
       return jnp.repeat(x, G, axis=0) if G > 1 else x
 
-    def grow(part, full):  # the prompt cache into the first P slots of the decode cache
+    def grow(field, part, full=None):  # the prompt cache into the first P slots of the decode cache
       part = rows(part)
       if full is None:
         widths = [(0, 0)] * part.ndim
-        widths[self._slot_axis] = (0, N)
+        widths[self._slot_axis[field]] = (0, N)
         full = jnp.pad(part, widths)
       else:
         full = jax.lax.dynamic_update_slice(full, part, (0,) * part.ndim)
-      return self._constrain(full, self._cache_names)
+      return self._constrain(full, self._cache_names[field])
 
-    if cache is None:
-      cache = jax.tree.map(lambda s: grow(s, None), small)
-    else:
-      cache = jax.tree.map(grow, small, cache)
+    cache = self._map_cache(grow, small) if cache is None else self._map_cache(grow, small, cache)
 
     logits_RxV = self._constrain(rows(logits_BxPxV[:, -1]), ("batch", "vocab"))
     prompt_len_R = rows(jnp.sum(prompt_valid_BxP, axis=1, dtype=jnp.int32))
