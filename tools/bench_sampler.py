@@ -182,7 +182,7 @@ def main(args):
   print(f"qwen2 hidden {args.hidden}, {args.layers} layers, heads {args.heads}/{args.kv_heads}, mlp {args.mlp}, "
         f"vocab {args.vocab}; batch {args.batch}, prompt {args.prompt}, {args.new} new tokens (EOS off)\n"
         f"ours: {args.dtype}, donate_cache={sampler.donate_cache}, devices={args.devices}, "
-        "cache layout=models.KVCache [B,KV,S,hd]; "
+        "cache layout=models.KVCache (k [B,KV,hd,S], v [B,KV,S,hd]); "
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__}; "
         f"{os.cpu_count()} CPUs (affinity {len(os.sched_getaffinity(0))}); best of {args.repeats}")
   # All of ours first, then transformers: torch's worker threads keep spinning for a while after each
