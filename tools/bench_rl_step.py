@@ -43,6 +43,9 @@ def parse_args(argv=None):
   p.add_argument("--micro_batches", type=int, default=1,
                  help="both sides: the update and the reference logprobs in this many micro-batches "
                       "(ours: config.rl.micro_batches; Tunix: train_micro_batch_size = P / M)")
+  p.add_argument("--rounds", type=int, default=1,
+                 help="run ours and Tunix alternately this many times per size; each side's median round is reported "
+                      "(the shared machine's speed drifts by 10-30% over minutes)")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--tunix_python", default=os.environ.get("TUNIX_PYTHON", ""),
@@ -131,6 +134,11 @@ def run_tunix(model_dir: str, prompts_file: str, args) -> dict:
   raise RuntimeError(f"tools/tunix_side.py failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
+def median_round(recs: list) -> dict:
+  """The round whose step time is the median (the lower middle one for an even count)."""
+  return sorted(recs, key=lambda r: r["step_s"])[(len(recs) - 1) // 2]
+
+
 def main(args):
   texts, answers = problems(args.prompts_per_step)
   print(f"P={args.prompts_per_step} prompts x G={args.group_size}, prompt bucket {args.max_prompt_len}, "
@@ -148,9 +156,15 @@ def main(args):
       prompts_file = os.path.join(model_dir, "prompts.json")
       with open(prompts_file, "w") as f:
         json.dump({"prompts": texts, "answers": answers}, f)
-      ours = run_ours(model_dir, args)
-      theirs = run_tunix(model_dir, prompts_file, args) if args.tunix_python else None
-    rec = {"size": size, "ours": ours, "tunix": theirs}
+      rounds = []
+      for _ in range(args.rounds):
+        rounds.append({"ours": run_ours(model_dir, args),
+                       "tunix": run_tunix(model_dir, prompts_file, args) if args.tunix_python else None})
+    ours = median_round([r["ours"] for r in rounds])
+    theirs = median_round([r["tunix"] for r in rounds]) if args.tunix_python else None
+    rec = {"size": size, "ours": ours, "tunix": theirs, "rounds": rounds}
+    if theirs and args.rounds > 1:
+      rec["round_ratios"] = [r["tunix"]["step_s"] / r["ours"]["step_s"] for r in rounds]
     line = (f"{size:>6s} ours {ours['step_s']:7.2f} s/step (rollout {ours['rollout_s']:6.2f}, "
             f"train {ours['train_s']:6.2f})")
     if theirs:
@@ -158,6 +172,8 @@ def main(args):
       line += (f" | tunix {theirs['step_s']:7.2f} s/step (rollout {theirs['rollout_s']:6.2f}, "
                f"train {theirs['train_s']:6.2f} = ref {theirs['ref_s']:5.2f} + update {theirs['update_s']:5.2f})"
                f" | tunix/ours {rec['ratio']:4.2f}x")
+      if "round_ratios" in rec:
+        line += " (rounds: " + ", ".join(f"{x:.2f}x" for x in rec["round_ratios"]) + ")"
     print(line, flush=True)
     results.append(rec)
   if args.out:
