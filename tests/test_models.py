@@ -177,7 +177,18 @@ def test_dtype_mismatch_is_an_error(tmp_path):
     models.from_pretrained(path)
   with pytest.raises(ValueError, match="dtype"):
     models.ModelConfig(model_type="qwen2", vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1,
-                       num_heads=1, num_kv_heads=1, head_dim=8, dtype="int8")
+                       num_heads=1, num_kv_heads=1, head_dim=8, attention_bias=True, dtype="int8")
+
+
+def test_qwen2_without_biases_is_refused_with_the_mend():
+  """A Qwen2 config.json cannot say "no q/k/v biases", so a bias-less qwen2 would export a model that does
+  not load; the config names the two ways out. The same decoder as llama round-trips."""
+  fields = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
+                head_dim=8)
+  with pytest.raises(ValueError, match="attention_bias=True.*model_type='llama'"):
+    models.ModelConfig(model_type="qwen2", attention_bias=False, **fields)
+  llama = models.ModelConfig(model_type="llama", attention_bias=False, **fields)
+  assert models.ModelConfig.from_hf_dict(llama.to_hf_dict()) == llama
 
 
 def test_shape_mismatch_names_the_tensor(tmp_path):

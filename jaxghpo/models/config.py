@@ -57,6 +57,11 @@ class ModelConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r} is not one of {sorted(DTYPES)}")
+    if self.model_type == "qwen2" and not self.attention_bias:
+      # Qwen2's config.json has no attention_bias field: transformers (and from_pretrained) always build
+      # q/k/v biases, so such a model could be trained but its export would not load.
+      raise ValueError("model_type='qwen2' always has q/k/v biases (its config.json cannot turn them off): "
+                       "set attention_bias=True, or use model_type='llama' for the same decoder without biases")
 
   @property
   def compute_dtype(self):
