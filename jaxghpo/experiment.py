@@ -134,14 +134,10 @@ def validate(config, num_devices: int, num_processes: int) -> None:
 
 def check_prompt_room(config, problems: Problems, tokenizer) -> None:
   """max_prompt_len must hold the longest prompt with the longest hint the scheduler can ask for."""
+  from jaxghpo import curriculum
   from jaxghpo.curriculum import hints as hints_lib
   from jaxghpo.data import templates
-  c = config.curriculum
-  if c.mode in ("none", "filter"):
-    top = 0.0  # these modes never put a hint in a prompt
-  else:
-    top = max([float(c.max_ratio), float(c.anneal_start_ratio)] + [float(r) for r in c.ladder])
-    top = min(top, 1.0 - 1e-6)
+  top = curriculum.highest_ratio(config.curriculum)
   sample = sorted(problems.train, key=lambda ex: len(ex.solution) + len(ex.problem))[-64:]
   worst = 0
   for ex in sample:

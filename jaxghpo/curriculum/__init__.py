@@ -9,17 +9,20 @@
 
 Hint text cutting lives in curriculum/hints.py (imported on its own).
 """
-from jaxghpo.curriculum.config import MODES, default_config, resolve_config, validate_config
+from jaxghpo.curriculum.config import (HINTLESS_MODES, MODES, default_config, highest_ratio, resolve_config,
+                                      validate_config)
 from jaxghpo.curriculum.driver import run_step
 from jaxghpo.curriculum.scheduler import HintScheduler
 from jaxghpo.curriculum.stats import LevelStats, ProblemStats
 
 __all__ = [
+    "HINTLESS_MODES",
     "MODES",
     "HintScheduler",
     "LevelStats",
     "ProblemStats",
     "default_config",
+    "highest_ratio",
     "resolve_config",
     "run_step",
     "validate_config",

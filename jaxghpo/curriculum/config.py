@@ -11,6 +11,7 @@ import math
 import ml_collections
 
 MODES = ("none", "filter", "ghpo", "adaptive", "anneal")
+HINTLESS_MODES = ("none", "filter")  # modes whose scheduler never puts a hint in a prompt
 ANNEAL_SCHEDULES = ("linear", "cosine")
 
 
@@ -127,3 +128,11 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     fail(f"max_problems={c.max_problems} and max_levels={c.max_levels} must be >= 1")
   if c.cold_start_steps < 0 or c.filter_max_rounds < 0:
     fail(f"cold_start_steps={c.cold_start_steps} and filter_max_rounds={c.filter_max_rounds} must be >= 0")
+
+
+def highest_ratio(c) -> float:
+  """The longest hint, as a fraction of the trace (below 1), that the scheduler of config `c` can ask for."""
+  if c.mode in HINTLESS_MODES:
+    return 0.0
+  top = max([float(c.max_ratio), float(c.anneal_start_ratio)] + [float(r) for r in c.ladder])
+  return min(top, 1.0 - 1e-6)

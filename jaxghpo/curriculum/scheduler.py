@@ -83,7 +83,7 @@ class HintScheduler:
       self.set_step(step)
     ids = _ids(problem_ids, "problem_ids")
     c = self.cfg
-    if c.mode in ("none", "filter", "ghpo") or self.in_cold_start:
+    if c.mode in config_lib.HINTLESS_MODES or c.mode == "ghpo" or self.in_cold_start:  # ghpo: hints on retries only
       ratios = np.zeros(ids.size, np.float32)
     elif c.mode == "adaptive":
       ratios = self._adaptive_plan(ids, self._levels(levels, ids.size, "levels"))
