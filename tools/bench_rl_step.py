@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +62,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_models  # noqa: E402
+import tunix_side  # noqa: E402
 
 
 def problems(P: int, seed: int = 0):
@@ -120,18 +120,12 @@ def run_ours(model_dir: str, args) -> dict:
   return {"step_s": step_s, "rollout_s": rollout_s, "train_s": step_s - rollout_s}
 
 
-def run_tunix(model_dir: str, prompts_file: str, args) -> dict:
-  cmd = [args.tunix_python, os.path.join(REPO, "tools", "tunix_side.py"), "--mode=rl", f"--model_dir={model_dir}",
-         f"--prompts={prompts_file}", f"--group_size={args.group_size}", f"--max_prompt_len={args.max_prompt_len}",
-         f"--max_new_tokens={args.max_new_tokens}", f"--beta={args.beta}", f"--learning_rate={args.learning_rate}",
-         f"--steps={args.steps}", f"--warmup={args.warmup}", f"--platform={args.platform}",
-         f"--micro_batches={args.micro_batches}"]
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-  for line in proc.stdout.splitlines():
-    if line.startswith("TUNIX_RESULT "):
-      return json.loads(line[len("TUNIX_RESULT "):])
-  raise RuntimeError(f"tools/tunix_side.py failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+def run_tunix(model_dir: str, texts, answers, args) -> dict:
+  return tunix_side.run(args.tunix_python, model_dir, texts, answers, [
+      "--mode=rl", f"--group_size={args.group_size}", f"--max_prompt_len={args.max_prompt_len}",
+      f"--max_new_tokens={args.max_new_tokens}", f"--beta={args.beta}", f"--learning_rate={args.learning_rate}",
+      f"--steps={args.steps}", f"--warmup={args.warmup}", f"--platform={args.platform}",
+      f"--micro_batches={args.micro_batches}"])
 
 
 def median_round(recs: list) -> dict:
@@ -153,13 +147,10 @@ def main(args):
       special = bench_models.copy_chains_tokenizer(model_dir)
       bench_models.write_qwen2(model_dir, hidden=hidden, layers=layers, vocab=special["vocab"],
                                bos_id=special["bos"], eos_id=special["eos"], pad_id=special["pad"])
-      prompts_file = os.path.join(model_dir, "prompts.json")
-      with open(prompts_file, "w") as f:
-        json.dump({"prompts": texts, "answers": answers}, f)
       rounds = []
       for _ in range(args.rounds):
         rounds.append({"ours": run_ours(model_dir, args),
-                       "tunix": run_tunix(model_dir, prompts_file, args) if args.tunix_python else None})
+                       "tunix": run_tunix(model_dir, texts, answers, args) if args.tunix_python else None})
     ours = median_round([r["ours"] for r in rounds])
     theirs = median_round([r["tunix"] for r in rounds]) if args.tunix_python else None
     rec = {"size": size, "ours": ours, "tunix": theirs, "rounds": rounds}

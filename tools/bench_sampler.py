@@ -147,25 +147,15 @@ TUNIX_MODES = {"greedy": "greedy", "sampled": "sampled", "top-k 50 top-p 0.95": 
 
 def bench_tunix(model_dir, prompts, args, modes):
   """Tunix's sampler in its own virtual environment: {mode: seconds per call} (best of --repeats)."""
-  import json
-  import subprocess
-
   import bench_models
-  prompts_file = os.path.join(model_dir, "prompts.json")
-  with open(prompts_file, "w") as f:
-    json.dump({"prompts": [bench_models.ids_to_text(p) for p in prompts], "answers": [""] * len(prompts)}, f)
-  cmd = [args.tunix_python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tunix_side.py"),
-         "--mode=sampler", f"--model_dir={model_dir}", f"--prompts={prompts_file}", "--group_size=1",
-         f"--max_prompt_len={args.prompt}", f"--max_new_tokens={args.new}", f"--repeats={args.repeats}",
-         "--eos_id=-2",  # no token ends a row: every row makes --new tokens, as ours and transformers'
-         "--sampler_modes=" + ",".join(TUNIX_MODES[m] for m in modes), f"--platform={args.platform}"]
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-  for line in proc.stdout.splitlines():
-    if line.startswith("TUNIX_RESULT "):
-      out = json.loads(line[len("TUNIX_RESULT "):])
-      return {m: out[TUNIX_MODES[m]]["seconds"] for m in modes}
-  raise RuntimeError(f"tools/tunix_side.py failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+  import tunix_side
+  flags = ["--mode=sampler", "--group_size=1", f"--max_prompt_len={args.prompt}", f"--max_new_tokens={args.new}",
+           f"--repeats={args.repeats}", f"--platform={args.platform}",
+           "--eos_id=-2",  # no token ends a row: every row makes --new tokens, as ours and transformers'
+           "--sampler_modes=" + ",".join(TUNIX_MODES[m] for m in modes)]
+  texts = [bench_models.ids_to_text(p) for p in prompts]
+  out = tunix_side.run(args.tunix_python, model_dir, texts, [""] * len(prompts), flags)
+  return {m: out[TUNIX_MODES[m]]["seconds"] for m in modes}
 
 
 def main(args):

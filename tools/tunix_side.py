@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+RESULT = "TUNIX_RESULT "  # the line of stdout that carries the result as JSON
+
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,6 +48,25 @@ def parse_args(argv=None):
                  help="-1: the tokenizer's EOS; -2: none (no row ends early); else this id ends a row")
   p.add_argument("--platform", default="", help="force a JAX platform (cpu, cuda)")
   return p.parse_args(argv)
+
+
+def run(python: str, model_dir: str, prompts, answers, flags) -> dict:
+  """Runs this file with `python` (Tunix's venv) on `model_dir` and the given problems; returns its result.
+
+  Called by the driver tools (in jaxghpo's environment); the jaxghpo-side PYTHONPATH and XLA_FLAGS
+  are not passed on.
+  """
+  import subprocess
+  prompts_file = os.path.join(model_dir, "prompts.json")
+  with open(prompts_file, "w") as f:
+    json.dump({"prompts": list(prompts), "answers": list(answers)}, f)
+  cmd = [python, os.path.abspath(__file__), f"--model_dir={model_dir}", f"--prompts={prompts_file}", *flags]
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  for line in proc.stdout.splitlines():
+    if line.startswith(RESULT):
+      return json.loads(line[len(RESULT):])
+  raise RuntimeError(f"tools/tunix_side.py failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
 def eos_tokens(eos_id: int):
@@ -142,6 +163,7 @@ def run_rl(args, prompts):
   import jax
   import numpy as np
   import optax
+  from flax import nnx
   from tunix.rl import rl_cluster as rl_cluster_lib
   from tunix.rl.grpo import grpo_learner
   from tunix.rl.rollout import base_rollout
@@ -188,7 +210,7 @@ def run_rl(args, prompts):
   def timed_global(*a, **kw):
     t0 = time.perf_counter()
     out = run_global(*a, **kw)
-    jax.block_until_ready(jax.tree.leaves(nnx_state(cluster.actor_trainer.model)))
+    jax.block_until_ready(jax.tree.leaves(nnx.state(cluster.actor_trainer.model)))
     rec = {"step_s": time.perf_counter() - t0, **timer.take()}
     steps.append(rec)
     print(json.dumps({"tunix_step": len(steps), **rec}), file=sys.stderr, flush=True)
@@ -204,11 +226,6 @@ def run_rl(args, prompts):
           "update_s": mean("update_s"), "train_s": mean("ref_s") + mean("update_s")}
 
 
-def nnx_state(model):
-  from flax import nnx
-  return nnx.state(model)
-
-
 def main(argv=None):
   args = parse_args(argv)
   if args.platform:
@@ -217,11 +234,10 @@ def main(argv=None):
   with open(args.prompts) as f:
     prompts = json.load(f)
   out = run_sampler(args, prompts) if args.mode == "sampler" else run_rl(args, prompts)
-  import tunix  # noqa: F401
   from importlib.metadata import version
   out["versions"] = {"google-tunix": version("google-tunix"), "jax": jax.__version__,
                      "backend": jax.default_backend()}
-  print("TUNIX_RESULT " + json.dumps(out), flush=True)
+  print(RESULT + json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":
