@@ -148,3 +148,72 @@ def check_prompt_room(config, problems: Problems, tokenizer) -> None:
     raise ValueError(f"config.rollout.max_prompt_len={config.rollout.max_prompt_len} is too short: the longest "
                      f"prompt with a hint at ratio {top:.2f} (config.curriculum ladder / max_ratio) needs {worst} "
                      "tokens; raise max_prompt_len")
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a training run builds from its config before the first step (see `setup`)."""
+  mesh: object
+  model: object
+  model_cfg: object
+  tokenizer: object
+  problems: Problems
+  pipeline: object           # data.pipeline.Pipeline of this host's P / process_count problems per batch
+  scheduler: object          # curriculum.HintScheduler
+  rl_cfg: ml_collections.ConfigDict
+  graphdef: object
+  params: object
+  param_shardings: object
+  optimizer: object
+  opt_state: object
+  train_step: object         # (params, opt_state, batch, rng) -> (params, opt_state, metrics), jitted
+  ref_logprobs: object       # batch -> ref logprobs [R, T] (kl_coef != 0), else None
+  rollout: object            # rollout.groups.GroupSampler for training (P, P/2, P/4 buckets)
+  eval_rollout: object       # rollout.groups.GroupSampler for evaluation (its own sizes, confidences)
+
+
+def setup(config) -> Setup:
+  """Checks the config and builds the mesh, policy, data, scheduler, train step and samplers."""
+  from jaxghpo import curriculum, rl
+  from jaxghpo.data import pipeline as pipeline_lib
+  from jaxghpo.rollout import groups as groups_lib
+  from flax import nnx
+
+  validate(config, jax.device_count(), jax.process_count())
+  mesh = make_mesh(config)
+  model, model_cfg, tokenizer = load_policy(config, mesh)
+  problems = load_problems(config)
+  check_prompt_room(config, problems, tokenizer)
+  score = reward_fn(config, problems)
+  P = int(config.data.prompts_per_step)
+  pipeline = pipeline_lib.make_pipeline(problems.train, batch_size_per_process=P // jax.process_count(),
+                                        seed=int(config.seed), shuffle=True)
+  cur = curriculum.resolve_config(config.curriculum)
+  cur.total_steps = int(config.num_steps)
+  scheduler = curriculum.HintScheduler(cur)
+
+  rl_cfg = rl.resolve_config(config.rl)
+  rl_cfg.temperature = float(config.rollout.temperature) or 1.0
+  graphdef, params = nnx.split(model)
+  param_shardings = parallel.param_shardings(params, mesh)
+  optimizer = rl.make_optimizer(rl_cfg, int(config.num_steps) * int(rl_cfg.ppo_epochs))
+  opt_state = rl.init_opt_state(optimizer, params, param_shardings, mesh)
+  train_step = rl.make_train_step(graphdef, rl_cfg, mesh, optimizer, param_shardings)
+  ref_logprobs = None
+  if float(rl_cfg.kl_coef) != 0.0:
+    ref_params = jax.tree.map(lambda x: x.copy(), params)
+    logprob_fn = rl.make_logprob_fn(graphdef, rl_cfg, mesh, param_shardings)
+    ref_logprobs = lambda batch: logprob_fn(ref_params, batch)  # noqa: E731
+
+  rollout = groups_lib.GroupSampler(model, mesh, tokenizer, score, config, P=P,
+                                    max_prompt_len=int(config.rollout.max_prompt_len),
+                                    max_new_tokens=int(config.rollout.max_new_tokens))
+  # Evaluation reaches longer (out-of-distribution) chains than training: its own sizes; it also returns
+  # DeepConf token confidences (for confidence-filtered voting in the report).
+  eval_rollout = groups_lib.GroupSampler(
+      model, mesh, tokenizer, score, config, P=P,
+      max_prompt_len=int(config.eval.get("max_prompt_len", 0) or config.rollout.max_prompt_len),
+      max_new_tokens=int(config.eval.get("max_new_tokens", 0) or config.rollout.max_new_tokens),
+      divisors=(1,), return_confidence=True)
+  return Setup(mesh, model, model_cfg, tokenizer, problems, pipeline, scheduler, rl_cfg, graphdef, params,
+               param_shardings, optimizer, opt_state, train_step, ref_logprobs, rollout, eval_rollout)

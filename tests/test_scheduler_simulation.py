@@ -63,27 +63,30 @@ def simulate(mode: str, steps: int = STEPS, seed: int = 0, **overrides):
   hard_signal = hard_groups = 0
   hinted_pass, planned_mean, final_mean = [], [], []
   dropped_expected = dropped_reported = 0
+  refill_rounds, unfilled = [], []
   for step in range(steps):
     ids = draw.choice(NUM_PROBLEMS, BATCH, replace=False).astype(np.int64)
     levels = policy.level[ids]
-    if mode == "filter":
-      ratios = sched.plan(ids, levels=levels, step=step)
-      rewards = policy.sample(ids, ratios)
-      all_ids, all_ratios, all_rewards = [ids], [ratios], [rewards]
-      keep = sched.keep_mask(rewards)
-      dropped_expected += int(np.sum(rewards.max(1) == rewards.min(1)))
-      for _ in range(cfg.filter_max_rounds):  # refill: replacements for the dropped groups
-        if keep.all() or not cfg.filter_refill:
-          break
-        new_ids = draw.choice(NUM_PROBLEMS, int((~keep).sum()), replace=True).astype(np.int64)
-        new_ratios = sched.plan(new_ids, levels=policy.level[new_ids])
-        new_rewards = policy.sample(new_ids, new_ratios)
-        dropped_expected += int(np.sum(new_rewards.max(1) == new_rewards.min(1)))
-        keep = sched.keep_mask(new_rewards)
-        all_ids.append(new_ids), all_ratios.append(new_ratios), all_rewards.append(new_rewards)
-      ids, ratios, rewards = (np.concatenate(x) for x in (all_ids, all_ratios, all_rewards))
-      m = sched.update(ids, ratios, rewards, levels=policy.level[ids])  # every sampled group, kept or not
+    if mode == "filter":  # DAPO dynamic sampling through the trainer's loop: refills from new batches
+      pool, sampled = [ids], []
+
+      def draw_batch():
+        pool.append(draw.choice(NUM_PROBLEMS, BATCH, replace=False).astype(np.int64))
+        return pool[-1], policy.level[pool[-1]]
+
+      def sample(rows, r, width):
+        sampled.append(policy.sample(np.concatenate(pool)[rows], r))
+        return sampled[-1]
+
+      out = curriculum.step_loop(sched, ids, sample, levels=levels, step=step, draw=draw_batch,
+                                 refill_rounds=cfg.filter_refill)
+      ids, ratios, rewards, m = out.ids, out.ratios, out.groups, out.metrics
+      dropped_expected += sum(int(np.sum(x.max(1) == x.min(1))) for x in sampled)
       dropped_reported += int(m["filter_groups_dropped"])
+      refill_rounds.append(m["filter_refill_rounds"])
+      unfilled.append((m["filter_groups_unfilled"], int((~out.keep).sum())))
+      assert modes.has_signal(rewards[out.keep]).all(), "a kept group has no signal"
+      assert np.array_equal(out.levels, policy.level[ids]), "a refilled slot lost its problem's level"
     else:
       ratios, rewards, m = curriculum.run_step(sched, ids, policy.sample, levels=levels, step=step)
       planned_mean.append(m["planned_ratio_mean"])
@@ -104,6 +107,8 @@ def simulate(mode: str, steps: int = STEPS, seed: int = 0, **overrides):
       "hard_unhinted_pass_end": float(policy.success_prob(hard_ids, np.zeros(hard_ids.size)).mean()),
       "dropped_expected": dropped_expected,
       "dropped_reported": dropped_reported,
+      "refill_rounds": np.array(refill_rounds),
+      "unfilled": unfilled,
       "sched": sched,
   }
 
@@ -135,9 +140,19 @@ def test_hints_fade_as_skill_grows(runs):
   assert final[-15:].mean() < 0.6 * final[:15].mean()
 
 
-def test_filter_reports_dropped_groups():
+def test_filter_refills_and_reports_dropped_groups():
   run = simulate("filter", steps=20)
   assert run["dropped_expected"] > 0 and run["dropped_reported"] == run["dropped_expected"]
+  rounds = run["refill_rounds"]
+  assert rounds.max() > 0 and rounds.max() <= curriculum.default_config().filter_refill
+  for reported, counted in run["unfilled"]:  # slots left without signal only when the bound was hit
+    assert reported == counted
+  assert all(u == 0 for (u, _), r in zip(run["unfilled"], rounds) if r < curriculum.default_config().filter_refill)
+
+
+def test_filter_without_refill_trains_on_fewer_groups():
+  run = simulate("filter", steps=5, filter_refill=0)
+  assert (run["refill_rounds"] == 0).all() and sum(u for u, _ in run["unfilled"]) > 0
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@
     ratios = sched.plan(problem_ids)           # float32 [B]: first-attempt hint ratios
     nxt = sched.retry(problem_ids, ratios, rewards)   # float32 [B]: NaN = no retry
     metrics = sched.update(problem_ids, final_ratios, final_rewards)
+    out = curriculum.step_loop(sched, ids, sample, levels=levels, step=step)   # the whole step, as the trainer runs it
 
 Hint text cutting lives in curriculum/hints.py (imported on its own).
 """
 from jaxghpo.curriculum.config import (HINTLESS_MODES, MODES, default_config, highest_ratio, resolve_config,
                                       validate_config)
-from jaxghpo.curriculum.driver import run_step
+from jaxghpo.curriculum.driver import StepResult, run_step, step_loop
 from jaxghpo.curriculum.scheduler import HintScheduler
 from jaxghpo.curriculum.stats import LevelStats, ProblemStats
 
@@ -24,6 +25,8 @@ __all__ = [
     "default_config",
     "highest_ratio",
     "resolve_config",
+    "StepResult",
     "run_step",
+    "step_loop",
     "validate_config",
 ]

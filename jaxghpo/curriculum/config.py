@@ -34,9 +34,13 @@ def default_config() -> ml_collections.ConfigDict:
   # next ladder ratio above the one it was sampled with; after the last rung the group is kept as is.
   c.ladder = (0.25, 0.5, 0.75)
 
-  # filter: groups whose rewards are all equal carry no advantage and are dropped.
-  c.filter_refill = True  # True: the trainer draws replacement problems; False: trains on fewer groups
-  c.filter_max_rounds = 3  # most refill rounds per step, so a batch of solved problems cannot loop forever
+  # filter (DAPO dynamic sampling): groups whose rewards are all equal carry no advantage and are
+  # dropped; each refill round draws a new batch of problems and samples as many of them as groups
+  # are missing, until the batch holds P groups with signal or filter_refill rounds have run (the
+  # bound keeps a batch of solved problems from looping forever; 0: train on the groups kept).
+  # Metrics filter_refill_rounds and filter_groups_unfilled say how it went; refill tokens count in
+  # gen_tokens.
+  c.filter_refill = 3
 
   # adaptive: aim each problem's pass rate into [target_low, target_high] (a group of G carries the
   # most signal near 0.5); the ratio goes down by ratio_step_down above the band (hints fade) and up
@@ -126,8 +130,9 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     fail(f"prior_alpha={c.prior_alpha} and prior_beta={c.prior_beta} must be > 0")
   if c.max_problems < 1 or c.max_levels < 1:
     fail(f"max_problems={c.max_problems} and max_levels={c.max_levels} must be >= 1")
-  if c.cold_start_steps < 0 or c.filter_max_rounds < 0:
-    fail(f"cold_start_steps={c.cold_start_steps} and filter_max_rounds={c.filter_max_rounds} must be >= 0")
+  if c.cold_start_steps < 0 or isinstance(c.filter_refill, bool) or int(c.filter_refill) < 0:
+    fail(f"cold_start_steps={c.cold_start_steps} and filter_refill={c.filter_refill} must be integers >= 0 "
+         "(filter_refill: the most refill rounds per step)")
 
 
 def highest_ratio(c) -> float:

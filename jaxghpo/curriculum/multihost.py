@@ -54,3 +54,22 @@ def allgather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out[name] = chunk.view(arr.dtype).reshape((gathered.shape[0],) + arr.shape[1:])
     col += width
   return out
+
+
+def agreed_max(value: int) -> int:
+  """The largest `value` over all JAX processes (a collective: every process calls it, in the same order).
+
+  The host loop sizes every collective call with it, so hosts with different outcomes still issue
+  the same calls with the same shapes. One process: `value` unchanged, no JAX needed."""
+  if process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(np.asarray(multihost_utils.process_allgather(np.array([int(value)], np.int32))).max())
+
+
+def agreed_sum(value: float) -> float:
+  """The sum of `value` over all JAX processes (a collective, like agreed_max)."""
+  if process_count() == 1:
+    return float(value)
+  from jax.experimental import multihost_utils
+  return float(np.asarray(multihost_utils.process_allgather(np.array([float(value)], np.float32))).sum())

@@ -1,20 +1,10 @@
 """HintScheduler: the host-side scheduler deciding hint ratios from running pass-rate statistics.
 
-One RL step talks to it like this (see driver.run_step for the same loop as code):
+One RL step talks to it in this order: plan (first-attempt ratios), retry (after each sampling
+round; NaN = keep the group), keep_mask (filter mode), update (the final groups). The order as code
+is curriculum.driver.step_loop, which the trainer, the simulations and the tests all run.
 
-    ratios = sched.plan(ids, levels=levels, step=step)      # first attempt, float32 [B]
-    rewards = sample(ids, ratios)                           # accuracy rewards [B, G]
-    final_ratios, final_rewards = ratios.copy(), rewards.copy()
-    nxt = sched.retry(ids, ratios, rewards)                 # NaN = keep this group
-    while np.isfinite(nxt).any():
-      idx = np.flatnonzero(np.isfinite(nxt))
-      r = sample(ids[idx], nxt[idx])                        # re-sample only those groups
-      final_ratios[idx], final_rewards[idx] = nxt[idx], r   # train on the last sample, with its prompt
-      nxt_sub = sched.retry(ids[idx], nxt[idx], r)          # subset call ...
-      nxt = np.full_like(nxt, np.nan); nxt[idx] = nxt_sub
-    metrics = sched.update(ids, final_ratios, final_rewards, levels=levels)
-
-`retry` takes either the re-sampled subset (as above) or the whole batch with NaN in `ratios` for
+`retry` takes either the re-sampled subset (as step_loop passes it) or the whole batch with NaN in `ratios` for
 the groups that are finished: rows whose ratio is NaN are ignored and return NaN, whatever their
 rewards hold, so both call styles give the same answers and the same metrics. The ghpo ladder ends
 after len(cfg.ladder) rounds, so a trainer with fixed shapes may run exactly that many rounds.
@@ -145,8 +135,8 @@ class HintScheduler:
     """bool [B]: groups whose rewards are not all equal (DAPO dynamic sampling keeps only these).
 
     Pass the rewards that make the advantages (accuracy + format if used). Counts of checked and
-    dropped groups appear in the step's metrics. Whether dropped groups are replaced is the
-    trainer's choice, cfg.filter_refill (at most cfg.filter_max_rounds refill rounds). Give
+    dropped groups appear in the step's metrics. Dropped groups are replaced by new problems in at
+    most cfg.filter_refill refill rounds (driver.step_loop). Give
     `update` every group sampled in the step, kept or dropped: the statistics then hold every
     outcome, and frac_groups_nonzero_adv stays the yield of the samples drawn (it would read 1.0
     over kept groups only).

@@ -18,6 +18,8 @@ ignored (0 by convention).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -46,6 +48,15 @@ class RLBatch:
   @property
   def response_len(self) -> int:
     return self.tokens.shape[1] - self.prompt_len
+
+  def to_global(self, sharding) -> "RLBatch":
+    """The batch placed once: every array field (whatever fields the class has) as a global array from
+    this process's rows (parallel.hosts.global_from_local); None stays None, static fields are kept."""
+    from jaxghpo.parallel import hosts  # here: the batch type itself needs no devices
+    placed = {f.name: hosts.global_from_local(getattr(self, f.name), sharding)
+              for f in dataclasses.fields(self)
+              if f.metadata.get("pytree_node", True) and getattr(self, f.name) is not None}
+    return self.replace(**placed)
 
   def valid_mask(self):
     """bool [B, T]: real tokens (attended to by the model)."""

@@ -16,6 +16,8 @@ Outputs (:class:`SampleOutput`):
   logprobs float32 [R, N]: ``log_softmax(logits / T)`` of each new token (T = 1 when greedy), before
     top-k/top-p and the thought-switch penalty; 0 after the end.
   confidence float32 [R, N] or None: DeepConf ``-mean(top-k logprobs)``, 0 after the end.
+  prompt_ids int32 [B, P], prompt_valid bool [B, P]: numpy, this process's rows of the left-padded prompts
+    the sampler ran on (the trainer's batch reuses them instead of padding a second time).
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ class SampleOutput:
   lengths: jax.Array     # int32 [R]
   confidence: jax.Array | None = None  # float32 [R, N] when asked for
   decode_steps: jax.Array | None = None  # int32 []: tokens chosen per row (< N when all rows ended early)
+  prompt_ids: np.ndarray | None = None    # int32 [B_local, P] host copy: this process's left-padded prompts
+  prompt_valid: np.ndarray | None = None  # bool [B_local, P]
 
 
 @struct.dataclass
@@ -276,30 +280,33 @@ class Sampler:
     penalty: the TIP thought-switch penalty (off by default).
     Rows beyond ``len(prompts) * num_samples`` are inactive: length 0, all pad.
     """
-    args, kwargs = self._arguments(params, prompts, rng=rng, temperature=temperature, top_p=top_p,
-                                   top_k=top_k, eos_id=eos_id, pad_id=pad_id, penalty=penalty)
+    (args, kwargs), local = self._arguments(params, prompts, rng=rng, temperature=temperature, top_p=top_p,
+                                            top_k=top_k, eos_id=eos_id, pad_id=pad_id, penalty=penalty)
     out, cache = self._fn(*args, **kwargs)
     if self.donate_cache:
       self._cache = cache
-    return out
+    return out.replace(prompt_ids=local[0], prompt_valid=local[1])
 
   def lower(self, params, prompts, **controls) -> jax.stages.Lowered:
     """The lowered program for these arguments (same keywords as a call), for cost/memory analysis or
     for reading the compiled HLO: ``sampler.lower(model, prompts, rng=key).compile().as_text()``."""
-    args, kwargs = self._arguments(params, prompts, **controls)
+    (args, kwargs), _ = self._arguments(params, prompts, **controls)
     return self._fn.lower(*args, **kwargs)
 
   def _global_prompts(self, prompts, pad_id: int):
-    """Left-padded ids/valid/active for the whole batch. With several processes each brings its own
-    ``batch_size / process_count`` prompts (rows in process order, as parallel.hosts lays out batches)."""
+    """(global, local): left-padded ids/valid/active for the whole batch, and this process's rows.
+
+    With several processes each brings its own ``batch_size / process_count`` prompts (rows in process
+    order, as parallel.hosts lays out batches)."""
     n = jax.process_count()
     if n == 1:
-      return _pad_prompts(prompts, self.batch_size, self.max_prompt_len, pad_id)
+      local = _pad_prompts(prompts, self.batch_size, self.max_prompt_len, pad_id)
+      return local, local
     if self.mesh is None or self.batch_size % n:
       raise ValueError(f"with {n} processes the Sampler needs mesh= and a batch_size ({self.batch_size}) "
                        f"divisible by the process count; each process passes its batch_size / {n} prompts")
     local = _pad_prompts(prompts, self.batch_size // n, self.max_prompt_len, pad_id)
-    return tuple(hosts.allgather(x) for x in local)
+    return tuple(hosts.allgather(x) for x in local), local
 
   def _arguments(self, params, prompts, *, rng, temperature=0.0, top_p=1.0, top_k=0, eos_id=None, pad_id=0,
                  penalty=None):
@@ -313,7 +320,7 @@ class Sampler:
     if isinstance(rng, int):
       rng = jax.random.key(rng)
     V = self.cfg.vocab_size
-    ids, valid, active = self._global_prompts(prompts, int(pad_id))
+    (ids, valid, active), local = self._global_prompts(prompts, int(pad_id))
     controls = {"temperature": np.float32(temperature), "top_p": np.float32(top_p), "top_k": np.int32(top_k),
                 "is_eos_V": _eos_mask(eos_id, V), "pad_id": np.int32(pad_id),
                 **(penalty or penalties.ThoughtSwitchPenalty()).arrays(V)}
@@ -324,10 +331,10 @@ class Sampler:
     args = (params, self._put(ids, ("batch", None)), self._put(valid, ("batch", None)),
             self._put(active, ("batch",)), key_data, key_impl, controls)
     if not self.donate_cache:
-      return args, {}
+      return (args, {}), local
     if self._cache is None:
       self._cache = jax.jit(self._empty_cache)()
-    return args, {"cache": self._cache}
+    return (args, {"cache": self._cache}), local
 
 
 _SAMPLERS: "collections.OrderedDict[tuple, Sampler]" = collections.OrderedDict()
