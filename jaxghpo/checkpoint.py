@@ -36,6 +36,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxghpo import paths
+
 HOST_META_VERSION = 1
 
 # Item names inside a step directory.
@@ -232,7 +234,9 @@ class Checkpointer:
                replica_parallel_min_bytes: int = 1 << 20):
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep={max_to_keep}: keep at least one checkpoint (or None to keep all)")
-    self.directory = os.path.abspath(os.fspath(directory))
+    directory = os.fspath(directory)
+    # A URI (gs://...) goes to orbax as it is (epath); a local path is made absolute.
+    self.directory = directory if paths.is_remote(directory) else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         enable_async_checkpointing=async_save,

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from jaxghpo import evaluation
+from jaxghpo import evaluation, paths
 from jaxghpo.data.tasks import chains
 
 # A written step: letter, one or more operations, "=", the new letter, the operations copied on.
@@ -329,22 +328,21 @@ class EvalFile:
 
 def list_eval_files(workdir: str) -> list[EvalFile]:
   """The evaluation files of a run (DIR/eval/{split}_step{step}_hint{ratio}[_{mode}].jsonl), sorted."""
-  eval_dir = os.path.join(os.fspath(workdir), "eval")
-  if not os.path.isdir(eval_dir):
+  eval_dir = paths.join(workdir, "eval")
+  if not paths.isdir(eval_dir):
     return []
   out = []
-  for name in sorted(os.listdir(eval_dir)):
+  for name in paths.listdir(eval_dir):
     m = _EVAL_FILE_RE.fullmatch(name)
     if m:
-      out.append(EvalFile(os.path.join(eval_dir, name), m["split"], int(m["step"]), float(m["ratio"]),
+      out.append(EvalFile(paths.join(eval_dir, name), m["split"], int(m["step"]), float(m["ratio"]),
                           m["mode"] or ""))
   return sorted(out, key=lambda f: (f.step, f.split, f.hint_ratio, f.mode))
 
 
 def read_rows(path: str) -> list[dict]:
   import json
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 def _flat(prefix: str, stats: Mapping[str, float | None]) -> dict[str, float | None]:

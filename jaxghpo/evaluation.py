@@ -27,6 +27,8 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from jaxghpo import paths
+
 
 # ------------------------------------------------------------------------------------- pass@k
 def pass_at_k(n, c, k: int) -> np.ndarray:
@@ -337,16 +339,12 @@ def eval_rows_path(workdir: str | os.PathLike, split: str, step: int, hint_ratio
                    tag: str = "") -> str:
   """DIR/eval/{split}_step{step:06d}_hint{hint_ratio:.2f}{_tag}.jsonl."""
   name = f"{split}_step{int(step):06d}_hint{float(hint_ratio):.2f}" + (f"_{tag}" if tag else "") + ".jsonl"
-  return os.path.join(os.fspath(workdir), "eval", name)
+  return paths.join(workdir, "eval", name)
 
 
 def write_rows(path: str | os.PathLike, rows: Sequence[Mapping]) -> str:
-  """Writes rows as JSON lines (parent folders created; replaced atomically). Call on process 0 only."""
+  """Writes rows as JSON lines (parent folders created; replaced atomically; `path` may be a URI, see
+  paths.py). Call on process 0 only."""
   path = os.fspath(path)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(_jsonable(dict(row)), allow_nan=False) + "\n")
-  os.replace(tmp, path)
+  paths.write_text(path, "".join(json.dumps(_jsonable(dict(row)), allow_nan=False) + "\n" for row in rows))
   return path

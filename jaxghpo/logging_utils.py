@@ -14,6 +14,8 @@
 
 metrics.jsonl holds one JSON object per write(), ``{"step": s, ...}``, values as Python numbers;
 NaN and infinities are written as the strings "nan", "inf", "-inf" so every line is valid JSON.
+The workdir may be a URI (gs://...; see paths.py): an object store cannot append, so there the file
+is rewritten whole at every write (a small file: a few KB per step).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+
+from jaxghpo import paths
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -107,7 +111,9 @@ class MetricWriter:
     if print_every < 1:
       raise ValueError(f"print_every={print_every} must be >= 1")
     self.active = bool(is_main_process)
-    self.path = os.path.join(os.fspath(workdir), METRICS_FILE)
+    self.path = paths.join(workdir, METRICS_FILE)
+    self._remote = paths.is_remote(workdir)
+    self._lines: list[str] = []  # a remote file's content (rewritten whole at each write)
     self.total_steps = total_steps
     self.print_every = int(print_every)
     self.progress = progress
@@ -119,38 +125,35 @@ class MetricWriter:
     self._drawn = False  # a progress line is on the terminal and needs a newline before other output
     if not self.active:
       return
-    os.makedirs(os.fspath(workdir), exist_ok=True)
+    paths.makedirs(workdir)
     if resume_step is not None:
       self.truncate_after(resume_step)
-    self._file = open(self.path, "a", encoding="utf-8")
+    if self._remote:
+      self._lines = paths.read_text(self.path).splitlines(keepends=True) if paths.exists(self.path) else []
+    else:
+      self._file = open(self.path, "a", encoding="utf-8")
     if tensorboard:
-      from tensorboardX import SummaryWriter  # imported here: it is slow to import and optional
-
       purge = None if resume_step is None else int(resume_step) + 1
-      self._tb = SummaryWriter(logdir=os.path.join(os.fspath(workdir), TENSORBOARD_DIR), purge_step=purge)
+      self._tb = paths.tensorboard_writer(paths.join(workdir, TENSORBOARD_DIR), purge_step=purge)
 
   # --- file maintenance
   def truncate_after(self, step: int) -> int:
     """Removes rows with step > ``step`` (and unreadable lines a kill may leave); returns how many."""
-    if not self.active or not os.path.exists(self.path):
+    if not self.active or not paths.exists(self.path):
       return 0
     kept, removed = [], 0
-    with open(self.path, encoding="utf-8") as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-          keep = isinstance(row, dict) and int(row["step"]) <= step
-        except (ValueError, KeyError, TypeError):
-          keep = False  # a half-written last line from a killed run
-        if keep:
-          kept.append(line if line.endswith("\n") else line + "\n")
-        else:
-          removed += 1
+    for line in paths.read_text(self.path).splitlines(keepends=True):
+      try:
+        row = json.loads(line)
+        keep = isinstance(row, dict) and int(row["step"]) <= step
+      except (ValueError, KeyError, TypeError):
+        keep = False  # a half-written last line from a killed run
+      if keep:
+        kept.append(line if line.endswith("\n") else line + "\n")
+      else:
+        removed += 1
     if removed:
-      tmp = self.path + ".tmp"
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(kept)
-      os.replace(tmp, self.path)  # atomic: a kill here leaves the old or the new file, never half
+      paths.write_text(self.path, "".join(kept))  # atomic: a kill here leaves the old or the new file, never half
     return removed
 
   # --- writing
@@ -165,8 +168,13 @@ class MetricWriter:
         row[str(key)] = to_python(value, str(key))
     if not self.active:
       return row
-    self._file.write(json.dumps(row, allow_nan=False) + "\n")
-    self._file.flush()
+    line = json.dumps(row, allow_nan=False) + "\n"
+    if self._remote:
+      self._lines.append(line)
+      paths.write_text(self.path, "".join(self._lines))
+    else:
+      self._file.write(line)
+      self._file.flush()
     if self._tb is not None:
       for key, value in row.items():
         number = _scalar_for_tensorboard(value)
@@ -225,8 +233,8 @@ class MetricWriter:
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
   """The rows of ``workdir/metrics.jsonl`` (non-finite strings left as written)."""
-  with open(os.path.join(os.fspath(workdir), METRICS_FILE), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = paths.read_text(paths.join(workdir, METRICS_FILE))
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 # ------------------------------------------------------------------------------ one step late

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxghpo import diagnostics
+from jaxghpo import diagnostics, paths
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -49,15 +49,14 @@ def _number(value: Any) -> Any:
 
 def read_metrics(workdir: str) -> list[dict]:
   """The rows of DIR/metrics.jsonl, one per step (a step written twice keeps its last row), by step."""
-  path = os.path.join(os.fspath(workdir), "metrics.jsonl")
-  if not os.path.exists(path):
+  path = paths.join(workdir, "metrics.jsonl")
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path} does not exist: is {workdir!r} the workdir of a run?")
   by_step: dict[int, dict] = {}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        row = {k: _number(v) for k, v in json.loads(line).items()}
-        by_step[int(row["step"])] = row
+  for line in paths.read_text(path).splitlines():
+    if line.strip():
+      row = {k: _number(v) for k, v in json.loads(line).items()}
+      by_step[int(row["step"])] = row
   return [by_step[s] for s in sorted(by_step)]
 
 
@@ -90,10 +89,9 @@ def _get(config, dotted: str, default=None):
 def _load_config(workdir: str, config):
   if config is not None:
     return config
-  path = os.path.join(os.fspath(workdir), "config.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+  path = paths.join(workdir, "config.json")
+  if paths.exists(path):
+    return json.loads(paths.read_text(path))
   return {}
 
 
@@ -404,7 +402,8 @@ def plot_curves(path: str, rows: Sequence[Mapping], s: Mapping[str, Any]) -> str
   fig.suptitle(f"{s.get('mode')} (seed {s.get('seed')}): {os.path.basename(os.path.normpath(s['workdir']))}",
                fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with paths.local_file(path) as local:
+    fig.savefig(local, dpi=100)
   return path
 
 
@@ -434,14 +433,12 @@ def finish(workdir: str, config=None, summary: Mapping | None = None, *, is_main
     return {}
   s = summarize(workdir, config, summary)
   s["files"] = {"summary_md": SUMMARY_MD, "summary_json": SUMMARY_JSON, "curves_png": CURVES_PNG}
-  plot_curves(os.path.join(workdir, CURVES_PNG), read_metrics(workdir), s)
-  with open(os.path.join(workdir, SUMMARY_MD), "w", encoding="utf-8") as f:
-    f.write(markdown(s))
-  tmp = os.path.join(workdir, SUMMARY_JSON + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(_jsonable(s), f, indent=1, sort_keys=True, allow_nan=False)
-  os.replace(tmp, os.path.join(workdir, SUMMARY_JSON))  # the study treats summary.json as "finished"
+  plot_curves(paths.join(workdir, CURVES_PNG), read_metrics(workdir), s)
+  paths.write_text(paths.join(workdir, SUMMARY_MD), markdown(s))
+  # Atomic (paths.write_text): the study treats summary.json as "finished".
+  paths.write_text(paths.join(workdir, SUMMARY_JSON),
+                   json.dumps(_jsonable(s), indent=1, sort_keys=True, allow_nan=False))
   if console:
     print("\n".join(console_lines(s)), flush=True)
-    print(f"  written: {os.path.join(workdir, SUMMARY_MD)}, {SUMMARY_JSON}, {CURVES_PNG}", flush=True)
+    print(f"  written: {paths.join(workdir, SUMMARY_MD)}, {SUMMARY_JSON}, {CURVES_PNG}", flush=True)
   return s

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxghpo import models
+from jaxghpo import models, paths
 from jaxghpo.curriculum import hints as hints_lib
 from jaxghpo.data import templates
 from jaxghpo.data.example import Example
@@ -97,14 +97,13 @@ def run(config, workdir: str) -> dict:
   Writes DIR/metrics.jsonl (step, loss) and the trained policy to DIR/export (HF format).
   """
   import json
-  import os
   import time
 
   from jaxghpo import experiment
   from jaxghpo.data import tokenizer as tok_lib
   from jaxghpo.data.tasks import get_task
 
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   c = config.sft
   if config.model.path == "random":
     tokenizer = tok_lib.load(config.model.tokenizer or tok_lib.task_tokenizer_path(config.data.task))
@@ -141,24 +140,23 @@ def run(config, workdir: str) -> dict:
   step_fn = make_sft_step(graphdef, optimizer)
   rng = np.random.default_rng(int(config.seed))
   t0 = time.time()
-  with open(os.path.join(workdir, "metrics.jsonl"), "w") as log:
-    for step in range(1, steps + 1):
-      fmt = dict(placement=config.hints.placement, style=config.data.style, hint_unit=config.hints.unit)
-      hinted_batch = bool(hinted) and step % 2 == 0
-      if hinted_batch:
-        b = encode_examples(draw(step, hinted), tokenizer, max_len=hinted_len, rng=rng,
-                            max_remaining=int(c.max_remaining), **fmt)
-      else:
-        b = encode_examples(draw(step, levels), tokenizer, max_len=int(c.max_len), rng=rng,
-                            hint_prob=float(c.hint_prob), **fmt)
-      params, opt_state, loss = step_fn(params, opt_state, b.tokens_BxT, b.loss_mask_BxT, b.valid_BxT)
-      if step % int(config.log_every_steps) == 0 or step == steps:
-        row = {"step": step, "loss": float(loss), "hinted_batch": hinted_batch, "seq_len": int(b.tokens_BxT.shape[1]),
-               "time/elapsed_s": time.time() - t0}
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        print(f"sft step {step}/{steps} loss {row['loss']:.4f} ({row['time/elapsed_s']:.0f}s)", flush=True)
-  out = os.path.join(workdir, "export")
-  models.save_pretrained(nnx.merge(graphdef, params), cfg, out)
-  tokenizer.save_pretrained(out)
+  log_rows = []
+  for step in range(1, steps + 1):
+    fmt = dict(placement=config.hints.placement, style=config.data.style, hint_unit=config.hints.unit)
+    hinted_batch = bool(hinted) and step % 2 == 0
+    if hinted_batch:
+      b = encode_examples(draw(step, hinted), tokenizer, max_len=hinted_len, rng=rng,
+                          max_remaining=int(c.max_remaining), **fmt)
+    else:
+      b = encode_examples(draw(step, levels), tokenizer, max_len=int(c.max_len), rng=rng,
+                          hint_prob=float(c.hint_prob), **fmt)
+    params, opt_state, loss = step_fn(params, opt_state, b.tokens_BxT, b.loss_mask_BxT, b.valid_BxT)
+    if step % int(config.log_every_steps) == 0 or step == steps:
+      row = {"step": step, "loss": float(loss), "hinted_batch": hinted_batch, "seq_len": int(b.tokens_BxT.shape[1]),
+             "time/elapsed_s": time.time() - t0}
+      log_rows.append(json.dumps(row) + "\n")
+      paths.write_text(paths.join(workdir, "metrics.jsonl"), "".join(log_rows))
+      print(f"sft step {step}/{steps} loss {row['loss']:.4f} ({row['time/elapsed_s']:.0f}s)", flush=True)
+  out = paths.join(workdir, "export")
+  models.save_pretrained(nnx.merge(graphdef, params), cfg, out, tokenizer=tokenizer)
   return {"export": out, "loss": float(loss), "time_s": time.time() - t0}

@@ -11,7 +11,6 @@ simulations and tests run); the device side is pure jitted functions. Every deci
 """
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import curriculum, evaluation, experiment, models, parallel, rl
+from jaxghpo import curriculum, evaluation, experiment, models, parallel, paths, rl
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -44,8 +43,7 @@ def export(graphdef, params, model_cfg, tokenizer, out_dir: str) -> None:
     from jax.experimental import multihost_utils
     params = multihost_utils.process_allgather(params, tiled=True)
   if jax.process_index() == 0:
-    models.save_pretrained(nnx.merge(graphdef, params), model_cfg, out_dir)
-    tokenizer.save_pretrained(out_dir)
+    models.save_pretrained(nnx.merge(graphdef, params), model_cfg, out_dir, tokenizer=tokenizer)
 
 
 class Trainer:
@@ -53,14 +51,14 @@ class Trainer:
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     s = self.setup = experiment.setup(config)
     self.scheduler, self.pipeline, self.rl_cfg = s.scheduler, s.pipeline, s.rl_cfg
     self.params, self.opt_state = s.params, s.opt_state
     self.P = int(config.data.prompts_per_step)  # problems per step, all hosts
     self.G = int(config.rollout.group_size)
     self.rng = jax.random.key(int(config.seed))
-    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
+    self.checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
     self.deferred = DeferredMetrics()
     self.writer = None  # opened in restore(), once the resume step is known
     self.start_step = 0
@@ -239,8 +237,7 @@ class Trainer:
     self._install_sigterm()
     self.restore()
     if self.start_step == 0 and jax.process_index() == 0:
-      with open(os.path.join(self.workdir, "config.json"), "w") as f:
-        f.write(c.to_json_best_effort(indent=2))
+      paths.write_text(paths.join(self.workdir, "config.json"), c.to_json_best_effort(indent=2))
     summary = {}
     spent = bool(c.max_gen_tokens) and self.gen_tokens_total >= int(c.max_gen_tokens)
     if self.start_step >= num_steps or (self.start_step > 0 and spent):
@@ -278,7 +275,7 @@ class Trainer:
     self.checkpointer.wait()
     if c.export_at_end and not stop:
       s = self.setup
-      export(s.graphdef, self.params, s.model_cfg, s.tokenizer, os.path.join(self.workdir, "export"))
+      export(s.graphdef, self.params, s.model_cfg, s.tokenizer, paths.join(self.workdir, "export"))
     self.writer.close()
     self.checkpointer.close()
     return summary

@@ -28,18 +28,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from jaxghpo import experiment, models, parallel  # noqa: E402
+from jaxghpo import experiment, models, parallel, paths  # noqa: E402
 from jaxghpo import checkpoint as ckpt_lib  # noqa: E402
 from jaxghpo.data import tokenizer as tok_lib  # noqa: E402
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = paths.join(workdir, "config.json")
+  if not paths.exists(path):
     raise FileNotFoundError(f"{path} not found: the trainer writes it when a run starts; pass --config=configs/X.py "
                             "(with the run's overrides) instead")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def _read_only_manager(directory: str) -> ocp.CheckpointManager:
@@ -51,7 +50,7 @@ def _read_only_manager(directory: str) -> ocp.CheckpointManager:
 
 def restore_params(directory: str, step: int | None, params_target):
   """(step, params) restored from `directory` into `params_target` (ShapeDtypeStructs with shardings)."""
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     raise FileNotFoundError(f"{directory} does not exist: no checkpoints were saved for this run "
                             "(config.checkpoint_every_steps; SFT runs write DIR/export only)")
   manager = _read_only_manager(directory)
@@ -79,10 +78,9 @@ def export(workdir: str, out: str, *, step: int | None = None, config=None, mode
   mesh = parallel.make_mesh((1, -1, 1), devices=jax.local_devices())
   graphdef, state = nnx.split(models.abstract_model(model_cfg))
   target = ckpt_lib.abstract_target(state, parallel.param_shardings(state, mesh))
-  step, params = restore_params(os.path.join(workdir, "checkpoints"), step, target)
-  models.save_pretrained(nnx.merge(graphdef, params), model_cfg, out, dtype=dtype)
+  step, params = restore_params(paths.join(workdir, "checkpoints"), step, target)
   tokenizer = tok_lib.load(str(config.model.get("tokenizer", "") or "") or path)
-  tokenizer.save_pretrained(out)
+  models.save_pretrained(nnx.merge(graphdef, params), model_cfg, out, dtype=dtype, tokenizer=tokenizer)
   return step
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxghpo import parallel
+from jaxghpo import parallel, paths
 from jaxghpo.models.config import ModelConfig
 from jaxghpo.models.safetensors_io import FLOAT_CODES, SafetensorsError, SafetensorsFile, save_file
 from jaxghpo.models.transformer import Transformer, abstract_model
@@ -143,13 +143,22 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh=None
 
 
 def save_pretrained(model: Transformer, cfg: ModelConfig, out_dir: str, *, dtype=None,
-                    max_shard_bytes: int = 2 ** 31) -> None:
-  """Writes config.json and model.safetensors (sharded with an index beyond ``max_shard_bytes``).
+                    max_shard_bytes: int = 2 ** 31, tokenizer=None) -> None:
+  """Writes config.json and model.safetensors (sharded with an index beyond ``max_shard_bytes``), and the
+  tokenizer's files when one is given.
 
   The result loads with ``transformers.AutoModelForCausalLM.from_pretrained(out_dir)``.
+  out_dir: a local directory or a URI (gs://...): remote files are written locally first, then copied
+  (paths.local_dir), so the local disk must hold one export.
   dtype: storage dtype of the files (default: the model's parameter dtype).
   """
-  os.makedirs(out_dir, exist_ok=True)
+  with paths.local_dir(out_dir) as local:
+    _save_local(model, cfg, local, dtype=dtype, max_shard_bytes=max_shard_bytes)
+    if tokenizer is not None:
+      tokenizer.save_pretrained(local)
+
+
+def _save_local(model: Transformer, cfg: ModelConfig, out_dir: str, *, dtype, max_shard_bytes: int) -> None:
   out_np = _np_dtype(dtype or cfg.storage_dtype)
   tensors = {}
   for path_key, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
