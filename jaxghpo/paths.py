@@ -163,7 +163,13 @@ class _EventFile:
 
 class _EventFileFactory:
   def open(self, path: str) -> _EventFile:
-    return _EventFile(path)
+    # Event files are named by the second and host: a writer opened within the same second as an
+    # earlier one (a quick restart) would replace its object; TensorBoard reads any *tfevents* name.
+    name, n = path, 0
+    while exists(name):
+      n += 1
+      name = f"{path}.{n}"
+    return _EventFile(name)
 
   def directory_check(self, path: str) -> None:
     makedirs(path)
