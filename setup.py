@@ -30,6 +30,8 @@ setup(
         "matplotlib>=3.8",
         "pyarrow>=16",
         "tensorboardX>=2.6",
+        "etils[epath]>=1.7",  # run files through jaxghpo/paths.py: local paths and gs:// workdirs
+        "gcsfs>=2024.2",  # epath's gs:// backend without TensorFlow
         "importlib_resources>=6",  # tensorflow-datasets builders need it but do not declare it
         "portpicker>=1.6",
         "psutil>=5.9",

@@ -7,10 +7,10 @@ only the model differs. Qwen2.5-7B has the same shapes as Qwen2.5-Math-7B (RoPE 
     python tools/estimate_memory.py --config=configs/qwen25_7b_ghpo.py
     peak (max of the two)                                      66.94 GB of 95 GB per device (70%)
 
-Run:
+Run (the workdir may be a gs:// URL, as in the math config):
 
     tools/launch_tpu.sh --name=TPU --zone=ZONE --sync --setup --config=configs/qwen25_7b_ghpo.py \\
-        --workdir=/mnt/gcs/ghpo/qwen25_7b -- \\
+        --workdir=gs://BUCKET/ghpo/qwen25_7b -- \\
         --config.model.path=/path/to/Qwen2.5-7B --config.data.files=/path/to/math3to5.jsonl
 """
 import ml_collections

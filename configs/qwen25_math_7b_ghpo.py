@@ -55,13 +55,13 @@ kernel first, which would also allow more than one sequence per device per micro
 
 Run (every host, through tools/launch_tpu.sh). The model and data are read from local paths on every
 host (a copy on each host's disk or a gcsfuse mount; no hub downloads). The workdir must be shared by
-all hosts: today a gcsfuse-mounted bucket (the trainer writes with os/open; gs:// URLs need it to write
-through etils.epath first). Math3to5 JSONL rows carry `problem` and `solution`, and `answer` and `solution_hint` when
+all hosts: a gs:// URL works directly (checkpoints through orbax, every other file through
+jaxghpo/paths.py; gcsfs and the VM's service account give access). Math3to5 JSONL rows carry `problem` and `solution`, and `answer` and `solution_hint` when
 present: hints are cut from `solution_hint`, the answer is else taken from the last \\boxed{} of the
 solution; other field names go in config.data.fields):
 
     tools/launch_tpu.sh --name=TPU --zone=ZONE --sync --setup --config=configs/qwen25_math_7b_ghpo.py \\
-        --workdir=/mnt/gcs/ghpo/qwen25_math_7b -- \\
+        --workdir=gs://BUCKET/ghpo/qwen25_math_7b -- \\
         --config.model.path=/path/to/Qwen2.5-Math-7B --config.data.files=/path/to/math3to5.jsonl
 
 Plain GRPO for comparison: `--config.curriculum.mode=none`.

@@ -11,9 +11,8 @@
 #   --project           gcloud project (default: gcloud's configured project)
 #   --config            experiment config, relative to the repository root on the workers
 #   --workdir           run directory that every host sees (checkpoints are written by all hosts):
-#                       a gs:// bucket path, or a bucket mounted with gcsfuse at the same place on
-#                       every worker (note: jaxghpo's trainer writes with os/open today, so until it
-#                       writes through etils.epath a gcsfuse mount is the way that works)
+#                       a gs:// bucket path (every file goes through orbax or jaxghpo/paths.py), or a
+#                       bucket mounted with gcsfuse at the same place on every worker
 #   --remote_dir        where the repository lives on every worker (default ~/jaxghpo)
 #   --sync              first copy this checkout (all of it: use a clean clone) to --remote_dir on
 #                       every worker (gcloud ... scp)
@@ -25,7 +24,7 @@
 #
 # Example (Qwen2.5-Math-7B GHPO on a v5p-64, 32 chips, 8 hosts):
 #   tools/launch_tpu.sh --name=ghpo-v5p --zone=us-east5-a --sync --setup \
-#       --config=configs/qwen25_math_7b_ghpo.py --workdir=/mnt/gcs/ghpo/math7b -- \
+#       --config=configs/qwen25_math_7b_ghpo.py --workdir=gs://BUCKET/ghpo/math7b -- \
 #       --config.model.path=/mnt/models/Qwen2.5-Math-7B --config.data.files=/mnt/data/math3to5.jsonl
 #
 # A preempted slice gets SIGTERM: the run saves at the next step boundary and exits 0; run the same
