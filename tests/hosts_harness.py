@@ -90,6 +90,16 @@ def scheduler_state(workdir: str, process: int) -> dict:
     return json.load(f)
 
 
+def eval_problem_ids(workdir: str) -> dict[str, list[int]]:
+  """{eval file name: sorted problem ids in it}."""
+  out = {}
+  eval_dir = os.path.join(workdir, "eval")
+  for name in sorted(os.listdir(eval_dir)):
+    with open(os.path.join(eval_dir, name)) as f:
+      out[name] = sorted(json.loads(line)["problem_id"] for line in f if line.strip())
+  return out
+
+
 def retries_by_host(workdir: str, num_processes: int, step: int) -> list[int]:
   """How many re-samplings (attempt > 0) each host scored at `step`."""
   return [sum(1 for r in scored(workdir, h) if r["step"] == step and r["attempt"] > 0)

@@ -66,6 +66,8 @@ def _check_against_one(tmp_path, model_dir, num_processes, devices, seed, temper
   a, b = hh.rows(one), hh.rows(many)
   assert [r["step"] for r in b] == list(range(STEPS + 1))
   hh.assert_rows_equal(a, b, keys=None if temperature == 0 else OUTCOME_KEYS)
+  # The evaluation files hold every host's problems, as the one process's do.
+  assert hh.eval_problem_ids(many) == hh.eval_problem_ids(one)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
