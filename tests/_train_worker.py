@@ -6,7 +6,8 @@ scripted: the rewards are scripted so that the hosts disagree. A problem's group
 succeed by where it sits in its step's global batch: the first half (process 0's rows on 2 processes)
 fails on even steps and succeeds on odd ones, the second half the reverse. So on 2 processes one host
 retries every group through the whole GHPO ladder while the other retries none, then they swap; a
-1-process run over the same global batches gets the same rewards for the same problems.
+1-process run over the same global batches gets the same rewards for the same problems. Evaluation
+has 3 problems per level, so the hosts' shares are unequal (2 and 1).
 """
 import json
 import os
@@ -32,6 +33,8 @@ from tests.train_fixtures import tiny_config  # noqa: E402
 NUM_STEPS = 3
 config = tiny_config(model_dir, num_steps=NUM_STEPS, checkpoint_every_steps=3, **{"mesh.shape": (1, -1, 1)})
 config.data.prompts_per_step = 4
+if scripted:
+  config.eval.num_problems = 3  # per level: hosts evaluate unequal shares (2 and 1 problems)
 trainer = train.Trainer(config, workdir)
 
 if scripted:

@@ -74,7 +74,14 @@ def test_disagreeing_hosts_finish_and_match_one_process(tmp_path):
   state = [json.load(open(os.path.join(two, f"scheduler_p{i}.json"))) for i in range(2)]
   assert state[0] == state[1], "the two hosts' scheduler statistics differ"
   assert state[0] == json.load(open(os.path.join(one, "scheduler_p0.json")))
-  a, b = _rows(one)[1:], _rows(two)[1:]
+  a, b = _rows(one), _rows(two)
+  # Evaluation with unequal host shares (3 problems per level on 2 hosts): every problem counted once,
+  # each sampled in the row it has in the 1-process call, so the metrics are equal.
+  for ra, rb in ((a[0], b[0]), (a[-1], b[-1])):
+    evals = [k for k in ra if k.startswith("eval/")]
+    assert evals and all(rb[k] == pytest.approx(ra[k], abs=1e-7) for k in evals), ra["step"]
+    assert rb["eval/easy/hint0/sampled/num_problems/level_2"] == 3
+  a, b = a[1:], b[1:]
   assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
   for ra, rb in zip(a, b):
     # the hosts did disagree: half of the groups (one host's) were retried through the ladder

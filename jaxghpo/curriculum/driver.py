@@ -104,20 +104,20 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
   final_ratios = ratios.copy()
   retried = np.zeros(B, bool)
 
-  nxt = sched.retry(ids, ratios, accuracy_of(first))
+  next_ratios = sched.retry(ids, ratios, accuracy_of(first))
   while True:
-    idx = np.flatnonzero(np.isfinite(nxt))
+    idx = np.flatnonzero(np.isfinite(next_ratios))
     width = multihost.agreed_max(idx.size)
     if width == 0:
       break
-    new = sample(idx, nxt[idx], width)
+    new = sample(idx, next_ratios[idx], width)
     sampled.append(new)
     put_rows(groups, idx, new)
-    final_ratios[idx] = nxt[idx]
+    final_ratios[idx] = next_ratios[idx]
     retried[idx] = True
-    sub = sched.retry(ids[idx], nxt[idx], accuracy_of(new))
-    nxt = np.full(B, np.nan, np.float32)
-    nxt[idx] = sub
+    subset_next = sched.retry(ids[idx], next_ratios[idx], accuracy_of(new))
+    next_ratios = np.full(B, np.nan, np.float32)
+    next_ratios[idx] = subset_next
 
   keep = np.ones(B, bool)
   final_ids, final_levels = ids.copy(), levels.copy()
