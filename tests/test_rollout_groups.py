@@ -18,8 +18,8 @@ MODEL_CFG = models.ModelConfig(model_type="qwen2", vocab_size=32, hidden_size=32
 B, G, Lp, N = 2, 2, 6, 4
 
 
-def make_groups(seed=0, hint=(3, 1)):
-  """Two groups; the first has `hint` = (tokens, gap) hint tokens at the end of its prompt."""
+def make_groups(seed=0, hint=(1, 3)):
+  """Two groups; the first prompt (5 tokens) has hint tokens [hint[0], hint[0] + hint[1])."""
   rng = np.random.default_rng(seed)
   prompt_tokens = np.array([5, 4])
   prompt_valid = np.arange(Lp)[None, :] >= (Lp - prompt_tokens)[:, None]
@@ -36,10 +36,10 @@ def make_groups(seed=0, hint=(3, 1)):
       completions=np.array([["a", "b"], ["c", "d"]], object), hint_text=np.array(["h", ""], object))
 
 
-def test_hint_mask_lies_before_the_gap_on_real_tokens():
-  valid = np.arange(Lp)[None, :] >= np.array([[3], [5]])
-  mask = groups_lib.hint_mask(valid, np.array([2, 4]), np.array([1, 0]))
-  np.testing.assert_array_equal(mask[0], [0, 0, 0, 1, 1, 0])
+def test_hint_mask_finds_the_span_in_left_padded_prompts():
+  valid = np.arange(Lp)[None, :] >= np.array([[3], [5]])  # prompts of 3 and 1 tokens
+  mask = groups_lib.hint_mask(valid, np.array([1, 0]), np.array([2, 4]))
+  np.testing.assert_array_equal(mask[0], [0, 0, 0, 0, 1, 1])
   np.testing.assert_array_equal(mask[1], [0, 0, 0, 0, 0, 1])  # clipped to the prompt's one real token
 
 
@@ -101,7 +101,7 @@ def test_hint_nll_trains_response_placed_hints_only_when_asked(grad_fn):
   """UFT: with hint_nll_coef > 0 the forced hint (the end of the sampler's prompt) is trained by likelihood;
   the policy-gradient tokens stay the same; with 0 the loss is the plain batch's."""
   params, make = grad_fn
-  g = make_groups(hint=(3, 0))  # "response" placement: the forced prefix ends the sampler's prompt
+  g = make_groups(hint=(2, 3))  # "response" placement: the forced prefix ends the sampler's prompt
   adv = np.asarray(rl.group_advantages(g.rewards, "grpo"))
   keep = np.ones(B, bool)
   plain = groups_lib.to_batch(g, adv, keep, train_hint=False)
