@@ -86,7 +86,7 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
   sample(rows, ratios, width) -> groups for len(rows) problems: rows int64 [b] are positions among this
     step's problems (0..B-1 the batch, then the problems `draw` returned, in order); ratios float32 [b];
     width >= b is the agreed row count of the call (the same on every host; b may be 0).
-  draw() -> (ids int [D], levels int [D]): a new batch of problems (curriculum.mode=filter refills).
+  draw() -> (ids, levels): int arrays of a new batch of problems (curriculum.mode=filter refills).
   refill_rounds: at most this many refill rounds (curriculum.filter_refill; 0: none).
 
   GHPO: each retry round re-samples the groups `sched.retry` names with their next ratio; the group
