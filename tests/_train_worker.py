@@ -1,12 +1,20 @@
 """One process of a multi-process training run on loopback (spawned by test_train_multiprocess.py).
 
-argv: coordinator_port num_processes process_id workdir model_dir devices_per_process
+argv: coordinator_port num_processes process_id workdir model_dir devices_per_process [scripted]
+
+scripted: the rewards are scripted so that the hosts disagree. A problem's groups all fail or all
+succeed by where it sits in its step's global batch: the first half (process 0's rows on 2 processes)
+fails on even steps and succeeds on odd ones, the second half the reverse. So on 2 processes one host
+retries every group through the whole GHPO ladder while the other retries none, then they swap; a
+1-process run over the same global batches gets the same rewards for the same problems. Evaluation
+has 3 problems per level, so the hosts' shares are unequal (2 and 1).
 """
 import json
 import os
 import sys
 
 port, n, pid, workdir, model_dir, devices = sys.argv[1:7]
+scripted = len(sys.argv) > 7 and sys.argv[7] == "scripted"
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,12 +24,40 @@ import jax  # noqa: E402
 if int(n) > 1:
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=int(n), process_id=int(pid))
 
+import numpy as np  # noqa: E402
+
 from jaxghpo import train  # noqa: E402
+from jaxghpo.data import pipeline as pipeline_lib  # noqa: E402
 from tests.train_fixtures import tiny_config  # noqa: E402
 
-config = tiny_config(model_dir, num_steps=3, checkpoint_every_steps=3, **{"mesh.shape": (1, -1, 1)})
+NUM_STEPS = 3
+config = tiny_config(model_dir, num_steps=NUM_STEPS, checkpoint_every_steps=3, **{"mesh.shape": (1, -1, 1)})
 config.data.prompts_per_step = 4
+if scripted:
+  config.eval.num_problems = 3  # per level: hosts evaluate unequal shares (2 and 1 problems)
 trainer = train.Trainer(config, workdir)
+
+if scripted:
+  P = int(config.data.prompts_per_step)
+  # The global batches of the run, as one process would read them (the pipeline's contract).
+  whole = pipeline_lib.make_pipeline(trainer.setup.problems.train, batch_size_per_process=P, seed=int(config.seed),
+                                     shuffle=True, process_index=0, process_count=1)
+  succeeds = {}
+  for step in range(NUM_STEPS):
+    for i, ex in enumerate(next(whole)):
+      assert ex.problem_id not in succeeds, "a problem appears twice in the scripted steps"
+      succeeds[ex.problem_id] = (i >= P // 2) != (step % 2 == 1)
+  rollout = trainer.setup.rollout
+
+  def scripted_rollout(params, examples, ratios, rng, **kwargs):
+    groups = rollout(params, examples, ratios, rng, **kwargs)
+    outcome = np.asarray([succeeds[ex.problem_id] for ex in examples], np.float32)[:, None]
+    groups.accuracy[:] = outcome
+    groups.rewards[:] = outcome
+    return groups
+
+  trainer.setup.rollout = scripted_rollout
+
 trainer.run()
 state = trainer.scheduler.state_dict()
 out = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in state.items()}

@@ -87,6 +87,7 @@ def simulate(mode: str, steps: int = STEPS, seed: int = 0, **overrides):
       unfilled.append((m["filter_groups_unfilled"], int((~out.keep).sum())))
       assert modes.has_signal(rewards[out.keep]).all(), "a kept group has no signal"
       assert np.array_equal(out.levels, policy.level[ids]), "a refilled slot lost its problem's level"
+      assert np.array_equal(np.concatenate(pool)[out.rows], ids), "rows do not point at the final problems"
     else:
       ratios, rewards, m = curriculum.run_step(sched, ids, policy.sample, levels=levels, step=step)
       planned_mean.append(m["planned_ratio_mean"])

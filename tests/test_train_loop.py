@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from jaxghpo import train
@@ -134,3 +135,50 @@ def test_sigterm_saves_and_exits_zero(policy, tmp_path):
 def test_bad_config_fails_at_start_naming_keys(policy, tmp_path, override, message):
   with pytest.raises(ValueError, match=message.replace(".", r"\.")):
     train.Trainer(tiny_config(policy, **override), str(tmp_path / "bad"))
+
+
+def test_filter_refills_groups_without_signal(policy, tmp_path):
+  """curriculum.mode=filter (DAPO dynamic sampling): groups without signal are replaced by new problems
+  in at most curriculum.filter_refill rounds; the refills' tokens count; the trained groups all have signal."""
+  cfg = tiny_config(policy, **{"curriculum.mode": "filter", "curriculum.filter_refill": 3})
+  trainer = train.Trainer(cfg, str(tmp_path / "run"))
+  trainer.restore()
+  rollout, sampled = trainer.setup.rollout, []
+
+  def scripted(params, examples, ratios, rng, **kwargs):  # a group has signal iff its problem id is even
+    groups = rollout(params, examples, ratios, rng, **kwargs)
+    signal = np.asarray([ex.problem_id % 2 == 0 for ex in examples])
+    groups.rewards[:] = 0.0
+    groups.rewards[signal, 0] = 1.0
+    sampled.append(groups)
+    return groups
+
+  trainer.setup.rollout = scripted
+  all_rounds = []
+  for step in range(2):
+    sampled.clear()
+    before = trainer.pipeline.step
+    metrics, _ = trainer.rl_step(step, jax.random.fold_in(trainer.rng, step))
+    rounds = metrics["filter_refill_rounds"]
+    all_rounds.append(rounds)
+    assert trainer.pipeline.step == before + 1 + rounds and len(sampled) == 1 + rounds
+    assert metrics["gen_tokens"] == sum(int(g.lengths.sum()) for g in sampled)
+    if metrics["filter_groups_unfilled"] == 0:
+      assert metrics["frac_groups_kept"] == 1.0 and metrics["frac_groups_nonzero_adv"] == 1.0
+    else:
+      assert rounds == 3
+    assert metrics["filter_groups_dropped"] == sum(int((g.rewards.max(1) == g.rewards.min(1)).sum()) for g in sampled)
+  assert sum(all_rounds) > 0, "no step refilled (the scripted rewards drop about half of the groups)"
+
+
+@pytest.mark.slow  # builds a second trainer (~40 s on a shared CPU); test_rollout_groups covers the batch
+def test_response_hints_trained_by_likelihood(policy, tmp_path):
+  """hints.placement=response with rl.hint_nll_coef > 0 (UFT): the forced hints of the retried groups are
+  trained by their negative log-likelihood, reported as hint_nll."""
+  cfg = tiny_config(policy, **{"hints.placement": "response", "rl.hint_placement": "response",
+                               "rl.hint_nll_coef": 1.0})
+  trainer = train.Trainer(cfg, str(tmp_path / "run"))
+  trainer.restore()
+  metrics, device_metrics = trainer.rl_step(0, jax.random.fold_in(trainer.rng, 0))
+  assert metrics["retries"] > 0  # a random policy fails: every group ends with a hint
+  assert float(device_metrics["hint_nll"]) > 0 and float(device_metrics["num_hint_tokens"]) > 0

@@ -4,7 +4,7 @@
     cfg = curriculum.default_config()          # config.curriculum; cfg.mode selects the mode
     sched = curriculum.HintScheduler(cfg)
     ratios = sched.plan(problem_ids)           # float32 [B]: first-attempt hint ratios
-    nxt = sched.retry(problem_ids, ratios, rewards)   # float32 [B]: NaN = no retry
+    next_ratios = sched.retry(problem_ids, ratios, rewards)   # float32 [B]: NaN = no retry
     metrics = sched.update(problem_ids, final_ratios, final_rewards)
     out = curriculum.step_loop(sched, ids, sample, levels=levels, step=step)   # the whole step, as the trainer runs it
 

@@ -61,7 +61,8 @@ class StepResult:
   """One step's outcome on this host: the B groups to train on and what the scheduler recorded.
 
   ids, levels, ratios: int64 / int / float32 [B], the problem, level and hint ratio of each final group
-  (refilled slots hold the replacement problem). groups: the final groups (sample's type). keep: bool [B],
+  (refilled slots hold the replacement problem); rows: int64 [B], its position among the step's problems
+  (as `sample` numbers them: the batch, then the drawn refill batches). groups: the final groups (sample's type). keep: bool [B],
   the groups to train on (all True unless curriculum.mode=filter: then the groups with signal).
   retried: bool [B], re-sampled at least once. sampled: every groups object `sample` returned, in call
   order (what the step generated: retries and refills included). metrics: the scheduler's step metrics,
@@ -70,6 +71,7 @@ class StepResult:
   ids: np.ndarray
   levels: np.ndarray
   ratios: np.ndarray
+  rows: np.ndarray
   groups: Any
   keep: np.ndarray
   retried: np.ndarray
@@ -84,7 +86,7 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
   sample(rows, ratios, width) -> groups for len(rows) problems: rows int64 [b] are positions among this
     step's problems (0..B-1 the batch, then the problems `draw` returned, in order); ratios float32 [b];
     width >= b is the agreed row count of the call (the same on every host; b may be 0).
-  draw() -> (ids int [D], levels int [D]): a new batch of problems (curriculum.mode=filter refills).
+  draw() -> (ids, levels): int arrays of a new batch of problems (curriculum.mode=filter refills).
   refill_rounds: at most this many refill rounds (curriculum.filter_refill; 0: none).
 
   GHPO: each retry round re-samples the groups `sched.retry` names with their next ratio; the group
@@ -104,23 +106,23 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
   final_ratios = ratios.copy()
   retried = np.zeros(B, bool)
 
-  nxt = sched.retry(ids, ratios, accuracy_of(first))
+  next_ratios = sched.retry(ids, ratios, accuracy_of(first))
   while True:
-    idx = np.flatnonzero(np.isfinite(nxt))
+    idx = np.flatnonzero(np.isfinite(next_ratios))
     width = multihost.agreed_max(idx.size)
     if width == 0:
       break
-    new = sample(idx, nxt[idx], width)
+    new = sample(idx, next_ratios[idx], width)
     sampled.append(new)
     put_rows(groups, idx, new)
-    final_ratios[idx] = nxt[idx]
+    final_ratios[idx] = next_ratios[idx]
     retried[idx] = True
-    sub = sched.retry(ids[idx], nxt[idx], accuracy_of(new))
-    nxt = np.full(B, np.nan, np.float32)
-    nxt[idx] = sub
+    subset_next = sched.retry(ids[idx], next_ratios[idx], accuracy_of(new))
+    next_ratios = np.full(B, np.nan, np.float32)
+    next_ratios[idx] = subset_next
 
   keep = np.ones(B, bool)
-  final_ids, final_levels = ids.copy(), levels.copy()
+  final_ids, final_levels, final_rows = ids.copy(), levels.copy(), np.arange(B)
   extra = {}
   if sched.cfg.mode == "filter":
     keep = sched.keep_mask(rewards_of(groups))
@@ -147,6 +149,7 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
       slots = missing[:int(signal.sum())]
       put_rows(groups, slots, take_rows(new, signal))
       final_ids[slots], final_levels[slots], final_ratios[slots] = new_ids[:k][signal], new_levels[:k][signal], r[signal]
+      final_rows[slots] = offset + np.flatnonzero(signal)
       keep[slots] = True
       offset += new_ids.size
       rounds += 1
@@ -156,7 +159,7 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
     upd_ids, upd_ratios, upd_acc, upd_levels = final_ids, final_ratios, accuracy_of(groups), final_levels
   metrics = sched.update(upd_ids, upd_ratios, upd_acc, upd_levels, step=step)
   metrics.update(extra)
-  return StepResult(final_ids, final_levels, final_ratios, groups, keep, retried, sampled, metrics)
+  return StepResult(final_ids, final_levels, final_ratios, final_rows, groups, keep, retried, sampled, metrics)
 
 
 def run_step(sched, problem_ids, sample_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], *, levels=None,

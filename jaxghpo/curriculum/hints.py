@@ -54,13 +54,13 @@ def balanced_prefixes(text: str) -> np.ndarray:
     c = text[i]
     width = 1
     if c == "\\" and i + 1 < len(text):
-      nxt = text[i + 1]
+      following = text[i + 1]
       width = 2
-      if nxt == "(" and not math_mode:
+      if following == "(" and not math_mode:
         math_mode = "\\("
-      elif nxt == "[" and not math_mode:
+      elif following == "[" and not math_mode:
         math_mode = "\\["
-      elif (nxt == ")" and math_mode == "\\(") or (nxt == "]" and math_mode == "\\["):
+      elif (following == ")" and math_mode == "\\(") or (following == "]" and math_mode == "\\["):
         math_mode = ""
       # other escapes (\{ \} \$ \\ and command names' first letter) are literal here
     elif c == "$":

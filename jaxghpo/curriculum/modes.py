@@ -60,8 +60,8 @@ def adaptive_next_ratio(ratio_B, pass_mean_B, *, target_low, target_high, step_u
   """
   ratio = np.asarray(ratio_B, np.float64)
   p = np.asarray(pass_mean_B, np.float64)
-  nxt = np.where(p > target_high, ratio - step_down, np.where(p < target_low, ratio + step_up, ratio))
-  return snap_to_grid(nxt, grid, max_ratio)
+  moved = np.where(p > target_high, ratio - step_down, np.where(p < target_low, ratio + step_up, ratio))
+  return snap_to_grid(moved, grid, max_ratio)
 
 
 def anneal_ratio(step: int, *, start_ratio: float, num_steps: int, schedule: str) -> float:

@@ -41,12 +41,12 @@ def allgather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   parts = [_as_bytes(arrays[name], rows) for name in names]
   widths = [p.shape[1] for p in parts]
   packed = np.concatenate(parts, axis=1)
-  rows_P = np.asarray(multihost_utils.process_allgather(np.array([rows], np.int32))).reshape(-1)
-  max_rows = int(rows_P.max())
+  rows_per_process = np.asarray(multihost_utils.process_allgather(np.array([rows], np.int32))).reshape(-1)
+  max_rows = int(rows_per_process.max())
   padded = np.zeros((max_rows, packed.shape[1]), np.uint8)
   padded[:rows] = packed
-  gathered = np.asarray(multihost_utils.process_allgather(padded, tiled=True)).reshape(len(rows_P), max_rows, -1)
-  gathered = np.concatenate([gathered[p, :int(n)] for p, n in enumerate(rows_P)], axis=0)
+  gathered = np.asarray(multihost_utils.process_allgather(padded, tiled=True)).reshape(len(rows_per_process), max_rows, -1)
+  gathered = np.concatenate([gathered[p, :int(n)] for p, n in enumerate(rows_per_process)], axis=0)
   out, col = {}, 0
   for name, width in zip(names, widths):
     arr = arrays[name]

@@ -118,18 +118,18 @@ class HintScheduler:
       raise ValueError("retry: rewards hold NaN/inf in a group whose ratio is finite; pass the accuracy rewards")
     difficult = np.zeros(ids.size, bool)
     difficult[active] = modes.is_difficult(rewards[active], self.cfg.difficulty_threshold)
-    nxt = np.full(ids.size, np.nan, np.float32)
+    next_ratios = np.full(ids.size, np.nan, np.float32)
     if self.uses_ladder and not self.in_cold_start:
-      nxt[difficult] = modes.ladder_next(ratios[difficult], self.cfg.ladder)
+      next_ratios[difficult] = modes.ladder_next(ratios[difficult], self.cfg.ladder)
     # A group's first retry() call this step saw its first attempt: that is GHPO's "difficult" count.
     first = active & ~np.isin(ids, self._retry_seen_ids)
     self._retry_seen_ids = np.union1d(self._retry_seen_ids, ids[active])
-    num_retries = int(np.isfinite(nxt).sum())
+    num_retries = int(np.isfinite(next_ratios).sum())
     self._counters["first_groups"] += int(first.sum())
     self._counters["first_difficult"] += int((first & difficult).sum())
     self._counters["retries"] += num_retries
     self._counters["retry_rounds"] += int(num_retries > 0)
-    return nxt
+    return next_ratios
 
   def keep_mask(self, rewards) -> np.ndarray:
     """bool [B]: groups whose rewards are not all equal (DAPO dynamic sampling keeps only these).
@@ -168,9 +168,9 @@ class HintScheduler:
       raise ValueError(f"update: ratios must lie in [0, 1], got {ratios[(ratios < 0) | (ratios > 1)][:5].tolist()}")
     levels = self._levels(levels, ids.size, "levels")
     rows = multihost.allgather_rows({"ids": ids, "ratios": ratios, "rewards": rewards, "levels": levels})
-    counters_PxC = multihost.allgather_rows({"c": self._counter_row()})["c"]
-    counters = dict(zip(metrics_lib.COUNTERS, counters_PxC.sum(axis=0).tolist()))
-    counters["retry_rounds"] = float(counters_PxC[:, metrics_lib.COUNTERS.index("retry_rounds")].max())
+    counters_per_process = multihost.allgather_rows({"c": self._counter_row()})["c"]
+    counters = dict(zip(metrics_lib.COUNTERS, counters_per_process.sum(axis=0).tolist()))
+    counters["retry_rounds"] = float(counters_per_process[:, metrics_lib.COUNTERS.index("retry_rounds")].max())
     self._record(rows["ids"], rows["ratios"], rows["rewards"], rows["levels"])
 
     slots = self.problems.lookup(rows["ids"])
@@ -197,13 +197,13 @@ class HintScheduler:
                                 posterior_decay=c.posterior_decay)
     # Every mode keeps the adaptive proposal up to date, so switching mode on resume has it ready.
     slots_u = slots[last]
-    nxt = modes.adaptive_next_ratio(ratios[last], self.problems.posterior_mean(slots_u),
+    next_ratios = modes.adaptive_next_ratio(ratios[last], self.problems.posterior_mean(slots_u),
                                     target_low=c.target_low, target_high=c.target_high,
                                     step_up=c.ratio_step_up, step_down=c.ratio_step_down,
                                     grid=c.ratio_grid, max_ratio=c.max_ratio)
-    self.problems.ratio[slots_u] = nxt
+    self.problems.ratio[slots_u] = next_ratios
     level_idx = self.problems.level[slots] + 1
-    self.levels.record(level_idx, buckets, successes, samples, nxt, level_idx[last], ema_decay=c.ema_decay)
+    self.levels.record(level_idx, buckets, successes, samples, next_ratios, level_idx[last], ema_decay=c.ema_decay)
 
   def metrics(self) -> dict[str, float]:
     """The metrics returned by the last update (empty before the first)."""

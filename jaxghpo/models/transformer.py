@@ -96,7 +96,7 @@ def positions_from_valid(valid_BxT):
 
 
 def logits(model: Transformer, tokens_BxT):
-  """float32 [B, T, V] logits of an unpadded causal batch (DESIGN.md contract)."""
+  """float32 [B, T, V] logits of an unpadded causal batch (docs/DESIGN.md contract)."""
   tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
   B, T = tokens_BxT.shape
   positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))

@@ -78,12 +78,12 @@ def make_batch(prompt_tokens, prompt_valid, response_tokens, response_valid, adv
   """Builds and checks an RLBatch on the host from the sampler's layout (numpy in, numpy arrays out).
 
   Args:
-    prompt_tokens: int [B, P] left-padded prompts; prompt_valid: bool [B, P] (True on real tokens).
+    prompt_tokens: int [B, Lp] left-padded prompts; prompt_valid: bool [B, Lp] (True on real tokens).
     response_tokens: int [B, N] right-padded responses; response_valid: bool [B, N].
     advantages: float [B] per sequence.
     old_logp: float [B, N] the sampler's logprob of each response token (or None: zeros, for
       cfg.recompute_old_logp); ref_logp: float [B, N] or None.
-    prompt_hint: bool [B, P], hint tokens inside the prompt (GHPO placement), or None.
+    prompt_hint: bool [B, Lp], hint tokens inside the prompt (GHPO placement), or None.
     response_hint_len: int [B], the number of leading response tokens that are hint (LUFFY / QuestA
       placement: forced, not sampled), or None.
 
@@ -94,13 +94,13 @@ def make_batch(prompt_tokens, prompt_valid, response_tokens, response_valid, adv
   response_tokens = np.asarray(response_tokens, np.int32)
   prompt_valid = np.asarray(prompt_valid, bool)
   response_valid = np.asarray(response_valid, bool)
-  B, P = prompt_tokens.shape
+  B, Lp = prompt_tokens.shape
   N = response_tokens.shape[1]
-  for name, arr, shape in (("prompt_valid", prompt_valid, (B, P)), ("response_tokens", response_tokens, (B, N)),
+  for name, arr, shape in (("prompt_valid", prompt_valid, (B, Lp)), ("response_tokens", response_tokens, (B, N)),
                            ("response_valid", response_valid, (B, N))):
     if arr.shape != shape:
       raise ValueError(f"{name} has shape {arr.shape}; expected {shape}")
-  # Left padding: once a prompt starts, it continues to column P - 1; right padding: the reverse.
+  # Left padding: once a prompt starts, it continues to column Lp - 1; right padding: the reverse.
   if np.any(prompt_valid[:, :-1] & ~prompt_valid[:, 1:]):
     row = int(np.argmax(np.any(prompt_valid[:, :-1] & ~prompt_valid[:, 1:], axis=1)))
     raise ValueError(f"prompt_valid row {row} is not left-padded (a pad follows a real token)")
@@ -113,8 +113,8 @@ def make_batch(prompt_tokens, prompt_valid, response_tokens, response_valid, adv
   prompt_seg = np.where(prompt_valid, PROMPT, PAD).astype(np.int32)
   if prompt_hint is not None:
     prompt_hint = np.asarray(prompt_hint, bool)
-    if prompt_hint.shape != (B, P) or np.any(prompt_hint & ~prompt_valid):
-      raise ValueError(f"prompt_hint must be bool [B, P] = {(B, P)} and lie on real prompt tokens")
+    if prompt_hint.shape != (B, Lp) or np.any(prompt_hint & ~prompt_valid):
+      raise ValueError(f"prompt_hint must be bool [B, Lp] = {(B, Lp)} and lie on real prompt tokens")
     prompt_seg = np.where(prompt_hint, HINT, prompt_seg)
   response_seg = np.where(response_valid, RESPONSE, PAD).astype(np.int32)
   if response_hint_len is not None:
@@ -129,7 +129,7 @@ def make_batch(prompt_tokens, prompt_valid, response_tokens, response_valid, adv
     x = np.asarray(x, np.float32)
     if x.shape != (B, N):
       raise ValueError(f"{name} has shape {x.shape}; expected [B, N] = {(B, N)} (one logprob per response token)")
-    return np.concatenate([np.zeros((B, P), np.float32), x], axis=1)
+    return np.concatenate([np.zeros((B, Lp), np.float32), x], axis=1)
 
   advantages = np.asarray(advantages, np.float32)
   if advantages.shape != (B,):
@@ -139,7 +139,7 @@ def make_batch(prompt_tokens, prompt_valid, response_tokens, response_valid, adv
       tokens=np.concatenate([prompt_tokens, response_tokens], axis=1),
       segment_ids=np.concatenate([prompt_seg, response_seg], axis=1),
       advantages=advantages,
-      old_logp=np.zeros((B, P + N), np.float32) if old is None else old,
+      old_logp=np.zeros((B, Lp + N), np.float32) if old is None else old,
       ref_logp=response_cols(ref_logp, "ref_logp"),
-      prompt_len=P,
+      prompt_len=Lp,
   )

@@ -235,7 +235,7 @@ def finalize(sums: dict, counts: dict, cfg):
 
 def policy_loss(logp, old_logp, advantages, mask, cfg, ref_logp=None, *, entropy=None, hint_mask=None,
                 norm_len=None):
-  """(loss, metrics) of one batch (DESIGN.md contract); arguments as in `policy_loss_terms`."""
+  """(loss, metrics) of one batch (docs/DESIGN.md contract); arguments as in `policy_loss_terms`."""
   sums, counts = policy_loss_terms(logp, old_logp, advantages, mask, cfg, ref_logp, entropy=entropy,
                                    hint_mask=hint_mask, norm_len=norm_len)
   return finalize(sums, counts, cfg)

@@ -18,6 +18,7 @@ tokens, R = B * G rows (prompt-major: row b * G + g is sample g of problem b).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Sequence
 
 import jax
@@ -75,14 +76,14 @@ def hint_texts(examples: Sequence[Example], ratios: np.ndarray, *, unit: str, co
 
 def render(examples: Sequence[Example], hint_text: Sequence[str], *, placement: str, style: str, tokenizer,
            max_prompt_len: int, marker_tokens: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
-  """(sampler prompts, hint_tokens int [B], hint_gap int [B]) for `examples` with their hints.
+  """(sampler prompts, hint_start int [B], hint_tokens int [B]) for `examples` with their hints.
 
-  A sampler prompt is the prompt, plus the forced hint prefix for the "response" placement. Its hint
-  tokens are the hint_tokens that end hint_gap tokens before its end: "prompt" placement, the hint
-  text's tokens followed by the plain style's hint marker (marker_tokens; a best-effort span, only ever
-  kept out of losses); "response" placement, the forced prefix at the very end.
+  A sampler prompt is the prompt, plus the forced hint prefix for the "response" placement; its hint
+  tokens are [hint_start, hint_start + hint_tokens). "prompt" placement: the hint text's tokens, which
+  the plain style's hint marker (marker_tokens) follows (a best-effort span, only ever kept out of
+  losses); "response" placement: the forced prefix at the very end.
   """
-  prompts, hint_tokens, hint_gap = [], [], []
+  prompts, hint_start, hint_tokens = [], [], []
   for ex, hint in zip(examples, hint_text):
     r = templates.render(ex, hint, placement, tokenizer, style)
     ids = list(r.prompt_ids) + list(r.hint_ids)
@@ -92,20 +93,21 @@ def render(examples: Sequence[Example], hint_text: Sequence[str], *, placement: 
                        "(it must hold the longest prompt plus the longest hint)")
     prompts.append(ids)
     if placement == "prompt" and hint:
-      hint_tokens.append(len(tokenizer.encode(hint, add_special_tokens=False)))
-      hint_gap.append(marker_tokens)
+      n = len(tokenizer.encode(hint, add_special_tokens=False))
+      hint_start.append(max(len(ids) - marker_tokens - n, 0))
+      hint_tokens.append(n)
     else:
+      hint_start.append(len(r.prompt_ids))
       hint_tokens.append(len(r.hint_ids))
-      hint_gap.append(0)
-  return prompts, np.asarray(hint_tokens, np.int64), np.asarray(hint_gap, np.int64)
+  return prompts, np.asarray(hint_start, np.int64), np.asarray(hint_tokens, np.int64)
 
 
-def hint_mask(prompt_valid_BxLp: np.ndarray, hint_tokens_B: np.ndarray, hint_gap_B: np.ndarray) -> np.ndarray:
-  """bool [B, Lp]: the hint_tokens columns that end hint_gap columns before the end of each left-padded row."""
+def hint_mask(prompt_valid_BxLp: np.ndarray, hint_start_B: np.ndarray, hint_tokens_B: np.ndarray) -> np.ndarray:
+  """bool [B, Lp]: the columns of tokens [hint_start, hint_start + hint_tokens) of each left-padded prompt."""
   Lp = prompt_valid_BxLp.shape[1]
-  end_B = Lp - hint_gap_B
+  start_B = Lp - prompt_valid_BxLp.sum(1) + hint_start_B
   cols = np.arange(Lp)[None, :]
-  return (cols >= (end_B - hint_tokens_B)[:, None]) & (cols < end_B[:, None]) & prompt_valid_BxLp
+  return (cols >= start_B[:, None]) & (cols < (start_B + hint_tokens_B)[:, None]) & prompt_valid_BxLp
 
 
 def decode(tokenizer, tokens_RxN: np.ndarray, lengths_R: np.ndarray, eos_id: int | None) -> list[str]:
@@ -155,14 +157,13 @@ class GroupSampler:
                temperature: float | None = None, timer: dict | None = None) -> Groups:
     """Groups for `examples` (this host's) at hint `ratios` float32 [B]; width >= B (default B) problems
     per host are sampled, the rows past B inactive. timer["reward_s"] accumulates the scoring time."""
-    import time
     c = self.config
     G, n_proc = self.G, jax.process_count()
     width = len(examples) if width is None else int(width)
     hint_rng = np.random.default_rng([int(c.seed), int(jax.random.randint(rng, (), 0, 2**31 - 1))])
     texts = hint_texts(examples, ratios, unit=c.hints.unit, corruption=c.hints.corruption,
                        tokenizer=self.tokenizer, rng=hint_rng)
-    prompts, hint_tokens, hint_gap = render(examples, texts, placement=c.hints.placement, style=c.data.style,
+    prompts, hint_start, hint_tokens = render(examples, texts, placement=c.hints.placement, style=c.data.style,
                                             tokenizer=self.tokenizer, max_prompt_len=self.max_prompt_len,
                                             marker_tokens=self.marker_tokens)
     parts = {"prompt_ids": [], "prompt_valid": [], "tokens": [], "logprobs": [], "lengths": [], "confidence": []}
@@ -200,7 +201,7 @@ class GroupSampler:
     confidence = arrays.get("confidence")
     return Groups(
         prompt_ids=arrays["prompt_ids"], prompt_valid=arrays["prompt_valid"],
-        hint_mask=hint_mask(arrays["prompt_valid"], hint_tokens, hint_gap),
+        hint_mask=hint_mask(arrays["prompt_valid"], hint_start, hint_tokens),
         tokens=arrays["tokens"].reshape(B, G, N), logprobs=arrays["logprobs"].reshape(B, G, N),
         lengths=arrays["lengths"].reshape(B, G),
         rewards=np.asarray(total, np.float32).reshape(B, G), accuracy=np.asarray(accuracy, np.float32).reshape(B, G),

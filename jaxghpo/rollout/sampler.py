@@ -1,11 +1,11 @@
 """The jitted sampler: one prefill pass over left-padded prompts, then a KV-cache decode ``while_loop``.
 
-Shapes are fixed per :class:`Sampler` (batch of prompts B, samples per prompt G, prompt bucket P, new
+Shapes are fixed per :class:`Sampler` (batch of prompts B, samples per prompt G, prompt bucket Lp, new
 tokens N), so a call with other prompts, seeds or sampling controls never compiles again; params are a
 traced argument (the weights being trained, with their own shardings, no copy).
 
-Layout: rows are prompt-major (row ``p * G + g`` is sample g of prompt p). The KV cache has S = P + N
-slots shared by all rows: slots [0, P) hold the left-padded prompt, slot P + t the t-th new token. RoPE
+Layout: rows are prompt-major (row ``b * G + g`` is sample g of prompt b). The KV cache has S = Lp + N
+slots shared by all rows: slots [0, Lp) hold the left-padded prompt, slot Lp + t the t-th new token. RoPE
 positions count from each row's first real prompt token, so padding changes nothing. The prefill runs
 once per prompt and its cache is repeated for the G samples. The decode ``while_loop`` stops as soon as
 every row has produced an EOS token (or after N tokens).
@@ -16,7 +16,7 @@ Outputs (:class:`SampleOutput`):
   logprobs float32 [R, N]: ``log_softmax(logits / T)`` of each new token (T = 1 when greedy), before
     top-k/top-p and the thought-switch penalty; 0 after the end.
   confidence float32 [R, N] or None: DeepConf ``-mean(top-k logprobs)``, 0 after the end.
-  prompt_ids int32 [B, P], prompt_valid bool [B, P]: numpy, this process's rows of the left-padded prompts
+  prompt_ids int32 [B, Lp], prompt_valid bool [B, Lp]: numpy, this process's rows of the left-padded prompts
     the sampler ran on (the trainer's batch reuses them instead of padding a second time).
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ class SampleOutput:
   lengths: jax.Array     # int32 [R]
   confidence: jax.Array | None = None  # float32 [R, N] when asked for
   decode_steps: jax.Array | None = None  # int32 []: tokens chosen per row (< N when all rows ended early)
-  prompt_ids: np.ndarray | None = None    # int32 [B_local, P] host copy: this process's left-padded prompts
-  prompt_valid: np.ndarray | None = None  # bool [B_local, P]
+  prompt_ids: np.ndarray | None = None    # int32 [B_local, Lp] host copy: this process's left-padded prompts
+  prompt_valid: np.ndarray | None = None  # bool [B_local, Lp]
 
 
 @struct.dataclass
@@ -60,7 +60,7 @@ class _RowState:
 
 
 def _pad_prompts(prompts: Sequence[Sequence[int]], batch_size: int, max_prompt_len: int, pad_id: int):
-  """Left-pads ragged prompts into ids int32 [B, P], valid bool [B, P] and active bool [B]."""
+  """Left-pads ragged prompts into ids int32 [B, Lp], valid bool [B, Lp] and active bool [B]."""
   if len(prompts) > batch_size:
     raise ValueError(f"got {len(prompts)} prompts but this Sampler was built for batch_size={batch_size}; "
                      "build a Sampler with a larger batch_size or split the call")
@@ -100,7 +100,7 @@ class Sampler:
   Args:
     model: the policy (its graph structure is captured; weights are passed at call time).
     batch_size: prompts per call B (a call may bring fewer: the rest are inactive filler rows).
-    max_prompt_len: the prompt bucket P; any prompt up to P tokens runs without compiling.
+    max_prompt_len: the prompt bucket Lp; any prompt up to Lp tokens runs without compiling.
     max_new_tokens: N, new tokens per row.
     num_samples: G samples per prompt; the prompt's prefill is computed once and its cache repeated.
     cache_dtype: KV cache dtype (default: the model's compute dtype).
@@ -108,7 +108,7 @@ class Sampler:
       "tensor" when it divides them). Params keep their own shardings.
     return_confidence: also return DeepConf token confidence, from the top ``confidence_k`` logprobs
       (default 20, or V when the vocabulary is smaller).
-    donate_cache: keep a preallocated cache [R, P + N] and donate it to each call (True), or build it
+    donate_cache: keep a preallocated cache [R, Lp + N] and donate it to each call (True), or build it
       inside the jitted call (False, default: no measurable speed difference on CPU, see BENCHMARKS.md,
       and no cache memory is held between calls, which the train step needs on an accelerator).
 
@@ -183,23 +183,23 @@ class Sampler:
         v=tuple(fn("v", *xs) for xs in zip(cache.v, *(m.v for m in more))))
 
   # ---- the jitted function ---------------------------------------------------------------------------
-  def _generate(self, params, prompt_ids_BxP, prompt_valid_BxP, active_B, key_data, key_impl, controls, cache):
+  def _generate(self, params, prompt_ids_BxLp, prompt_valid_BxLp, active_B, key_data, key_impl, controls, cache):
     cfg, G, N = self.cfg, self.num_samples, self.max_new_tokens
     rng = jax.random.wrap_key_data(key_data, impl=key_impl) if key_impl else key_data
-    B, P = prompt_ids_BxP.shape
+    B, Lp = prompt_ids_BxLp.shape
     R = B * G
     model = nnx.merge(self.graphdef, params)
 
-    # Prefill: the prompts' own cache [B, P], computed once per prompt.
-    positions_BxP = models.positions_from_valid(prompt_valid_BxP)
-    small = models.KVCache.zeros(cfg, B, P, self.cache_dtype)
-    logits_BxPxV, small = model(prompt_ids_BxP, positions_BxP, models.causal_mask(prompt_valid_BxP),
+    # Prefill: the prompts' own cache [B, Lp], computed once per prompt.
+    positions_BxLp = models.positions_from_valid(prompt_valid_BxLp)
+    small = models.KVCache.zeros(cfg, B, Lp, self.cache_dtype)
+    logits_BxLpxV, small = model(prompt_ids_BxLp, positions_BxLp, models.causal_mask(prompt_valid_BxLp),
                                 cache=small, cache_pos=0)
 
     def rows(x):  # [B, ...] -> [R, ...], prompt-major
       return jnp.repeat(x, G, axis=0) if G > 1 else x
 
-    def grow(field, part, full=None):  # the prompt cache into the first P slots of the decode cache
+    def grow(field, part, full=None):  # the prompt cache into the first Lp slots of the decode cache
       part = rows(part)
       if full is None:
         widths = [(0, 0)] * part.ndim
@@ -211,9 +211,9 @@ class Sampler:
 
     cache = self._map_cache(grow, small) if cache is None else self._map_cache(grow, small, cache)
 
-    logits_RxV = self._constrain(rows(logits_BxPxV[:, -1]), ("batch", "vocab"))
-    prompt_len_R = rows(jnp.sum(prompt_valid_BxP, axis=1, dtype=jnp.int32))
-    prompt_valid_RxP = rows(prompt_valid_BxP)
+    logits_RxV = self._constrain(rows(logits_BxLpxV[:, -1]), ("batch", "vocab"))
+    prompt_len_R = rows(jnp.sum(prompt_valid_BxLp, axis=1, dtype=jnp.int32))
+    prompt_valid_RxLp = rows(prompt_valid_BxLp)
     done_R = ~rows(active_B)
 
     temperature, top_k, top_p = controls["temperature"], controls["top_k"], controls["top_p"]
@@ -254,12 +254,12 @@ class Sampler:
     def body(carry):
       t, logits_RxV, cache, rows_state = carry
       rows_state, token_R = choose(t, logits_RxV, rows_state)
-      # Feed token t (slot P+t, RoPE position prompt_len+t); it attends to the prompt and new slots <= P+t.
+      # Feed token t (slot Lp+t, RoPE position prompt_len+t); it attends to the prompt and new slots <= Lp+t.
       # After the last token this forward is not needed; one spare step costs less than a second copy of
       # the sampling code in the compiled program.
-      mask_RxS = jnp.concatenate([prompt_valid_RxP, jnp.broadcast_to(jnp.arange(N) <= t, (R, N))], axis=1)
+      mask_RxS = jnp.concatenate([prompt_valid_RxLp, jnp.broadcast_to(jnp.arange(N) <= t, (R, N))], axis=1)
       logits_Rx1xV, cache = model(token_R[:, None], (prompt_len_R + t)[:, None], mask_RxS[:, None, :],
-                                  cache=cache, cache_pos=P + t)
+                                  cache=cache, cache_pos=Lp + t)
       return t + 1, logits_Rx1xV[:, 0], cache, rows_state
 
     steps, _, cache, final = jax.lax.while_loop(cond, body, (jnp.int32(0), logits_RxV, cache, init))
@@ -370,7 +370,7 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
              num_samples: int = 1, max_prompt_len: int | None = None, return_confidence: bool = False,
              confidence_k: int = 20, penalty: penalties.ThoughtSwitchPenalty | None = None,
              mesh: jax.sharding.Mesh | None = None, cache_dtype=None) -> SampleOutput:
-  """Samples continuations of ragged prompts (DESIGN.md contract); see :class:`Sampler`.
+  """Samples continuations of ragged prompts (docs/DESIGN.md contract); see :class:`Sampler`.
 
   Uses the kept :class:`Sampler` (see :func:`sampler_for`) with batch_size ``len(prompts)`` and prompt
   bucket ``max_prompt_len`` (default: the next power of two >= the longest prompt, at least 8), so
