@@ -184,6 +184,7 @@ class Trainer:
         for mode, temperature, k in modes:
           metrics, rows = self.eval_split(examples, ratio, temperature, k, step)
           out.update({f"eval/{name}/hint{ratio:g}/{mode}/{key}": v for key, v in metrics.items()})
+          rows = [row for share in hosts.allgather_json(rows) for row in share]  # every host's, in order
           if jax.process_index() == 0:
             evaluation.write_rows(evaluation.eval_rows_path(self.workdir, name, step, ratio, tag=mode), rows)
     return out

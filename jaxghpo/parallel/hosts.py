@@ -6,6 +6,8 @@ these are plain device_put / device_get.
 """
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -45,6 +47,19 @@ def allgather(x: np.ndarray) -> np.ndarray:
   if jax.process_count() == 1:
     return x
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def allgather_json(value) -> list:
+  """[every process's `value`] in process order, through JSON (strings, numbers, lists, dicts; sizes may
+  differ between processes). A collective: every process calls it, with whatever it has."""
+  if jax.process_count() == 1:
+    return [value]
+  data = np.frombuffer(json.dumps(value, default=lambda x: x.tolist()).encode("utf-8"), np.uint8)  # numpy: lists
+  sizes = allgather(np.asarray([data.size], np.int64))
+  padded = np.zeros((1, int(sizes.max())), np.uint8)
+  padded[0, :data.size] = data
+  rows = allgather(padded)
+  return [json.loads(rows[i, :int(n)].tobytes().decode("utf-8")) for i, n in enumerate(sizes)]
 
 
 def sync(name: str) -> None:
