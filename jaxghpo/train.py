@@ -96,7 +96,7 @@ class Trainer:
   # ------------------------------------------------------------------------------------ the step
   def rl_step(self, step: int, rng) -> tuple[dict, dict]:
     """One RL step; returns (host metrics, device metrics of the update, not yet fetched)."""
-    c, G = self.config, self.G
+    c = self.config
     timer = {"reward_s": 0.0}
     drawn = next(self.pipeline)  # this host's problems; refills (filter) append theirs
 
@@ -133,14 +133,14 @@ class Trainer:
     rng, key = jax.random.split(rng)
     self.params, self.opt_state, train_metrics = self.setup.train_step(self.params, self.opt_state, batch, key)
     gen_tokens = multihost.agreed_sum(sum(int(g.lengths.sum()) for g in out.sampled))
-    self.gen_tokens_total += int(gen_tokens)
+    self.gen_tokens_total += gen_tokens
     metrics = self.host_metrics(out, gen_tokens)
     metrics.update({"time/reward_s": timer["reward_s"], "time/rollout_s": rollout_s,
                     "time/train_wait_s": timer["train_wait_s"],
                     "time/train_s": time.perf_counter() - t1 + timer["train_wait_s"]})
     return metrics, train_metrics
 
-  def host_metrics(self, out, gen_tokens: float) -> dict:
+  def host_metrics(self, out, gen_tokens: int) -> dict:
     """Step metrics from this step's final groups, reduced over hosts (small arrays only)."""
     acc = hosts.allgather(out.groups.accuracy)
     rew = hosts.allgather(out.groups.rewards)
@@ -214,8 +214,8 @@ class Trainer:
           row["token_confidences"] = [np.round(g.confidence[i, j, :int(g.lengths[i, j])], 4).tolist()
                                       for j in range(k)]
         rows.append(row)
-    gathered = multihost.allgather_rows({"correct": np.asarray([r["correct"] for r in rows], bool).reshape(len(rows), k),
-                                         "level": np.asarray([r["level"] for r in rows], np.int64)})
+    correct = np.asarray([r["correct"] for r in rows], bool).reshape(len(rows), k)
+    gathered = multihost.allgather_rows({"correct": correct, "level": np.asarray([r["level"] for r in rows], np.int64)})
     metrics = evaluation.aggregate([{"level": int(l), "correct": c}
                                     for l, c in zip(gathered["level"], gathered["correct"])], k)
     return metrics, rows

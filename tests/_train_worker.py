@@ -1,6 +1,6 @@
 """One process of a multi-process training run on loopback (spawned by test_train_multiprocess.py).
 
-argv: coordinator_port num_processes process_id workdir model_dir devices_per_process [scripted]
+argv: coordinator_port num_processes process_id workdir model_dir devices_per_process [scripted|scripted_filter]
 
 scripted: the rewards are scripted so that the hosts disagree. A problem's groups all fail or all
 succeed by where it sits in its step's global batch: the first half (process 0's rows on 2 processes)
@@ -8,13 +8,19 @@ fails on even steps and succeeds on odd ones, the second half the reverse. So on
 retries every group through the whole GHPO ladder while the other retries none, then they swap; a
 1-process run over the same global batches gets the same rewards for the same problems. Evaluation
 has 3 problems per level, so the hosts' shares are unequal (2 and 1).
+
+scripted_filter: curriculum.mode=filter with the same halves, but a half's groups have no signal (all
+rewards 0) or signal (one sample of G rewarded): one host refills its dropped groups while the other has
+none to refill. Problems drawn for refills have signal, so one refill round fills the batch.
 """
 import json
 import os
 import sys
 
 port, n, pid, workdir, model_dir, devices = sys.argv[1:7]
-scripted = len(sys.argv) > 7 and sys.argv[7] == "scripted"
+script = sys.argv[7] if len(sys.argv) > 7 else ""
+scripted = script in ("scripted", "scripted_filter")
+refills = script == "scripted_filter"
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,6 +41,9 @@ config = tiny_config(model_dir, num_steps=NUM_STEPS, checkpoint_every_steps=3, *
 config.data.prompts_per_step = 4
 if scripted:
   config.eval.num_problems = 3  # per level: hosts evaluate unequal shares (2 and 1 problems)
+if refills:
+  config.curriculum.mode = "filter"
+  config.curriculum.filter_refill = 2
 trainer = train.Trainer(config, workdir)
 
 if scripted:
@@ -47,11 +56,17 @@ if scripted:
     for i, ex in enumerate(next(whole)):
       assert ex.problem_id not in succeeds, "a problem appears twice in the scripted steps"
       succeeds[ex.problem_id] = (i >= P // 2) != (step % 2 == 1)
+    if refills:  # every step draws one refill batch (one refill round): its problems have signal
+      for ex in next(whole):
+        assert ex.problem_id not in succeeds, "a problem appears twice in the scripted steps"
+        succeeds[ex.problem_id] = True
   rollout = trainer.setup.rollout
 
   def scripted_rollout(params, examples, ratios, rng, **kwargs):
     groups = rollout(params, examples, ratios, rng, **kwargs)
     outcome = np.asarray([succeeds[ex.problem_id] for ex in examples], np.float32)[:, None]
+    if refills:  # signal: the first sample of the group right, the others wrong
+      outcome = outcome * (np.arange(groups.accuracy.shape[1]) == 0)
     groups.accuracy[:] = outcome
     groups.rewards[:] = outcome
     return groups

@@ -88,3 +88,28 @@ def test_disagreeing_hosts_finish_and_match_one_process(tmp_path):
     assert rb["retried_groups"] == 2 and rb["retries"] == 2 * 3 and rb["accuracy_mean"] == 0.5
     for key in SCRIPTED_EQUAL:
       assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (ra["step"], key)
+
+
+@pytest.mark.slow  # about 3 minutes, like the test above
+def test_filter_refills_on_one_host_only(tmp_path):
+  """DAPO refill with hosts that disagree: on each step one host's groups all lack signal and it refills
+  them while the other host has nothing to refill; both still draw every refill batch (equal data
+  positions) and make the same sampler calls.
+
+  A host fills its dropped slots from its own share of the refill batch, a 1-process run from the head
+  of the whole refill batch: the refilled problems (and so the scheduler's table) are the same only when
+  process 0 is the host that refills. The counts below are fixed by the script and equal anyway."""
+  model_dir = make_tiny_policy(str(tmp_path / "policy"))
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  _run(1, one, model_dir, 4, "scripted_filter")
+  _run(2, two, model_dir, 2, "scripted_filter")
+  state = [json.load(open(os.path.join(two, f"scheduler_p{i}.json"))) for i in range(2)]
+  assert state[0] == state[1], "the two hosts' scheduler statistics differ"
+  a, b = _rows(one)[1:], _rows(two)[1:]
+  assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+  for ra, rb in zip(a, b):
+    assert rb["filter_refill_rounds"] == 1 and rb["filter_groups_unfilled"] == 0
+    assert rb["filter_groups_dropped"] == 2 and rb["frac_groups_nonzero_adv"] == 1.0
+    for key in ("accuracy_mean", "reward_mean", "pass_rate", "frac_groups_nonzero_adv", "frac_groups_kept",
+                "frac_groups_difficult", "filter_refill_rounds", "filter_groups_dropped", "filter_groups_checked"):
+      assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (ra["step"], key)

@@ -62,11 +62,12 @@ class StepResult:
 
   ids, levels, ratios: int64 / int / float32 [B], the problem, level and hint ratio of each final group
   (refilled slots hold the replacement problem); rows: int64 [B], its position among the step's problems
-  (as `sample` numbers them: the batch, then the drawn refill batches). groups: the final groups (sample's type). keep: bool [B],
-  the groups to train on (all True unless curriculum.mode=filter: then the groups with signal).
-  retried: bool [B], re-sampled at least once. sampled: every groups object `sample` returned, in call
-  order (what the step generated: retries and refills included). metrics: the scheduler's step metrics,
-  with filter_refill_rounds and filter_groups_unfilled in filter mode (agreed over hosts).
+  (as `sample` numbers them: the batch, then the drawn refill batches). groups: the final groups
+  (sample's type). keep: bool [B], the groups to train on (all True unless curriculum.mode=filter: then
+  the groups with signal). retried: bool [B], re-sampled at least once. sampled: every groups object
+  `sample` returned, in call order (what the step generated: retries and refills included). metrics: the
+  scheduler's step metrics, with filter_refill_rounds and filter_groups_unfilled in filter mode (agreed
+  over hosts).
   """
   ids: np.ndarray
   levels: np.ndarray
@@ -148,12 +149,14 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
       signal = sched.keep_mask(rewards_of(new))
       slots = missing[:int(signal.sum())]
       put_rows(groups, slots, take_rows(new, signal))
-      final_ids[slots], final_levels[slots], final_ratios[slots] = new_ids[:k][signal], new_levels[:k][signal], r[signal]
+      final_ids[slots], final_levels[slots] = new_ids[:k][signal], new_levels[:k][signal]
+      final_ratios[slots] = r[signal]
       final_rows[slots] = offset + np.flatnonzero(signal)
       keep[slots] = True
       offset += new_ids.size
       rounds += 1
-    extra = {"filter_refill_rounds": float(rounds), "filter_groups_unfilled": multihost.agreed_sum((~keep).sum())}
+    extra = {"filter_refill_rounds": float(rounds),
+             "filter_groups_unfilled": float(multihost.agreed_sum(int((~keep).sum())))}
     upd_ids, upd_ratios, upd_acc, upd_levels = (np.concatenate(x) for x in zip(*seen))
   else:
     upd_ids, upd_ratios, upd_acc, upd_levels = final_ids, final_ratios, accuracy_of(groups), final_levels

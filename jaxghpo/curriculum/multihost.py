@@ -67,9 +67,9 @@ def agreed_max(value: int) -> int:
   return int(np.asarray(multihost_utils.process_allgather(np.array([int(value)], np.int32))).max())
 
 
-def agreed_sum(value: float) -> float:
-  """The sum of `value` over all JAX processes (a collective, like agreed_max)."""
+def agreed_sum(value: int) -> int:
+  """The sum of the count `value` over all JAX processes (a collective, like agreed_max; int32 per host)."""
   if process_count() == 1:
-    return float(value)
+    return int(value)
   from jax.experimental import multihost_utils
-  return float(np.asarray(multihost_utils.process_allgather(np.array([float(value)], np.float32))).sum())
+  return int(np.asarray(multihost_utils.process_allgather(np.array([int(value)], np.int32))).astype(np.int64).sum())
