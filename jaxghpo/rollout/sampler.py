@@ -20,6 +20,7 @@ Outputs (:class:`SampleOutput`):
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 from typing import Sequence
 
@@ -189,8 +190,11 @@ class Sampler:
     # Prefill: the prompts' own cache [B, P], computed once per prompt.
     positions_BxP = models.positions_from_valid(prompt_valid_BxP)
     small = models.KVCache.zeros(cfg, B, P, self.cache_dtype)
-    logits_BxPxV, small = model(prompt_ids_BxP, positions_BxP, models.causal_mask(prompt_valid_BxP),
-                                cache=small, cache_pos=0)
+    # The prompts attend among themselves through models.attention (cfg.attention); splash runs per
+    # device under the mesh (shard_map), so it needs the mesh in context.
+    with _mesh_context(self.mesh if cfg.attention == "splash" else None):
+      logits_BxPxV, small = model(prompt_ids_BxP, positions_BxP, cache=small, cache_pos=0,
+                                  segment_ids_BxT=models.padding_segments(prompt_valid_BxP))
 
     def rows(x):  # [B, ...] -> [R, ...], prompt-major
       return jnp.repeat(x, G, axis=0) if G > 1 else x
@@ -328,6 +332,11 @@ class Sampler:
     if self._cache is None:
       self._cache = jax.jit(self._empty_cache)()
     return args, {"cache": self._cache}
+
+
+def _mesh_context(mesh):
+  """The mesh as the abstract mesh of the traced code (a no-op context for None)."""
+  return contextlib.nullcontext() if mesh is None else jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
 _SAMPLERS: "collections.OrderedDict[tuple, Sampler]" = collections.OrderedDict()
