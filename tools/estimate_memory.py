@@ -71,13 +71,14 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from jaxghpo import models, parallel, rl  # noqa: E402
+from jaxghpo.rl import losses as rl_losses  # noqa: E402
 
 # Live copies per element, fitted to XLA's buffer assignment on CPU (see the module docstring).
 K_SCORES = 2.75     # float32 [b, H, T, T]: scores, probabilities, masked/transposed copies
 K_MLP = 6.5         # [b, T, F] in compute dtype: gate, up, silu, product and their backward temporaries
 K_HIDDEN = 4.0      # float32 [b, T, D]: residual stream, norm inputs and outputs
 K_QKV = 2.5         # [b, T, (H + 2 KV) hd] in compute dtype: rotated q and k, v, attention output
-K_LOGITS = 2.0      # float32 [b, T, V] and [b, N, V]: values and gradients
+K_LOGITS = 4.0      # float32 [b, C, V] logits of one block of C response positions: values, softmax, gradients
 K_PREFILL_SCORES = 1.5  # float32 prefill scores [B, H, P, P] of one layer
 
 GB = 1e9
@@ -185,23 +186,40 @@ def layer_param_count(model_cfg: models.ModelConfig) -> int:
 
 
 def train_activation_parts(model_cfg: models.ModelConfig, rows: int, prompt_len: int, new_tokens: int,
-                           mesh_shape) -> dict:
-  """The train step's activation terms (bytes per device) for `rows` rows of one micro-batch on one device."""
+                           mesh_shape, logprob_chunk_tokens: int = 0, global_rows: int | None = None) -> dict:
+  """The train step's activation terms (bytes per device) for `rows` rows of one micro-batch on one device.
+
+  model_cfg.attention: "xla" materialises [H, T, T] float32 scores; "splash"/"cudnn" (flash) do not.
+  model_cfg.remat: "none" keeps every layer's activations for the backward pass; "dots_saveable" keeps
+  the weight matmuls' outputs of every layer and one layer's rest; "full" keeps each layer's input and
+  one layer's activations (recomputed in the backward pass, one layer at a time).
+  logprob_chunk_tokens / global_rows: the LM head runs on blocks of chunk / global_rows positions of the
+  response (rl.token_logprobs), all N at once when 0.
+  """
   d, f, t = mesh_shape
   b, T, N = rows, prompt_len + new_tokens, new_tokens
   c = np.dtype(model_cfg.compute_dtype).itemsize
   H, KV, F, V = _local_dims(model_cfg, t)
   L, D, hd = model_cfg.num_layers, model_cfg.hidden_size, model_cfg.head_dim
   probs_copy = c if c != 4 else 0
-  parts = {
-      "attention": L * b * H * T * T * (K_SCORES * 4 + probs_copy),
-      "mlp": L * b * T * F * K_MLP * c,
-      "hidden": L * b * T * D * K_HIDDEN * 4,
-      "qkv": L * b * T * (H + 2 * KV) * hd * K_QKV * c,
-      "logits": b * V * 4 * K_LOGITS * (T + N),
+  fused = model_cfg.attention in ("splash", "cudnn")
+  per_layer = {
+      "attention": 0 if fused else b * H * T * T * (K_SCORES * 4 + probs_copy),
+      "mlp": b * T * F * K_MLP * c,
+      "hidden": b * T * D * K_HIDDEN * 4,
+      "qkv": b * T * (H + 2 * KV) * hd * K_QKV * c,
   }
+  remat = model_cfg.remat
+  layers_live = L if remat == "none" else 1  # layers whose whole activations are live at once
+  parts = {k: layers_live * v for k, v in per_layer.items()}
+  if remat == "full":
+    parts["saved block inputs"] = L * b * T * D * c
+  elif remat == "dots_saveable":  # q, k, v, o, gate, up, down outputs of every layer
+    parts["saved matmul outputs"] = L * b * T * ((H + 2 * KV) * hd + 2 * F + 2 * D) * c
+  cols = rl_losses.chunk_columns(global_rows or b, N, logprob_chunk_tokens)
+  parts["logits"] = b * cols * V * 4 * K_LOGITS
   if f > 1:
-    parts["gathered weights"] = L * layer_param_count(model_cfg) / t * c
+    parts["gathered weights"] = (L if remat == "none" else 2) * layer_param_count(model_cfg) / t * c
   return {k: int(v) for k, v in parts.items()}
 
 
@@ -211,9 +229,10 @@ def sampler_activation_parts(model_cfg: models.ModelConfig, prompts: int, prompt
   B = _rows_per_device(prompts, d * f)
   H, KV, F, V = _local_dims(model_cfg, t)
   c = np.dtype(model_cfg.compute_dtype).itemsize
+  fused = model_cfg.attention in ("splash", "cudnn")
   parts = {
-      "prefill logits": B * prompt_len * V * 4,
-      "prefill scores": B * H * prompt_len * prompt_len * 4 * K_PREFILL_SCORES,
+      "prefill logits": B * V * 4,  # the last position's only
+      "prefill scores": 0 if fused else B * H * prompt_len * prompt_len * 4 * K_PREFILL_SCORES,
       "prompt cache": 2 * model_cfg.num_layers * B * prompt_len * KV * model_cfg.head_dim * c,
   }
   if f > 1:
@@ -241,9 +260,15 @@ def resolve_mesh_shape(config, mesh=None, num_devices: int | None = None) -> tup
   return parallel.validate_mesh_shape(shape, math.prod(shape))
 
 
+def run_model_config(config, model_cfg: models.ModelConfig) -> models.ModelConfig:
+  """`model_cfg` as the trainer runs it: config.model's dtypes, attention and remat."""
+  return model_cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                           attention=config.model.get("attention", "xla"), remat=config.model.get("remat", "none"))
+
+
 def estimate(config, model_cfg: models.ModelConfig, mesh_shape) -> MemoryEstimate:
   """Per-device memory of `config` with `model_cfg` (dtypes as the trainer loads it) on `mesh_shape`."""
-  model_cfg = model_cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+  model_cfg = run_model_config(config, model_cfg)
   mesh_shape = tuple(int(x) for x in mesh_shape)
   d, f, t = mesh_shape
   rl_cfg = rl.resolve_config(config.rl)
@@ -259,7 +284,8 @@ def estimate(config, model_cfg: models.ModelConfig, mesh_shape) -> MemoryEstimat
   optimizer = optimizer_bytes_per_device(model_cfg, rl_cfg, mesh_shape,
                                          int(config.num_steps) * int(rl_cfg.ppo_epochs))
   gradients = params * (2 if M > 1 else 1)
-  train_parts = train_activation_parts(model_cfg, b, prompt_len, new_tokens, mesh_shape)
+  train_parts = train_activation_parts(model_cfg, b, prompt_len, new_tokens, mesh_shape,
+                                       int(rl_cfg.logprob_chunk_tokens), P * G // M)
 
   best = None
   for sizes in _sampler_sizes(config):

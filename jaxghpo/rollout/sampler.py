@@ -193,8 +193,9 @@ class Sampler:
     # The prompts attend among themselves through models.attention (cfg.attention); splash runs per
     # device under the mesh (shard_map), so it needs the mesh in context.
     with _mesh_context(self.mesh if cfg.attention == "splash" else None):
-      logits_BxPxV, small = model(prompt_ids_BxP, positions_BxP, cache=small, cache_pos=0,
-                                  segment_ids_BxT=models.padding_segments(prompt_valid_BxP))
+      hidden_BxPxD, small = model.hidden_states(prompt_ids_BxP, positions_BxP, cache=small, cache_pos=0,
+                                                segment_ids_BxT=models.padding_segments(prompt_valid_BxP))
+    logits_BxV = model.project(hidden_BxPxD[:, -1])  # only the last position's logits are used
 
     def rows(x):  # [B, ...] -> [R, ...], prompt-major
       return jnp.repeat(x, G, axis=0) if G > 1 else x
@@ -211,7 +212,7 @@ class Sampler:
 
     cache = self._map_cache(grow, small) if cache is None else self._map_cache(grow, small, cache)
 
-    logits_RxV = self._constrain(rows(logits_BxPxV[:, -1]), ("batch", "vocab"))
+    logits_RxV = self._constrain(rows(logits_BxV), ("batch", "vocab"))
     prompt_len_R = rows(jnp.sum(prompt_valid_BxP, axis=1, dtype=jnp.int32))
     prompt_valid_RxP = rows(prompt_valid_BxP)
     done_R = ~rows(active_B)
