@@ -92,11 +92,8 @@ class Transformer(nnx.Module):
     new_k, new_v = [], []
     policy = remat_policy(cfg.remat)
     if cache is None and policy is not None:
-      def run(block, x):
-        return block(x, positions_BxT, mask_BxTxS, inv_freq, segment_ids=segment_ids_BxT)[0]
-      run = nnx.remat(run, policy=policy, prevent_cse=True)
       for block in self.layers:
-        x = constrain_batch(run(block, x))
+        x = constrain_batch(remat_block(block, policy, x, positions_BxT, mask_BxTxS, inv_freq, segment_ids_BxT))
       return self.norm(x), None
     for i, block in enumerate(self.layers):
       kv = None if cache is None else (cache.k[i], cache.v[i])
@@ -115,6 +112,38 @@ class Transformer(nnx.Module):
   def project(self, x_BxTxD):
     """float32 logits [B, T, V] of hidden states."""
     return matmul_2d(x_BxTxD, self.head()).astype(jnp.float32)
+
+
+def remat_block(block, policy, x, positions, mask, inv_freq, segment_ids):
+  """block(x, ...)'s output under jax.checkpoint(policy), recomputed in the backward pass only once the
+  output's cotangent exists.
+
+  The backward pass calls the checkpointed vjp after an optimization barrier that ties its saved
+  residuals to the incoming cotangent, so no scheduler can run a layer's recomputation before the
+  layers above it are done. Without the tie XLA:CPU schedules every layer's recomputation early and
+  keeps them all live (measured: 8-layer temporaries as large as without remat); TPU's scheduler is
+  memory-aware either way. Params and x get gradients; positions, masks and segment ids are constants.
+  """
+  graphdef, state = nnx.split(block)
+
+  def run(state, x, positions, mask, inv_freq, segment_ids):
+    return nnx.merge(graphdef, state)(x, positions, mask, inv_freq, segment_ids=segment_ids)[0]
+
+  checkpointed = jax.checkpoint(run, policy=policy, prevent_cse=True)
+
+  @jax.custom_vjp
+  def call(state, x, positions, mask, inv_freq, segment_ids):
+    return checkpointed(state, x, positions, mask, inv_freq, segment_ids)
+
+  def forward(*args):
+    return jax.vjp(checkpointed, *args)
+
+  def backward(vjp, g):
+    vjp, g = jax.lax.optimization_barrier((vjp, g))
+    return vjp(g)
+
+  call.defvjp(forward, backward)
+  return call(state, x, positions, mask, inv_freq, segment_ids)
 
 
 def remat_policy(name: str):
