@@ -2,6 +2,16 @@
 
     python tools/estimate_memory.py --config=configs/qwen25_math_7b_ghpo.py [--mesh=1,8,4]
         [--model_config=PATH/config.json | HF_DIR | builtin:NAME] [--num_devices=N] [--config.a.b=value ...]
+        [--compile]
+
+--compile also compiles (never runs) the trainer's sampler and train step for the config on fake CPU
+devices of the mesh's size (abstract params and optimizer state with their shardings: no weights are
+allocated), prints XLA's per-device memory (compiled.memory_analysis(): arguments + outputs not aliased +
+temporaries) next to the estimate, and ends with one JSON line for the train step:
+{"compiled_bytes_per_device", "hbm_bytes_per_device", "sequences_per_device_per_microbatch",
+"tokens_per_sequence"}. It sets the device count and XLA:CPU's sequential scheduler (CPU_COMPILE_FLAGS)
+before jax's backend starts. Splash attention compiles in Pallas interpret mode. The 7B config takes
+about 18 minutes on 2 cores.
 
 The model's shape comes from --model_config, else from the config file's module-level MODEL_SHAPE (the
 real-model configs carry one, so no weights are needed), else from config.model.path's config.json.
@@ -13,7 +23,12 @@ What is counted, per device, in bytes (d, f, t: the mesh's data, fsdp and tensor
   gradients   params-sized, x2 with config.rl.micro_batches > 1 (the scan's accumulator and the
               micro-batch's gradients are both live).
   train activations, for b = P*G / (d*f) / micro_batches rows of T = max_prompt_len + max_new_tokens
-              tokens per device (no rematerialisation, so every layer's residuals are live at once):
+              tokens per device. With config.model.remat = "none" every layer's terms below are live at
+              once; with "full" one layer's plus every layer's block input (b T D c); with
+              "dots_saveable" one layer's plus every layer's weight-matmul outputs. With
+              config.model.attention = "splash" or "cudnn" (flash) the attention term is 0. The logits
+              term is one block of rl.logprob_chunk_tokens / (global micro-batch rows) response positions
+              (K_LOGITS copies). The terms, as first fitted without remat:
                 attention   L * b * H_t * T^2 * (K_SCORES * 4 + c')   float32 scores and softmax
                             (this implementation materialises them) + a compute-dtype copy of the
                             probabilities (c' = compute bytes, 0 when computing in float32)
