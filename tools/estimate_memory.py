@@ -11,7 +11,7 @@ temporaries) next to the estimate, and ends with one JSON line for the train ste
 {"compiled_bytes_per_device", "hbm_bytes_per_device", "sequences_per_device_per_microbatch",
 "tokens_per_sequence"}. It sets the device count and XLA:CPU's sequential scheduler (CPU_COMPILE_FLAGS)
 before jax's backend starts. Splash attention compiles in Pallas interpret mode. The 7B config takes
-about 18 minutes on 2 cores.
+3 to 18 minutes on 2 cores, with the load.
 
 The model's shape comes from --model_config, else from the config file's module-level MODEL_SHAPE (the
 real-model configs carry one, so no weights are needed), else from config.model.path's config.json.
