@@ -45,8 +45,8 @@ Memory per device (python tools/estimate_memory.py --config=configs/qwen25_math_
     peak (max of the two)                                      42.04 GB of 95 GB per device (44%)
 
 Compiled (not run) on 32 fake CPU devices with `--compile` (splash in Pallas interpret mode, XLA:CPU's
-sequential scheduler; 3 to 18 minutes on 2 cores, with the load): train step 69.04 GB per device (2.86 GB of arguments,
-66.17 GB of temporaries), 73% of a v5p chip; sampler 5.98 GB. The compiled number is above the estimate:
+sequential scheduler; 3 to 18 minutes on 2 cores, with the load): train step 69.04 GB per device
+(2.86 GB of arguments, 66.17 GB of temporaries), 73% of a v5p chip; sampler 5.98 GB. The compiled number is above the estimate:
 XLA:CPU's scheduler keeps several layers' recomputed activations live when the optimizer reads the
 gradients (measured on small models; not on TPU, whose scheduler is memory-aware), so read it as an upper
 bound. Before these changes (xla attention, no remat, full-vocabulary logits) the same slice held only
