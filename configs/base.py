@@ -27,6 +27,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"        # compute dtype
   c.model.param_dtype = "float32"  # storage dtype of the trained parameters
   c.model.tokenizer = ""           # default: the model directory
+  # Self-attention of the train forward and the sampler's prefill (models.attention): "xla" (any
+  # backend; materialises [heads, T, T] float32 scores), "cudnn" (GPU flash attention), "splash" (TPU
+  # Pallas kernel, per device over the mesh; interpreted on CPU). Decode steps use the KV-cache path.
+  c.model.attention = "xla"
+  # Rematerialisation of each block in the backward pass: "none" | "dots_saveable" (keep the weight
+  # matmuls' outputs, recompute the rest) | "full" (keep each block's input only).
+  c.model.remat = "none"
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices

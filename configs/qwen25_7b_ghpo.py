@@ -5,7 +5,7 @@ only the model differs. Qwen2.5-7B has the same shapes as Qwen2.5-Math-7B (RoPE 
 131072-token window instead of 10000 and 4096), so the per-device memory is the same:
 
     python tools/estimate_memory.py --config=configs/qwen25_7b_ghpo.py
-    peak (max of the two)                                      66.94 GB of 95 GB per device (70%)
+    peak (max of the two)                                      42.04 GB of 95 GB per device (44%)
 
 Run (the workdir may be a gs:// URL, as in the math config):
 

@@ -84,7 +84,9 @@ def load_policy(config, mesh):
   path = resolve_model_path(config.model.path)
   with jax.set_mesh(mesh):
     model, cfg = models.from_pretrained(path, dtype=jnp.dtype(config.model.dtype),
-                                        param_dtype=jnp.dtype(config.model.param_dtype), mesh=mesh)
+                                        param_dtype=jnp.dtype(config.model.param_dtype), mesh=mesh,
+                                        attention=config.model.get("attention", "xla"),
+                                        remat=config.model.get("remat", "none"))
   tokenizer = tok_lib.load(config.model.tokenizer or path)
   return model, cfg, tokenizer
 

@@ -169,3 +169,24 @@ def test_mesh_with_minus_one_needs_a_device_count():
   with pytest.raises(ValueError, match="num_devices"):
     em.resolve_mesh_shape(config)
   assert em.resolve_mesh_shape(config, num_devices=8) == (1, 8, 1)
+
+
+def test_compile_tool_ends_with_the_contract_line():
+  """`estimate_memory.py --compile` (the contract the 7B config is checked by, on a small config): it compiles
+  the sampler and the train step on fake devices of the mesh's size and ends with one JSON line."""
+  import json
+  import subprocess
+  args = ["--config=configs/smoke.py", "--mesh=1,2,2"]
+  out = subprocess.run([sys.executable, "tools/estimate_memory.py", *args, "--compile"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-3000:]
+  last = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(last) == {"compiled_bytes_per_device", "hbm_bytes_per_device", "sequences_per_device_per_microbatch",
+                       "tokens_per_sequence"}
+  config = em.load_config_module(os.path.join(ROOT, "configs/smoke.py")).get_config()
+  est = em.estimate(config, em.resolve_model_config(config), (1, 2, 2))
+  assert last["sequences_per_device_per_microbatch"] == est.train_rows_per_device
+  assert last["tokens_per_sequence"] == config.rollout.max_prompt_len + config.rollout.max_new_tokens
+  assert last["hbm_bytes_per_device"] is None  # smoke.py names no chip
+  assert 0.5 < est.train_total / last["compiled_bytes_per_device"] < 1.5, (est.train_total, last)
+  assert "compiled sampler:" in out.stdout and "compiled train step:" in out.stdout

@@ -2,6 +2,16 @@
 
     python tools/estimate_memory.py --config=configs/qwen25_math_7b_ghpo.py [--mesh=1,8,4]
         [--model_config=PATH/config.json | HF_DIR | builtin:NAME] [--num_devices=N] [--config.a.b=value ...]
+        [--compile]
+
+--compile also compiles (never runs) the trainer's sampler and train step for the config on fake CPU
+devices of the mesh's size (abstract params and optimizer state with their shardings: no weights are
+allocated), prints XLA's per-device memory (compiled.memory_analysis(): arguments + outputs not aliased +
+temporaries) next to the estimate, and ends with one JSON line for the train step:
+{"compiled_bytes_per_device", "hbm_bytes_per_device", "sequences_per_device_per_microbatch",
+"tokens_per_sequence"}. It sets the device count and XLA:CPU's sequential scheduler (CPU_COMPILE_FLAGS)
+before jax's backend starts. Splash attention compiles in Pallas interpret mode. The 7B config takes
+3 to 18 minutes on 2 cores, with the load.
 
 The model's shape comes from --model_config, else from the config file's module-level MODEL_SHAPE (the
 real-model configs carry one, so no weights are needed), else from config.model.path's config.json.
@@ -13,7 +23,12 @@ What is counted, per device, in bytes (d, f, t: the mesh's data, fsdp and tensor
   gradients   params-sized, x2 with config.rl.micro_batches > 1 (the scan's accumulator and the
               micro-batch's gradients are both live).
   train activations, for b = P*G / (d*f) / micro_batches rows of T = max_prompt_len + max_new_tokens
-              tokens per device (no rematerialisation, so every layer's residuals are live at once):
+              tokens per device. With config.model.remat = "none" every layer's terms below are live at
+              once; with "full" one layer's plus every layer's block input (b T D c); with
+              "dots_saveable" one layer's plus every layer's weight-matmul outputs. With
+              config.model.attention = "splash" or "cudnn" (flash) the attention term is 0. The logits
+              term is one block of rl.logprob_chunk_tokens / (global micro-batch rows) response positions
+              (K_LOGITS copies). The terms, as first fitted without remat:
                 attention   L * b * H_t * T^2 * (K_SCORES * 4 + c')   float32 scores and softmax
                             (this implementation materialises them) + a compute-dtype copy of the
                             probabilities (c' = compute bytes, 0 when computing in float32)
@@ -61,6 +76,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -71,13 +87,14 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from jaxghpo import models, parallel, rl  # noqa: E402
+from jaxghpo.rl import losses as rl_losses  # noqa: E402
 
 # Live copies per element, fitted to XLA's buffer assignment on CPU (see the module docstring).
 K_SCORES = 2.75     # float32 [b, H, T, T]: scores, probabilities, masked/transposed copies
 K_MLP = 6.5         # [b, T, F] in compute dtype: gate, up, silu, product and their backward temporaries
 K_HIDDEN = 4.0      # float32 [b, T, D]: residual stream, norm inputs and outputs
 K_QKV = 2.5         # [b, T, (H + 2 KV) hd] in compute dtype: rotated q and k, v, attention output
-K_LOGITS = 2.0      # float32 [b, T, V] and [b, N, V]: values and gradients
+K_LOGITS = 4.0      # float32 [b, C, V] logits of one block of C response positions: values, softmax, gradients
 K_PREFILL_SCORES = 1.5  # float32 prefill scores [B, H, P, P] of one layer
 
 GB = 1e9
@@ -185,23 +202,40 @@ def layer_param_count(model_cfg: models.ModelConfig) -> int:
 
 
 def train_activation_parts(model_cfg: models.ModelConfig, rows: int, prompt_len: int, new_tokens: int,
-                           mesh_shape) -> dict:
-  """The train step's activation terms (bytes per device) for `rows` rows of one micro-batch on one device."""
+                           mesh_shape, logprob_chunk_tokens: int = 0, global_rows: int | None = None) -> dict:
+  """The train step's activation terms (bytes per device) for `rows` rows of one micro-batch on one device.
+
+  model_cfg.attention: "xla" materialises [H, T, T] float32 scores; "splash"/"cudnn" (flash) do not.
+  model_cfg.remat: "none" keeps every layer's activations for the backward pass; "dots_saveable" keeps
+  the weight matmuls' outputs of every layer and one layer's rest; "full" keeps each layer's input and
+  one layer's activations (recomputed in the backward pass, one layer at a time).
+  logprob_chunk_tokens / global_rows: the LM head runs on blocks of chunk / global_rows positions of the
+  response (rl.token_logprobs), all N at once when 0.
+  """
   d, f, t = mesh_shape
   b, T, N = rows, prompt_len + new_tokens, new_tokens
   c = np.dtype(model_cfg.compute_dtype).itemsize
   H, KV, F, V = _local_dims(model_cfg, t)
   L, D, hd = model_cfg.num_layers, model_cfg.hidden_size, model_cfg.head_dim
   probs_copy = c if c != 4 else 0
-  parts = {
-      "attention": L * b * H * T * T * (K_SCORES * 4 + probs_copy),
-      "mlp": L * b * T * F * K_MLP * c,
-      "hidden": L * b * T * D * K_HIDDEN * 4,
-      "qkv": L * b * T * (H + 2 * KV) * hd * K_QKV * c,
-      "logits": b * V * 4 * K_LOGITS * (T + N),
+  fused = model_cfg.attention in ("splash", "cudnn")
+  per_layer = {
+      "attention": 0 if fused else b * H * T * T * (K_SCORES * 4 + probs_copy),
+      "mlp": b * T * F * K_MLP * c,
+      "hidden": b * T * D * K_HIDDEN * 4,
+      "qkv": b * T * (H + 2 * KV) * hd * K_QKV * c,
   }
+  remat = model_cfg.remat
+  layers_live = L if remat == "none" else 1  # layers whose whole activations are live at once
+  parts = {k: layers_live * v for k, v in per_layer.items()}
+  if remat == "full":
+    parts["saved block inputs"] = L * b * T * D * c
+  elif remat == "dots_saveable":  # q, k, v, o, gate, up, down outputs of every layer
+    parts["saved matmul outputs"] = L * b * T * ((H + 2 * KV) * hd + 2 * F + 2 * D) * c
+  cols = rl_losses.chunk_columns(global_rows or b, N, logprob_chunk_tokens)
+  parts["logits"] = b * cols * V * 4 * K_LOGITS
   if f > 1:
-    parts["gathered weights"] = L * layer_param_count(model_cfg) / t * c
+    parts["gathered weights"] = (L if remat == "none" else 2) * layer_param_count(model_cfg) / t * c
   return {k: int(v) for k, v in parts.items()}
 
 
@@ -211,9 +245,10 @@ def sampler_activation_parts(model_cfg: models.ModelConfig, prompts: int, prompt
   B = _rows_per_device(prompts, d * f)
   H, KV, F, V = _local_dims(model_cfg, t)
   c = np.dtype(model_cfg.compute_dtype).itemsize
+  fused = model_cfg.attention in ("splash", "cudnn")
   parts = {
-      "prefill logits": B * prompt_len * V * 4,
-      "prefill scores": B * H * prompt_len * prompt_len * 4 * K_PREFILL_SCORES,
+      "prefill logits": B * V * 4,  # the last position's only
+      "prefill scores": 0 if fused else B * H * prompt_len * prompt_len * 4 * K_PREFILL_SCORES,
       "prompt cache": 2 * model_cfg.num_layers * B * prompt_len * KV * model_cfg.head_dim * c,
   }
   if f > 1:
@@ -241,9 +276,15 @@ def resolve_mesh_shape(config, mesh=None, num_devices: int | None = None) -> tup
   return parallel.validate_mesh_shape(shape, math.prod(shape))
 
 
+def run_model_config(config, model_cfg: models.ModelConfig) -> models.ModelConfig:
+  """`model_cfg` as the trainer runs it: config.model's dtypes, attention and remat."""
+  return model_cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                           attention=config.model.get("attention", "xla"), remat=config.model.get("remat", "none"))
+
+
 def estimate(config, model_cfg: models.ModelConfig, mesh_shape) -> MemoryEstimate:
   """Per-device memory of `config` with `model_cfg` (dtypes as the trainer loads it) on `mesh_shape`."""
-  model_cfg = model_cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+  model_cfg = run_model_config(config, model_cfg)
   mesh_shape = tuple(int(x) for x in mesh_shape)
   d, f, t = mesh_shape
   rl_cfg = rl.resolve_config(config.rl)
@@ -259,7 +300,8 @@ def estimate(config, model_cfg: models.ModelConfig, mesh_shape) -> MemoryEstimat
   optimizer = optimizer_bytes_per_device(model_cfg, rl_cfg, mesh_shape,
                                          int(config.num_steps) * int(rl_cfg.ppo_epochs))
   gradients = params * (2 if M > 1 else 1)
-  train_parts = train_activation_parts(model_cfg, b, prompt_len, new_tokens, mesh_shape)
+  train_parts = train_activation_parts(model_cfg, b, prompt_len, new_tokens, mesh_shape,
+                                       int(rl_cfg.logprob_chunk_tokens), P * G // M)
 
   best = None
   for sizes in _sampler_sizes(config):
@@ -311,6 +353,95 @@ def format_report(est: MemoryEstimate, config, model_cfg: models.ModelConfig, hb
   return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------ compiled
+# XLA:CPU's default scheduler orders for concurrency and keeps rematerialised buffers live across
+# layers; the sequential memory-minimising schedule is the one comparable to a TPU's (measured on an
+# 8-layer model with full remat: 151 MB of temporaries with the default, 26 MB without it).
+CPU_COMPILE_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+
+
+def set_cpu_devices(count: int) -> None:
+  """Fake CPU devices for compiling at a mesh's size; call before jax's backend starts (first device use)."""
+  flags_ = [f for f in os.environ.get("XLA_FLAGS", "").split()
+            if not f.startswith("--xla_force_host_platform_device_count")
+            and f.split("=")[0] not in {x.split("=")[0] for x in CPU_COMPILE_FLAGS}]
+  os.environ["XLA_FLAGS"] = " ".join([*flags_, f"--xla_force_host_platform_device_count={count}",
+                                      *CPU_COMPILE_FLAGS])
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+@dataclasses.dataclass
+class CompiledMemory:
+  """XLA's memory_analysis() of one compiled program, bytes per device."""
+  arguments: int
+  outputs: int
+  aliased: int
+  temporaries: int
+
+  @property
+  def total(self) -> int:
+    """Arguments + outputs not aliased to (donated) arguments + temporaries: the program's peak."""
+    return self.arguments + self.outputs - self.aliased + self.temporaries
+
+  @classmethod
+  def of(cls, compiled) -> "CompiledMemory":
+    m = compiled.memory_analysis()
+    return cls(int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.alias_size_in_bytes),
+               int(m.temp_size_in_bytes))
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shardings, tree)
+
+
+def compile_train_step(config, model_cfg: models.ModelConfig, mesh_shape, compiler_options=None) -> CompiledMemory:
+  """Compiles (never runs) the trainer's train step for `config` on fake devices: abstract params and
+  optimizer state with their shardings, the full batch of P*G rows; returns XLA's per-device memory."""
+  model_cfg = run_model_config(config, model_cfg)
+  mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:math.prod(mesh_shape)])
+  graphdef, state = nnx.split(models.abstract_model(model_cfg))
+  shardings = parallel.param_shardings(state, mesh)
+  params = _abstract(state, shardings)
+  rl_cfg = rl.resolve_config(config.rl)
+  optimizer = rl.make_optimizer(rl_cfg, max(int(config.num_steps) * int(rl_cfg.ppo_epochs), 1))
+  opt_state = _abstract(jax.eval_shape(optimizer.init, params),
+                        rl.optimizer_shardings(optimizer, params, shardings, mesh))
+  rows = int(config.data.prompts_per_step) * int(config.rollout.group_size)
+  P, N = int(config.rollout.max_prompt_len), int(config.rollout.max_new_tokens)
+  arr = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
+  batch = rl.RLBatch(tokens=arr((rows, P + N), np.int32), segment_ids=arr((rows, P + N), np.int32),
+                     advantages=arr((rows,), np.float32), old_logp=arr((rows, P + N), np.float32),
+                     ref_logp=arr((rows, P + N), np.float32) if rl_cfg.kl_coef != 0 else None, prompt_len=P)
+  step = rl.make_train_step(graphdef, rl_cfg, mesh, optimizer, shardings, compiler_options=compiler_options)
+  return CompiledMemory.of(step.lower(params, opt_state, batch, jax.random.key(0)).compile())
+
+
+def compile_sampler(config, model_cfg: models.ModelConfig, mesh_shape) -> CompiledMemory:
+  """Compiles the training sampler (P prompts x G samples, the config's prompt and new-token slots)."""
+  from jaxghpo.rollout import Sampler
+  model_cfg = run_model_config(config, model_cfg)
+  mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:math.prod(mesh_shape)])
+  model = models.abstract_model(model_cfg)
+  _, state = nnx.split(model)
+  params = _abstract(state, parallel.param_shardings(state, mesh))
+  P = int(config.data.prompts_per_step)
+  sampler = Sampler(model, batch_size=P, max_prompt_len=int(config.rollout.max_prompt_len),
+                    max_new_tokens=int(config.rollout.max_new_tokens), num_samples=int(config.rollout.group_size),
+                    mesh=mesh)
+  return CompiledMemory.of(sampler.lower(params, [[1]] * P, rng=jax.random.key(0), temperature=1.0).compile())
+
+
+def format_compiled(name: str, measured: CompiledMemory, estimated: int, hbm_bytes: float | None) -> str:
+  unit, scale = ("GB", GB) if max(measured.total, estimated) >= GB else ("MB", 1e6)
+  line = (f"compiled {name}: {measured.total / scale:.2f} {unit} per device (arguments "
+          f"{measured.arguments / scale:.2f}, outputs {measured.outputs / scale:.2f}, aliased "
+          f"{measured.aliased / scale:.2f}, temporaries {measured.temporaries / scale:.2f}); estimated "
+          f"{estimated / scale:.2f} {unit}")
+  if hbm_bytes:
+    line += f"; {100 * measured.total / hbm_bytes:.0f}% of {hbm_bytes / GB:.0f} GB"
+  return line
+
+
 # ------------------------------------------------------------------------------------------- loading
 def load_config_module(path: str):
   """The config file as a module (for its MODEL_SHAPE etc.); `path` may carry ':arg' like config_flags."""
@@ -347,11 +478,31 @@ def main(argv) -> None:
   config = _CONFIG.value
   module = load_config_module(config_flags.get_config_filename(flags.FLAGS["config"]))
   mesh = [int(x) for x in _MESH.value.split(",")] if _MESH.value else None
+  given = tuple(int(x) for x in (mesh if mesh is not None else config.mesh.shape))
+  if _COMPILE.value:  # before the backend starts: as many fake CPU devices as the mesh has
+    if -1 in given and not _NUM_DEVICES.value:
+      raise SystemExit(f"--compile: mesh {given} has a -1 entry; pass --num_devices or --mesh=d,f,t")
+    set_cpu_devices(math.prod(resolve_mesh_shape(config, mesh, _NUM_DEVICES.value)))
   # A -1 in the mesh shape takes the devices this process sees unless --num_devices says otherwise.
-  mesh_shape = resolve_mesh_shape(config, mesh, _NUM_DEVICES.value or jax.device_count())
+  mesh_shape = resolve_mesh_shape(config, mesh, _NUM_DEVICES.value or (jax.device_count() if -1 in given else None))
   model_cfg = resolve_model_config(config, _MODEL_CONFIG.value, module)
   est = estimate(config, model_cfg, mesh_shape)
-  print(format_report(est, config, model_cfg, getattr(module, "HBM_BYTES_PER_CHIP", None)))
+  hbm = getattr(module, "HBM_BYTES_PER_CHIP", None)
+  print(format_report(est, config, model_cfg, hbm), flush=True)
+  if not _COMPILE.value:
+    return
+  if len(jax.devices()) < math.prod(mesh_shape):
+    raise SystemExit(f"--compile: {len(jax.devices())} devices for mesh {mesh_shape}; the backend started before "
+                     "the tool could ask for fake devices")
+  t0 = time.time()
+  sampler = compile_sampler(config, model_cfg, mesh_shape)
+  print(format_compiled("sampler", sampler, est.sampler_total, hbm) + f" [{time.time() - t0:.0f} s]", flush=True)
+  t0 = time.time()
+  train = compile_train_step(config, model_cfg, mesh_shape)
+  print(format_compiled("train step", train, est.train_total, hbm) + f" [{time.time() - t0:.0f} s]", flush=True)
+  print(json.dumps({"compiled_bytes_per_device": train.total, "hbm_bytes_per_device": int(hbm) if hbm else None,
+                    "sequences_per_device_per_microbatch": est.train_rows_per_device,
+                    "tokens_per_sequence": est.seq_len}))
 
 
 if __name__ == "__main__":
@@ -364,5 +515,9 @@ if __name__ == "__main__":
                                       "config file's MODEL_SHAPE, else config.model.path)")
   _NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "devices, to size a -1 entry of the mesh shape "
                                       "(default: the devices this process sees)")
+  _COMPILE = flags.DEFINE_bool("compile", False, "also compile (never run) the sampler and the train step on fake "
+                               "CPU devices of the mesh's size and print XLA's memory per device; the last line is "
+                               "JSON: compiled_bytes_per_device, hbm_bytes_per_device, "
+                               "sequences_per_device_per_microbatch, tokens_per_sequence (of the train step)")
   flags.mark_flags_as_required(["config"])
   app.run(main)

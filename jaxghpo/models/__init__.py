@@ -9,5 +9,7 @@ from jaxghpo.models.transformer import (
     init_model,
     logits,
     logits_padded,
+    padding_segments,
     positions_from_valid,
+    remat_policy,
 )

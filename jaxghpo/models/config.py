@@ -14,6 +14,8 @@ ARCHITECTURES = {
 }
 _ARCH_CLASS_TO_TYPE = {v: k for k, v in ARCHITECTURES.items()}
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash")  # models.attention.IMPLEMENTATIONS
+REMAT_POLICIES = ("none", "dots_saveable", "full")  # transformer.remat_policy
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -26,6 +28,12 @@ class ModelConfig:
   rope_scaling: None or a tuple of (key, value) pairs, e.g. Llama 3's
     (("rope_type", "llama3"), ("factor", 8.0), ...); a tuple keeps the config hashable for jit.
   dtype: compute dtype name; param_dtype: storage dtype name ("float32" | "bfloat16").
+  attention: how self-attention over a call's own tokens is computed (models.attention:
+    "xla" | "cudnn" | "splash"); decode steps over the KV cache always use the plain einsum path.
+  remat: what the backward pass keeps of each block's forward (REMAT_POLICIES): "none" keeps all,
+    "dots_saveable" keeps the outputs of the weight matmuls and recomputes the rest (attention
+    scores, norms, activations), "full" keeps only each block's input.
+  attention and remat are run-time choices: not read from or written to config.json.
   """
   model_type: str
   vocab_size: int
@@ -47,6 +55,8 @@ class ModelConfig:
   pad_token_id: int | None = None
   dtype: str = "float32"
   param_dtype: str = "float32"
+  attention: str = "xla"
+  remat: str = "none"
 
   def __post_init__(self):
     if self.model_type not in ARCHITECTURES:
@@ -57,6 +67,11 @@ class ModelConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r} is not one of {sorted(DTYPES)}")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"attention={self.attention!r} (config.model.attention) is not one of "
+                       f"{ATTENTION_IMPLEMENTATIONS}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r} (config.model.remat) is not one of {REMAT_POLICIES}")
     if self.model_type == "qwen2" and not self.attention_bias:
       # Qwen2's config.json has no attention_bias field: transformers (and from_pretrained) always build
       # q/k/v biases, so such a model could be trained but its export would not load.
@@ -89,7 +104,8 @@ class ModelConfig:
   # ---- Hugging Face config.json ---------------------------------------------------------------
   @classmethod
   def from_hf_dict(cls, hf: dict[str, Any], *, dtype: str | None = None,
-                   param_dtype: str | None = None, source: str = "config.json") -> "ModelConfig":
+                   param_dtype: str | None = None, source: str = "config.json", attention: str = "xla",
+                   remat: str = "none") -> "ModelConfig":
     model_type = hf.get("model_type")
     if model_type is None:
       archs = hf.get("architectures") or []
@@ -148,6 +164,8 @@ class ModelConfig:
         pad_token_id=hf.get("pad_token_id"),
         dtype=dtype or (src_dtype if src_dtype in DTYPES else "float32"),
         param_dtype=param_dtype or dtype or (src_dtype if src_dtype in DTYPES else "float32"),
+        attention=attention,
+        remat=remat,
     )
 
   def to_hf_dict(self) -> dict[str, Any]:

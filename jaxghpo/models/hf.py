@@ -49,14 +49,16 @@ def _np_dtype(dtype) -> np.dtype:
   return np.dtype(jnp.dtype(dtype))
 
 
-def load_config(path: str, *, dtype=None, param_dtype=None) -> ModelConfig:
+def load_config(path: str, *, dtype=None, param_dtype=None, attention: str = "xla",
+                remat: str = "none") -> ModelConfig:
   cfg_path = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_path):
     raise FileNotFoundError(f"{cfg_path} not found: from_pretrained needs a Hugging Face model directory")
   with open(cfg_path) as f:
     hf = json.load(f)
   name = lambda d: None if d is None else (d if isinstance(d, str) else jnp.dtype(d).name)
-  return ModelConfig.from_hf_dict(hf, dtype=name(dtype), param_dtype=name(param_dtype or dtype), source=cfg_path)
+  return ModelConfig.from_hf_dict(hf, dtype=name(dtype), param_dtype=name(param_dtype or dtype), source=cfg_path,
+                                  attention=attention, remat=remat)
 
 
 def _weight_files(path: str) -> list[str]:
@@ -82,13 +84,15 @@ def _current_mesh(mesh):
   return None if ambient.empty else ambient
 
 
-def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh=None, rules=None):
+def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh=None, rules=None,
+                    attention: str = "xla", remat: str = "none"):
   """Loads a Hugging Face decoder directory. Returns (model, cfg).
 
   dtype: compute dtype; param_dtype: storage dtype (default = dtype). Weights are cast on the host slice
   by slice. mesh: where to place the parameters (default: the mesh set with ``jax.set_mesh``, else one device).
+  attention, remat: ModelConfig's run-time choices (config.model.attention / config.model.remat).
   """
-  cfg = load_config(path, dtype=dtype, param_dtype=param_dtype)
+  cfg = load_config(path, dtype=dtype, param_dtype=param_dtype, attention=attention, remat=remat)
   files = [SafetensorsFile(f) for f in _weight_files(path)]
   where: dict[str, SafetensorsFile] = {}
   for f in files:

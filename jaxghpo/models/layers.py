@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxghpo.models import attention as attention_lib
 from jaxghpo.models.config import ModelConfig
 
 _NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -110,14 +111,21 @@ class Attention(nnx.Module):
     else:
       self.q_norm = self.k_norm = None
     self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
+    self.impl = cfg.attention
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, inv_freq, cache_kv=None, cache_pos=None):
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, inv_freq, cache_kv=None, cache_pos=None,
+               segment_ids_BxT=None):
     """Returns (out [B, T, D], (k [B, KV, hd, S], v [B, KV, S, hd]) as stored for this layer).
 
     Without a cache, keys are this call's T tokens (S = T). With ``cache_kv`` = (k, v) in the layout of
-    models.KVCache, this call's keys/values are written at slots [cache_pos, cache_pos + T) and the
-    queries attend over all S slots as ``mask_BxTxS`` allows. Keys and values are kept heads-major, keys
-    transposed ([B, KV, hd, S]), so that neither attention product transposes the cache at each decode step.
+    models.KVCache, this call's keys/values are written at slots [cache_pos, cache_pos + T). Keys and
+    values are kept heads-major, keys transposed ([B, KV, hd, S]), so that neither attention product
+    transposes the cache at each decode step.
+
+    Who attends to whom: with ``segment_ids_BxT`` the queries attend causally to this call's own tokens
+    of their segment through models.attention (the configured implementation; earlier cache slots are
+    not read: a prefill or a training forward); otherwise over all S slots as ``mask_BxTxS`` allows
+    (a decode step over the cache).
     """
     B, T, _ = x_BxTxD.shape
     KV, G, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
@@ -127,12 +135,17 @@ class Attention(nnx.Module):
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     q = apply_rope(q, positions_BxT, inv_freq)
-    k = apply_rope(k, positions_BxT, inv_freq).transpose(0, 2, 3, 1)  # [B, KV, hd, T]
+    k = apply_rope(k, positions_BxT, inv_freq)
+    if segment_ids_BxT is not None:
+      out = attention_lib.attention(q, k, v, segment_ids_BxT, impl=self.impl).reshape(B, T, -1)
+      k, v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)  # the cache layout
+      if cache_kv is not None:
+        k, v = self._write_cache(cache_kv, k, v, cache_pos)
+      return self.o_proj(out), (k, v)
+    k = k.transpose(0, 2, 3, 1)  # [B, KV, hd, T]
     v = v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
     if cache_kv is not None:
-      k_cache, v_cache = cache_kv
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, 0, cache_pos))
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, cache_pos, 0))
+      k, v = self._write_cache(cache_kv, k, v, cache_pos)
     qg = q.reshape(B, T, KV, G, hd).transpose(0, 2, 3, 1, 4).reshape(B, KV, G * T, hd)
     scores = jnp.einsum("bkqd,bkds->bkqs", qg, k.astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd)
     scores = jnp.where(mask_BxTxS[:, None, None], scores.reshape(B, KV, G, T, -1), _NEG_INF)
@@ -140,6 +153,13 @@ class Attention(nnx.Module):
     out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(q.dtype))
     out = out.reshape(B, KV, G, T, hd).transpose(0, 3, 1, 2, 4).reshape(B, T, -1)
     return self.o_proj(out), (k, v)
+
+  @staticmethod
+  def _write_cache(cache_kv, k_BxKVxhdxT, v_BxKVxTxhd, cache_pos):
+    k_cache, v_cache = cache_kv
+    k = jax.lax.dynamic_update_slice(k_cache, k_BxKVxhdxT.astype(k_cache.dtype), (0, 0, 0, cache_pos))
+    v = jax.lax.dynamic_update_slice(v_cache, v_BxKVxTxhd.astype(v_cache.dtype), (0, 0, cache_pos, 0))
+    return k, v
 
 
 class MLP(nnx.Module):
@@ -162,8 +182,8 @@ class Block(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg, rngs)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_pos=None):
-    h, kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, cache_kv, cache_pos)
+  def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_pos=None, segment_ids=None):
+    h, kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, cache_kv, cache_pos, segment_ids)
     x = x + h
     x = x + self.mlp(self.post_attention_layernorm(x))
     return x, kv

@@ -26,6 +26,7 @@ from jaxghpo.rl.losses import (
     policy_loss,
     policy_loss_terms,
     token_entropy,
+    token_logprobs,
     weighted_loss,
 )
 from jaxghpo.rl.train_step import (
@@ -49,5 +50,5 @@ __all__ = [
     "init_opt_state", "kl_penalty", "loss_and_grads", "loss_counts", "make_batch", "make_grad_fn",
     "make_logprob_fn", "make_lr_schedule", "make_optimizer", "make_train_step", "merge_terms",
     "optimizer_shardings", "policy_loss", "policy_loss_terms", "register_estimator", "resolve_config",
-    "sequence_logprobs", "token_entropy", "train_step", "validate_config", "weighted_loss",
+    "sequence_logprobs", "token_entropy", "token_logprobs", "train_step", "validate_config", "weighted_loss",
 ]

@@ -58,6 +58,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.micro_batches = 1
   c.ppo_epochs = 1
   c.recompute_old_logp = False
+  # Logprobs and entropies are computed from the LM head in blocks of about this many tokens of a
+  # micro-batch (rl.token_logprobs; positions per block = logprob_chunk_tokens // rows), so that the
+  # [tokens, vocabulary] float32 logits of a whole micro-batch never exist: one block's logits
+  # (x 4 bytes x vocabulary, divided over the batch shards) are live at a time. 0 = one block.
+  c.logprob_chunk_tokens = 4096
 
   # Optimizer (rl.make_optimizer): AdamW, linear warm-up then cosine decay to
   # learning_rate * end_lr_ratio, gradients clipped by global norm (0 = no clipping).
@@ -126,6 +131,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
          "sampling temperature, e.g. 1.0)")
   if c.micro_batches < 1 or c.ppo_epochs < 1:
     fail(f"micro_batches={c.micro_batches} and ppo_epochs={c.ppo_epochs} must be >= 1")
+  if c.logprob_chunk_tokens < 0:
+    fail(f"logprob_chunk_tokens={c.logprob_chunk_tokens} must be >= 0 (0 = the whole micro-batch at once)")
   if c.lr_schedule not in LR_SCHEDULES:
     fail(f"lr_schedule={c.lr_schedule!r} is not one of {LR_SCHEDULES}")
   if c.learning_rate < 0 or c.warmup_steps < 0 or not 0.0 <= c.end_lr_ratio <= 1.0:

@@ -50,6 +50,50 @@ def token_entropy(logits_BxTxV, temperature: float = 1.0):
   return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
+def _logprob_entropy(hidden_BxCxD, head_DxV, targets_BxC, temperature: float):
+  """logp and entropy [B, C] of one block of positions; the [B, C, V] float32 logits live only here."""
+  from jaxghpo.models.layers import matmul_2d  # the model's own head matmul: the same numbers as its logits
+  z_BxCxV = matmul_2d(hidden_BxCxD, head_DxV).astype(jnp.float32) / temperature
+  lse_BxC = jax.nn.logsumexp(z_BxCxV, axis=-1)
+  target_BxC = jnp.take_along_axis(z_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+  entropy_BxC = lse_BxC - jnp.sum(jax.nn.softmax(z_BxCxV, axis=-1) * z_BxCxV, axis=-1)
+  return target_BxC - lse_BxC, entropy_BxC
+
+
+def chunk_columns(rows: int, length: int, chunk_tokens: int) -> int:
+  """Positions per chunk of `token_logprobs`: chunk_tokens / rows (at least 1), all of them when 0."""
+  if chunk_tokens <= 0:
+    return length
+  return max(1, min(length, chunk_tokens // max(rows, 1)))
+
+
+def token_logprobs(hidden_BxNxD, head_DxV, targets_BxN, temperature: float = 1.0, chunk_tokens: int = 0):
+  """(logp_BxN, entropy_BxN), float32: log_softmax(hidden @ head / temperature) at each target, and the
+  entropy of that distribution, without a [B, N, V] float32 array when chunk_tokens > 0.
+
+  hidden [B, N, D] (final-norm hidden states, compute dtype), head [D, V], targets int [B, N].
+  With chunk_tokens > 0 the N positions are cut into blocks of C = chunk_tokens // B positions (of every
+  row, so a batch-sharded hidden state stays sharded) and a lax.map computes each block's logits,
+  logsumexp, target logit and entropy; the block is rematerialised (jax.checkpoint) in the backward
+  pass, so at most one block's [B, C, V] logits and their gradient are live. Same numbers as the
+  unchunked computation (each row's logits are the same dot products).
+  """
+  B, N, D = hidden_BxNxD.shape
+  C = chunk_columns(B, N, chunk_tokens)
+  if C >= N:
+    return _logprob_entropy(hidden_BxNxD, head_DxV, targets_BxN, temperature)
+  blocks = -(-N // C)
+  extra = blocks * C - N
+  h = jnp.pad(hidden_BxNxD, ((0, 0), (0, extra), (0, 0))) if extra else hidden_BxNxD
+  t = jnp.pad(targets_BxN, ((0, 0), (0, extra))) if extra else targets_BxN
+  h_KxBxCxD = h.reshape(B, blocks, C, D).swapaxes(0, 1)
+  t_KxBxC = t.reshape(B, blocks, C).swapaxes(0, 1)
+  block = jax.checkpoint(lambda ht: _logprob_entropy(ht[0], head_DxV, ht[1], temperature))
+  logp_KxBxC, entropy_KxBxC = jax.lax.map(block, (h_KxBxCxD, t_KxBxC))
+  unblock = lambda x: x.swapaxes(0, 1).reshape(B, blocks * C)[:, :N]
+  return unblock(logp_KxBxC), unblock(entropy_KxBxC)
+
+
 def kl_penalty(logp_BxT, ref_logp_BxT, estimator: str = "k3"):
   """Per-token KL(policy || reference) estimate from the sampled tokens' logprobs.
 

@@ -32,27 +32,33 @@ from flax import nnx
 
 from jaxghpo import models, parallel
 from jaxghpo.rl.batch import PAD, RLBatch
-from jaxghpo.rl.losses import finalize, loss_counts, policy_loss_terms, weighted_loss
+from jaxghpo.rl.losses import finalize, loss_counts, policy_loss_terms, token_logprobs, weighted_loss
 
 
 # ----------------------------------------------------------------------------------------- logprobs
-def sequence_logprobs(model, tokens_BxT, segment_ids_BxT, prompt_len: int, temperature: float):
+def sequence_logprobs(model, tokens_BxT, segment_ids_BxT, prompt_len: int, temperature: float,
+                      chunk_tokens: int = 0):
   """Per-token logprobs and entropies of a padded batch under `model` at `temperature`.
 
   Returns (logp_BxT, entropy_BxT), float32, aligned like RLBatch.old_logp: [:, t] is about token t
   (log_softmax(logits[:, t - 1] / temperature)[tokens[:, t]]; the entropy of that distribution).
-  Only columns t >= max(prompt_len, 1) are computed (the response region); the rest are 0.
+  Only columns t >= max(prompt_len, 1) are computed (the response region); the rest are 0. The LM head
+  runs on the response positions only, in blocks of about chunk_tokens tokens (rl.token_logprobs;
+  config.rl.logprob_chunk_tokens, 0 = all at once), so no [B, T, V] float32 logits exist.
   """
   B, T = tokens_BxT.shape
-  logits_BxTxV = models.logits_padded(model, tokens_BxT, segment_ids_BxT != PAD)
-  start = max(prompt_len - 1, 0)  # logits at `start` predict the first response token
-  z_BxNxV = logits_BxTxV[:, start:T - 1].astype(jnp.float32) / temperature
-  lse_BxN = jax.nn.logsumexp(z_BxNxV, axis=-1)
-  target_BxN = jnp.take_along_axis(z_BxNxV, tokens_BxT[:, start + 1:, None], axis=-1)[..., 0]
-  logp_BxN = target_BxN - lse_BxN
-  entropy_BxN = lse_BxN - jnp.sum(jax.nn.softmax(z_BxNxV, axis=-1) * z_BxNxV, axis=-1)
+  valid_BxT = segment_ids_BxT != PAD
+  hidden_BxTxD, _ = model.hidden_states(tokens_BxT, models.positions_from_valid(valid_BxT),
+                                        segment_ids_BxT=models.padding_segments(valid_BxT))
+  start = max(prompt_len - 1, 0)  # the hidden state at `start` predicts the first response token
+  logp_BxN, entropy_BxN = token_logprobs(hidden_BxTxD[:, start:T - 1], model.head(),
+                                         tokens_BxT[:, start + 1:], temperature, chunk_tokens)
   pad = jnp.zeros((B, start + 1), jnp.float32)
   return jnp.concatenate([pad, logp_BxN], axis=1), jnp.concatenate([pad, entropy_BxN], axis=1)
+
+
+def _chunk_tokens(cfg) -> int:
+  return int(cfg.get("logprob_chunk_tokens", 0))
 
 
 def _split_micro(tree, micro_batches: int):
@@ -79,7 +85,8 @@ def batch_logprobs(graphdef, params, batch: RLBatch, cfg, batch_sharding=None):
 
   def one(mb):
     mb = _constrain(mb, batch_sharding)
-    return sequence_logprobs(model, mb.tokens, mb.segment_ids, batch.prompt_len, cfg.temperature)[0]
+    return sequence_logprobs(model, mb.tokens, mb.segment_ids, batch.prompt_len, cfg.temperature,
+                             _chunk_tokens(cfg))[0]
 
   if cfg.micro_batches == 1:
     return jax.lax.stop_gradient(one(batch))
@@ -91,7 +98,8 @@ def batch_logprobs(graphdef, params, batch: RLBatch, cfg, batch_sharding=None):
 def _micro_loss(params, mb: RLBatch, counts, graphdef, cfg):
   """One micro-batch's contribution to the whole batch's loss (whole-batch denominators)."""
   model = nnx.merge(graphdef, params)
-  logp, entropy = sequence_logprobs(model, mb.tokens, mb.segment_ids, mb.prompt_len, cfg.temperature)
+  logp, entropy = sequence_logprobs(model, mb.tokens, mb.segment_ids, mb.prompt_len, cfg.temperature,
+                                    _chunk_tokens(cfg))
   if cfg.entropy_coef == 0:
     entropy = jax.lax.stop_gradient(entropy)  # a metric only: no backward pass through the softmax
   ref_logp = mb.ref_logp if cfg.kl_coef != 0 else None

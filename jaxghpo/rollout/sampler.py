@@ -22,6 +22,7 @@ Outputs (:class:`SampleOutput`):
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 from typing import Sequence
 
@@ -193,8 +194,12 @@ class Sampler:
     # Prefill: the prompts' own cache [B, Lp], computed once per prompt.
     positions_BxLp = models.positions_from_valid(prompt_valid_BxLp)
     small = models.KVCache.zeros(cfg, B, Lp, self.cache_dtype)
-    logits_BxLpxV, small = model(prompt_ids_BxLp, positions_BxLp, models.causal_mask(prompt_valid_BxLp),
-                                cache=small, cache_pos=0)
+    # The prompts attend among themselves through models.attention (cfg.attention); splash runs per
+    # device under the mesh (shard_map), so it needs the mesh in context.
+    with _mesh_context(self.mesh if cfg.attention == "splash" else None):
+      hidden_BxLpxD, small = model.hidden_states(prompt_ids_BxLp, positions_BxLp, cache=small, cache_pos=0,
+                                                segment_ids_BxT=models.padding_segments(prompt_valid_BxLp))
+    logits_BxV = model.project(hidden_BxLpxD[:, -1])  # only the last position's logits are used
 
     def rows(x):  # [B, ...] -> [R, ...], prompt-major
       return jnp.repeat(x, G, axis=0) if G > 1 else x
@@ -211,7 +216,7 @@ class Sampler:
 
     cache = self._map_cache(grow, small) if cache is None else self._map_cache(grow, small, cache)
 
-    logits_RxV = self._constrain(rows(logits_BxLpxV[:, -1]), ("batch", "vocab"))
+    logits_RxV = self._constrain(rows(logits_BxV), ("batch", "vocab"))
     prompt_len_R = rows(jnp.sum(prompt_valid_BxLp, axis=1, dtype=jnp.int32))
     prompt_valid_RxLp = rows(prompt_valid_BxLp)
     done_R = ~rows(active_B)
@@ -335,6 +340,11 @@ class Sampler:
     if self._cache is None:
       self._cache = jax.jit(self._empty_cache)()
     return (args, {"cache": self._cache}), local
+
+
+def _mesh_context(mesh):
+  """The mesh as the abstract mesh of the traced code (a no-op context for None)."""
+  return contextlib.nullcontext() if mesh is None else jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
 
 
 _SAMPLERS: "collections.OrderedDict[tuple, Sampler]" = collections.OrderedDict()
