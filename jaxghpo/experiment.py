@@ -6,11 +6,13 @@ study) can build the same pieces without training.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxghpo import models, parallel, rewards
 from jaxghpo.data import files as files_lib
@@ -44,7 +46,36 @@ class Problems:
   train: list[Example]
   eval_sets: dict[str, list[Example]]  # name -> problems (e.g. "easy", "hard", "ood")
   extract_answer: object  # completion -> answer string, for the exact-match reward (None: math-verify)
-  load_report: object = None
+  load_report: object = None  # list[files.LoadReport] of `train`, one per source (file or task), in order
+  eval_reports: dict = dataclasses.field(default_factory=dict)  # eval set name -> files.LoadReport
+
+
+def _task_report(name: str, examples) -> files_lib.LoadReport:
+  """A LoadReport for generated problems: every row kept, rows numbered from 1."""
+  n = len(examples)
+  return files_lib.LoadReport(path=name, rows_read=n, loaded=n, example_lines=list(range(1, n + 1)), unit="row")
+
+
+def _drop_duplicates_across_files(train: list, reports: list) -> list:
+  """The same problem text in a later file is dropped and counted there (with a conflict if its answer differs)."""
+  first: dict[str, tuple] = {}  # problem text -> (report, line, answer)
+  out = []
+  start = 0
+  for report in reports:
+    exs = train[start:start + report.loaded]
+    start += report.loaded
+    keep = []
+    for ex, line in zip(exs, report.example_lines):
+      seen = first.get(ex.problem)
+      keep.append(seen is None)
+      if seen is None:
+        first[ex.problem] = (report, line, ex.answer)
+        out.append(ex)
+      elif seen[2] != ex.answer:
+        report.count_conflict(line, f"{seen[0].path}:{seen[1]}", ex.answer, seen[2])
+    if not all(keep):
+      report.drop_loaded(keep, "duplicate")
+  return out
 
 
 def load_problems(config: ml_collections.ConfigDict) -> Problems:
@@ -53,29 +84,42 @@ def load_problems(config: ml_collections.ConfigDict) -> Problems:
     task = get_task(d.task)
     weights = {int(k): float(v) for k, v in d.train_levels.items()}
     train = task.generate("train", int(d.num_train), int(config.seed), levels=weights)
-    eval_sets = {}
+    eval_sets, eval_reports = {}, {}
     for name, split, levels in (("easy", "test", e.easy_levels), ("hard", "test", e.hard_levels),
                                 ("ood", "ood", e.ood_levels)):
       levels = parse_levels(levels)
       if levels:
         eval_sets[name] = task.generate(split, int(e.num_problems) * len(levels), 7919 + int(config.seed),
                                         levels=levels)
-    return Problems(train, eval_sets, task.extract_answer)
+        eval_reports[name] = _task_report(f"task:{d.task}/{name}", eval_sets[name])
+    return Problems(train, eval_sets, task.extract_answer, [_task_report(f"task:{d.task}/train", train)],
+                    eval_reports)
   if d.source == "files":
     paths = [p for p in str(d.files).split(",") if p.strip()]
     if not paths:
       raise ValueError("config.data.source='files' needs config.data.files (comma-separated JSONL/Parquet paths)")
     train, reports = [], []
     for p in paths:
-      exs, report = files_lib.load_file(p, fields=dict(d.fields), on_bad_row=d.on_bad_row)
+      exs, report = files_lib.load_file(p.strip(), fields=dict(d.fields), on_bad_row=d.on_bad_row)
+      if not exs:
+        raise ValueError(f"{report}: no row of this file was kept; fix the rows (see the skip reasons and "
+                         "their lines) or remove the file from config.data.files")
       train.extend(exs)
       reports.append(report)
-    eval_paths = [p for p in str(e.get("files", "") or "").split(",") if p.strip()]
-    eval_sets = {}
+    train = _drop_duplicates_across_files(train, reports)
+    eval_paths = [p.strip() for p in str(e.get("files", "") or "").split(",") if p.strip()]
+    eval_sets, eval_reports = {}, {}
     for p in eval_paths:
-      exs, _ = files_lib.load_file(p, fields=dict(d.fields), on_bad_row=d.on_bad_row)
-      eval_sets[os.path.splitext(os.path.basename(p))[0]] = exs[: int(e.num_problems)]
-    return Problems(train, eval_sets, None, reports)
+      exs, report = files_lib.load_file(p, fields=dict(d.fields), on_bad_row=d.on_bad_row)
+      if not exs:
+        raise ValueError(f"{report}: no row of this evaluation file was kept; fix it or remove it from "
+                         "config.eval.files")
+      name = os.path.splitext(os.path.basename(p))[0]
+      n = int(e.num_problems)
+      if len(exs) > n:
+        report.drop_loaded([i < n for i in range(len(exs))], "beyond_eval_num_problems")
+      eval_sets[name], eval_reports[name] = exs[:n], report
+    return Problems(train, eval_sets, None, reports, eval_reports)
   raise ValueError(f"config.data.source={d.source!r} is not one of 'task', 'files'")
 
 
@@ -133,18 +177,94 @@ def validate(config, num_devices: int, num_processes: int) -> None:
 
 
 def check_prompt_room(config, problems: Problems, tokenizer) -> None:
-  """max_prompt_len must hold the longest prompt with the longest hint the scheduler can ask for."""
+  """Every row's prompt, with the longest hint the config can ask for, must fit its prompt bucket.
+
+  Training rows are measured with the hint at curriculum.highest_ratio against
+  config.rollout.max_prompt_len; evaluation rows with the largest of config.eval.hint_ratios (for the
+  splits in config.eval.hint_splits, else no hint) against the evaluation bucket. A row that does not
+  fit (or renders to no token at all) stops the run here, naming file:line and the numbers, with
+  config.data.on_bad_row="error"; with "skip" it is dropped and counted under prompt_too_long in the
+  load report. So no prompt fails at sampling. `problems` is changed in place.
+  (Hint corruptions "other"/"shuffle" put other text of the same step count in the hint: not bounded here.)
+  """
   from jaxghpo import curriculum
-  from jaxghpo.curriculum import hints as hints_lib
-  from jaxghpo.data import templates
-  top = curriculum.highest_ratio(config.curriculum)
-  sample = sorted(problems.train, key=lambda ex: len(ex.solution) + len(ex.problem))[-64:]
-  worst = 0
-  for ex in sample:
-    hint = hints_lib.cut(ex.steps, top, config.hints.unit, tokenizer=tokenizer, step_sep=ex.step_sep)
-    r = templates.render(ex, hint, config.hints.placement, tokenizer, config.data.style)
-    worst = max(worst, len(r.prompt_ids) + len(r.hint_ids))
-  if worst > int(config.rollout.max_prompt_len):
-    raise ValueError(f"config.rollout.max_prompt_len={config.rollout.max_prompt_len} is too short: the longest "
-                     f"prompt with a hint at ratio {top:.2f} (config.curriculum ladder / max_ratio) needs {worst} "
-                     "tokens; raise max_prompt_len")
+  from jaxghpo.data import prompt_room
+  c = config
+  kwargs = dict(unit=c.hints.unit, placement=c.hints.placement, style=c.data.style, tokenizer=tokenizer)
+  top = curriculum.highest_ratio(c.curriculum)
+  train_limit = int(c.rollout.max_prompt_len)
+  reports = list(problems.load_report or [_task_report("train", problems.train)])
+  problems.load_report = reports
+  lengths = prompt_room.prompt_lengths(problems.train, top, **kwargs)
+  problems.train = _keep_fitting(problems.train, lengths, reports, train_limit, top, c.data.on_bad_row,
+                                 "config.rollout.max_prompt_len", "config.curriculum (ladder / max_ratio)")
+  eval_limit = int(c.eval.get("max_prompt_len", 0) or train_limit)
+  ratios = [float(r) for r in str(c.eval.hint_ratios).split(",") if r.strip()] or [0.0]
+  hint_splits = {x.strip() for x in str(c.eval.get("hint_splits", "")).split(",") if x.strip()}
+  for name, examples in list(problems.eval_sets.items()):
+    ratio = max(ratios) if name in hint_splits else 0.0
+    report = problems.eval_reports.setdefault(name, _task_report(f"eval/{name}", examples))
+    lengths = prompt_room.prompt_lengths(examples, ratio, **kwargs)
+    key = "config.eval.max_prompt_len" if c.eval.get("max_prompt_len", 0) else "config.rollout.max_prompt_len"
+    problems.eval_sets[name] = _keep_fitting(examples, lengths, [report], eval_limit, ratio, c.data.on_bad_row,
+                                             key, "config.eval.hint_ratios")
+
+
+def _keep_fitting(examples, lengths_N, reports, limit: int, ratio: float, on_bad_row: str, limit_key: str,
+                  ratio_key: str) -> list:
+  """The examples whose prompt length is in [1, limit]; raises (on_bad_row="error") or counts the rest."""
+  bad_N = (lengths_N > limit) | (lengths_N < 1)
+  if not bad_N.any():
+    return list(examples)
+  bounds = np.cumsum([0] + [r.loaded for r in reports])
+  if bounds[-1] != len(examples):
+    raise RuntimeError(f"load reports count {bounds[-1]} rows but there are {len(examples)} problems")
+
+  def where(i: int) -> str:
+    k = int(np.searchsorted(bounds, i, side="right")) - 1
+    return reports[k].where(i - int(bounds[k]))
+
+  bad = np.flatnonzero(bad_N)
+  if on_bad_row == "error":
+    rows = "; ".join(f"{where(i)} needs {lengths_N[i]} tokens" for i in bad[:5])
+    more = f" (and {bad.size - 5} more)" if bad.size > 5 else ""
+    raise ValueError(
+        f"{limit_key}={limit} is too short: {bad.size} of {len(examples)} rows do not fit with a hint at ratio "
+        f"{ratio:.2f} ({ratio_key}): {rows}{more}; the longest needs {lengths_N.max()} tokens. Raise {limit_key} to "
+        f"{lengths_N.max()}, or set config.data.on_bad_row='skip' to drop and count such rows")
+  for k, report in enumerate(reports):
+    report.drop_loaded(list(~bad_N[bounds[k]:bounds[k + 1]]), "prompt_too_long")
+  kept = [ex for ex, b in zip(examples, bad_N) if not b]
+  if not kept:
+    raise ValueError(f"no row fits {limit_key}={limit} with a hint at ratio {ratio:.2f} (the shortest needs "
+                     f"{lengths_N.min()} tokens); raise {limit_key}")
+  return kept
+
+
+def data_report(problems: Problems) -> dict:
+  """What data_report.json holds: per file (or task split) rows read / kept / skipped by reason /
+  duplicates (conflicting answers named), totals, and the training data's content fingerprint."""
+  from jaxghpo.data import pipeline as pipeline_lib
+  train = [r.to_json() for r in problems.load_report or []]
+  totals = {"rows_read": sum(r["rows_read"] for r in train), "kept": len(problems.train), "skipped": {},
+            "conflicting_duplicates": sum(r["conflicting_duplicates"] for r in train)}
+  for r in train:
+    for reason, n in r["skipped"].items():
+      totals["skipped"][reason] = totals["skipped"].get(reason, 0) + n
+  return {"train": train, "train_totals": totals,
+          "eval": {name: r.to_json() for name, r in problems.eval_reports.items()},
+          "content_fingerprint": f"{pipeline_lib.content_fingerprint(problems.train):016x}"}
+
+
+def write_data_report(problems: Problems, workdir: str, is_main_process: bool = True) -> dict:
+  """Prints one line per source and writes workdir/data_report.json (process 0); returns the report."""
+  report = data_report(problems)
+  if is_main_process:
+    for r in (problems.load_report or []) + list(problems.eval_reports.values()):
+      print(f"data: {r}", flush=True)
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "data_report.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(report, f, indent=1)
+    os.replace(tmp, os.path.join(workdir, "data_report.json"))
+  return report

@@ -52,6 +52,7 @@ class Trainer:
     self.model, self.model_cfg, self.tokenizer = experiment.load_policy(config, self.mesh)
     self.problems = experiment.load_problems(config)
     experiment.check_prompt_room(config, self.problems, self.tokenizer)
+    experiment.write_data_report(self.problems, workdir, jax.process_index() == 0)
     self.score = experiment.reward_fn(config, self.problems)
     self.eos_id = self.tokenizer.eos_token_id
     # Tokens of the in-prompt hint marker that follows a hint (plain style): the hint span ends before it.
