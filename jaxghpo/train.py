@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import curriculum, evaluation, experiment, groups, models, parallel, rl
+from jaxghpo import curriculum, evaluation, experiment, faults, groups, models, parallel, rl
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.data import pipeline as pipeline_lib
 from jaxghpo.data.tokenizer import HINT_MARKER
@@ -96,6 +96,7 @@ class Trainer:
 
     self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                      max_to_keep=int(config.keep_checkpoints))
+    self.skip_guard = faults.SkipGuard(config, before_stop=self.checkpointer.wait)
     self.deferred = DeferredMetrics()
     self.writer = None  # opened in restore(), once the resume step is known
     self.start_step = 0
@@ -128,7 +129,7 @@ class Trainer:
       params_target = abstract_target(self.params, self.param_shardings)
       opt_target = abstract_target(self.opt_state, rl.optimizer_shardings(self.optimizer, self.params,
                                                                            self.param_shardings, self.mesh))
-      self.params, self.opt_state, host = self.checkpointer.restore(step, params_target, opt_target)
+      step, self.params, self.opt_state, host = self.checkpointer.restore_latest(params_target, opt_target)
       self.scheduler.load_state_dict(host["scheduler"])
       self.pipeline.set_state(host["pipeline"])
       self.rng = host["rng"]
@@ -141,6 +142,8 @@ class Trainer:
                                resume_step=self.start_step if step is not None else -1)
 
   def save(self, step: int) -> None:
+    if not self.skip_guard.may_save(step):
+      return
     host = {"scheduler": self.scheduler.state_dict(), "pipeline": self.pipeline.get_state(),
             "rng": self.rng, "gen_tokens_total": int(self.gen_tokens_total),
             "step": int(step)}
@@ -403,6 +406,7 @@ class Trainer:
       if "clip_frac_low" in row:
         row["clip_frac"] = float(row["clip_frac_low"]) + float(row["clip_frac_high"])
       self.writer.write(step, {**row, **(extra or {})})
+      self.skip_guard.observe(step, row)
 
   def run(self) -> dict:
     c = self.config
