@@ -151,7 +151,8 @@ def reward_fn(config, problems: Problems):
 
 
 def validate(config, num_devices: int, num_processes: int) -> None:
-  """Fails at start with a message naming the conflicting keys."""
+  """Fails at start with a message naming the conflicting keys (every value that could only fail later)."""
+  validate_values(config)
   shape = parallel.validate_mesh_shape(tuple(config.mesh.shape), num_devices)
   P, G = int(config.data.prompts_per_step), int(config.rollout.group_size)
   batch_shards = shape[0] * shape[1]
@@ -174,6 +175,70 @@ def validate(config, num_devices: int, num_processes: int) -> None:
   if config.hints.placement != config.rl.hint_placement:
     raise ValueError(f"config.hints.placement={config.hints.placement!r} and config.rl.hint_placement="
                      f"{config.rl.hint_placement!r} disagree; set both to the same placement")
+
+
+def validate_values(config) -> None:
+  """Ranges of single values that would otherwise fail only later (a division by zero after the first
+  evaluation, a sampler error at the first sample, a run that cannot learn); each error names the key."""
+  from jaxghpo import curriculum, rl
+  from jaxghpo.curriculum import hints as hints_lib
+  from jaxghpo.data import templates
+  c = config
+
+  def need(ok: bool, key: str, why: str) -> None:
+    if not ok:
+      raise ValueError(f"config.{key}={c[key] if '.' not in key else _get(c, key)!r}: {why}")
+
+  for key in ("num_steps", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps"):
+    if key in c:
+      need(int(c[key]) >= 1, key, "must be >= 1")
+  need(int(c.get("eval_every_steps", 0)) >= 0, "eval_every_steps", "must be >= 0 (0: at the start and end only)")
+  need(int(c.get("max_skipped_updates_in_a_row", 0)) >= 0, "max_skipped_updates_in_a_row",
+       "must be >= 0 (0: never stop)")
+  need(0 <= int(c.seed) < 2**32, "seed", "must be in [0, 2**32) (the data shuffle's seed)")
+  path = str(c.model.path).strip()
+  need(bool(path), "model.path", "is empty; give a Hugging Face model directory or builtin:NAME "
+       "(an empty path would read ./config.json)")
+  need(int(c.data.prompts_per_step) >= 1, "data.prompts_per_step", "must be >= 1")
+  need(c.data.on_bad_row in ("error", "skip"), "data.on_bad_row", "must be 'error' or 'skip'")
+  need(c.data.style in templates.STYLES, "data.style", f"must be one of {templates.STYLES}")
+  need(c.hints.placement in templates.PLACEMENTS, "hints.placement", f"must be one of {templates.PLACEMENTS}")
+  need(c.hints.unit in hints_lib.UNITS, "hints.unit", f"must be one of {hints_lib.UNITS}")
+  need(c.hints.corruption in ("none", "other", "shuffle"), "hints.corruption", "must be none, other or shuffle")
+  r = c.rollout
+  need(int(r.max_prompt_len) >= 1, "rollout.max_prompt_len", "must be >= 1")
+  need(int(r.max_new_tokens) >= 1, "rollout.max_new_tokens", "must be >= 1")
+  need(0.0 < float(r.top_p) <= 1.0, "rollout.top_p", "must be in (0, 1] (1: no nucleus filter)")
+  need(float(r.top_k) == int(r.top_k) and int(r.top_k) >= 0, "rollout.top_k",
+       "must be a whole number >= 0 (0: no top-k filter)")
+  need(float(r.temperature) >= 0.0, "rollout.temperature", "must be >= 0")
+  if c.mode == "rl":
+    need(float(r.temperature) > 0.0, "rollout.temperature",
+         "RL needs sampling: at temperature 0 the G responses of a group are identical, no group has a "
+         "reward spread and nothing is learned; use e.g. 1.0")
+  need(int(c.rl.micro_batches) >= 1, "rl.micro_batches", "must be >= 1 (1: the whole batch at once)")
+  need(int(c.rl.ppo_epochs) >= 1, "rl.ppo_epochs", "must be >= 1")
+  e = c.eval
+  need(float(e.temperature) >= 0.0, "eval.temperature", "must be >= 0")
+  need(int(e.num_samples) >= 1, "eval.num_samples", "must be >= 1")
+  need(int(e.num_samples) <= int(r.group_size), "eval.num_samples",
+       f"must be <= config.rollout.group_size={int(r.group_size)} (evaluation draws one group per problem)")
+  need(int(e.num_problems) >= 1, "eval.num_problems", "must be >= 1")
+  for key in ("eval.max_prompt_len", "eval.max_new_tokens"):
+    need(int(_get(c, key) or 0) >= 0, key, "must be >= 0 (0: the rollout's value)")
+  try:
+    ratios = [float(x) for x in str(e.hint_ratios).split(",") if x.strip()]
+  except ValueError:
+    ratios = [-1.0]
+  need(all(0.0 <= x <= 1.0 for x in ratios), "eval.hint_ratios", "must be comma-separated numbers in [0, 1]")
+  curriculum.resolve_config(c.curriculum)  # its own named errors
+  rl.resolve_config(c.rl)
+
+
+def _get(c, dotted: str):
+  for part in dotted.split("."):
+    c = c.get(part) if hasattr(c, "get") else c[part]
+  return c
 
 
 def check_prompt_room(config, problems: Problems, tokenizer) -> None:

@@ -154,3 +154,33 @@ def test_prompt_room_of_20k_task_rows_is_fast(tok):
   seconds = time.perf_counter() - t0
   assert len(problems.train) == int(config.data.num_train)
   assert seconds < 30, seconds
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("checkpoint_every_steps", 0, "checkpoint_every_steps=0: must be >= 1"),
+    ("rl.micro_batches", 0, "rl.micro_batches=0: must be >= 1"),
+    ("rollout.temperature", 0.0, "rollout.temperature=0.0: RL needs sampling: at temperature 0 the G responses"),
+    ("rollout.temperature", -0.5, "rollout.temperature=-0.5: must be >= 0"),
+    ("rollout.top_p", 0.0, r"rollout.top_p=0.0: must be in \(0, 1\]"),
+    ("rollout.top_p", 1.5, r"rollout.top_p=1.5: must be in \(0, 1\]"),
+    ("rollout.top_k", -1, "rollout.top_k=-1: must be a whole number >= 0"),
+    ("model.path", "", "model.path='': is empty"),
+    ("eval.num_samples", 99, "eval.num_samples=99: must be <= config.rollout.group_size=8"),
+    ("keep_checkpoints", 0, "keep_checkpoints=0: must be >= 1"),
+    ("data.on_bad_row", "ignore", "data.on_bad_row='ignore': must be 'error' or 'skip'"),
+    ("max_skipped_updates_in_a_row", -1, "max_skipped_updates_in_a_row=-1: must be >= 0"),
+])
+def test_values_that_would_fail_later_are_refused_at_start(key, value, message):
+  config = default_config()
+  experiment.validate(config, 8, 1)
+  section, _, name = key.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ValueError, match=message):
+    experiment.validate(config, 8, 1)
+
+
+def test_greedy_sampling_is_fine_outside_rl():
+  config = default_config()
+  config.mode = "sft"
+  config.rollout.temperature = 0.0
+  experiment.validate(config, 8, 1)
