@@ -219,3 +219,30 @@ def test_default_num_workers_is_small_and_configurable(monkeypatch):
   monkeypatch.setenv("JAXGHPO_REWARD_WORKERS", "lots")
   with pytest.raises(ValueError, match="JAXGHPO_REWARD_WORKERS"):
     pool_lib.default_num_workers()
+
+
+def test_workers_busy_in_c_die_within_2s_of_a_sigkilled_parent(tmp_path):
+  """Workers in a C loop that holds the GIL (no watchdog thread can run) still die with the pool's owner."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = textwrap.dedent(f"""
+        import sys, threading, time
+        sys.path.insert(0, {repo!r})
+        from jaxghpo.rewards.pool import WorkerPool
+        p = WorkerPool(sum, num_workers=2, deadline_s=600.0)
+        p.start()
+        threading.Thread(target=p.map, args=([(range(10**12),)] * 2,), daemon=True).start()
+        time.sleep(1.0)  # both workers are now inside sum()
+        print(" ".join(str(x) for x in p.pids()), flush=True)
+        time.sleep(600)
+    """)
+  path = tmp_path / "owner.py"
+  path.write_text(script)
+  with subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True) as proc:
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    assert all(psutil.Process(pid).cpu_percent(interval=0.2) > 0 for pid in pids)  # busy
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  t0 = time.monotonic()
+  assert _gone(pids, timeout_s=2.0)
+  assert time.monotonic() - t0 < 2.5

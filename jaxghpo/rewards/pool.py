@@ -24,8 +24,10 @@ level. This file is loaded the same way and therefore imports only the standard 
 
 Stopping: `close()` ends the workers and the zygote and waits until they are gone; pools still open
 at interpreter exit are closed by an atexit hook; if the parent dies, the zygote exits on EOF of its
-control socket and each worker on EOF of its socket, or through a watchdog thread that polls the
-parent's pid when the worker is busy.
+control socket, and on Linux the kernel SIGKILLs each worker when the zygote exits (PR_SET_PDEATHSIG,
+set in the worker right after the fork): this needs no Python code to run in the worker, so a worker
+stuck in a C loop that holds the GIL dies too. Elsewhere an idle worker exits on EOF of its socket and
+a busy one through a watchdog thread that polls the parent's pid (it needs the GIL).
 """
 
 from __future__ import annotations
@@ -246,6 +248,29 @@ def _watch_parent(parent_pid: int) -> None:
       os._exit(0)
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _libc_prctl():
+  """libc's prctl (Linux), loaded once in the zygote so a fresh worker only calls it; None elsewhere."""
+  if not sys.platform.startswith("linux"):
+    return None
+  import ctypes
+  try:
+    return ctypes.CDLL(None, use_errno=True).prctl
+  except (OSError, AttributeError):
+    return None
+
+
+def _die_with_parent(prctl, parent_pid: int) -> None:
+  """Asks the kernel to SIGKILL this process when its parent (the zygote) exits; exits at once if the
+  parent is already gone (the fork raced with its exit)."""
+  if prctl is not None:
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+  if os.getppid() != parent_pid:
+    os._exit(0)
+
+
 def _worker_loop(conn: Connection, fn: Callable, init: dict) -> None:
   signal.signal(signal.SIGCHLD, signal.SIG_DFL)
   if init["memory_limit_mb"]:
@@ -269,8 +294,9 @@ def _worker_loop(conn: Connection, fn: Callable, init: dict) -> None:
       conn.send(("error", ticket, f"unpicklable result: {type(e).__name__}"))
 
 
-def _fork_worker(ctl: socket.socket, fn: Callable, init: dict) -> None:
+def _fork_worker(ctl: socket.socket, fn: Callable, init: dict, prctl=None) -> None:
   parent_end, child_end = socket.socketpair()
+  zygote_pid = os.getpid()
   sys.stdout.flush()
   sys.stderr.flush()
   try:
@@ -283,6 +309,7 @@ def _fork_worker(ctl: socket.socket, fn: Callable, init: dict) -> None:
   if pid == 0:   # the worker
     code = 0
     try:
+      _die_with_parent(prctl, zygote_pid)
       ctl.close()
       parent_end.close()
       _worker_loop(Connection(child_end.detach()), fn, init)
@@ -306,6 +333,7 @@ def _zygote_main(ctl_fd: int) -> None:
   if init["init"] is not None:
     _resolve(init["init"])()
   signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # the kernel reaps exited workers: no zombies
+  prctl = _libc_prctl()
   _send_obj(ctl, ("ready", os.getpid()))
   while True:
     try:
@@ -314,7 +342,7 @@ def _zygote_main(ctl_fd: int) -> None:
       request = b""
     if not request:          # the parent closed the pool or died
       os._exit(0)
-    _fork_worker(ctl, fn, init)
+    _fork_worker(ctl, fn, init, prctl)
 
 
 # ----------------------------------------------------------------------------------------------
