@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 import jax
@@ -189,6 +190,10 @@ def validate_values(config) -> None:
     if not ok:
       raise ValueError(f"config.{key}={c[key] if '.' not in key else _get(c, key)!r}: {why}")
 
+  for key, value in _float_leaves(c):
+    if not math.isfinite(value):
+      raise ValueError(f"config.{key}={value}: must be a finite number (a NaN learning rate, for one, turns "
+                       "every parameter into NaN without a single skipped update)")
   for key in ("num_steps", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps"):
     if key in c:
       need(int(c[key]) >= 1, key, "must be >= 1")
@@ -233,6 +238,20 @@ def validate_values(config) -> None:
   need(all(0.0 <= x <= 1.0 for x in ratios), "eval.hint_ratios", "must be comma-separated numbers in [0, 1]")
   curriculum.resolve_config(c.curriculum)  # its own named errors
   rl.resolve_config(c.rl)
+
+
+def _float_leaves(c, prefix: str = ""):
+  """(dotted key, value) of every float in a ConfigDict, nested sections and tuples included."""
+  for key, value in c.items():
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      yield from _float_leaves(value, name + ".")
+    elif isinstance(value, (list, tuple)):
+      for i, v in enumerate(value):
+        if isinstance(v, float):
+          yield f"{name}[{i}]", v
+    elif isinstance(value, float):
+      yield name, value
 
 
 def _get(c, dotted: str):

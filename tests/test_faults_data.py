@@ -169,6 +169,7 @@ def test_prompt_room_of_20k_task_rows_is_fast(tok):
     ("keep_checkpoints", 0, "keep_checkpoints=0: must be >= 1"),
     ("data.on_bad_row", "ignore", "data.on_bad_row='ignore': must be 'error' or 'skip'"),
     ("max_skipped_updates_in_a_row", -1, "max_skipped_updates_in_a_row=-1: must be >= 0"),
+    ("rl.learning_rate", float("nan"), "rl.learning_rate=nan: must be a finite number"),
 ])
 def test_values_that_would_fail_later_are_refused_at_start(key, value, message):
   config = default_config()
