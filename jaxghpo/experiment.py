@@ -279,8 +279,8 @@ def check_prompt_room(config, problems: Problems, tokenizer) -> None:
   train_limit = int(c.rollout.max_prompt_len)
   reports = list(problems.load_report or [_task_report("train", problems.train)])
   problems.load_report = reports
-  lengths = prompt_room.prompt_lengths(problems.train, top, **kwargs)
-  problems.train = _keep_fitting(problems.train, lengths, reports, train_limit, top, c.data.on_bad_row,
+  lengths, exact = prompt_room.prompt_lengths(problems.train, top, limit=train_limit, **kwargs)
+  problems.train = _keep_fitting(problems.train, lengths, exact, reports, train_limit, top, c.data.on_bad_row,
                                  "config.rollout.max_prompt_len", "config.curriculum (ladder / max_ratio)")
   eval_limit = int(c.eval.get("max_prompt_len", 0) or train_limit)
   ratios = [float(r) for r in str(c.eval.hint_ratios).split(",") if r.strip()] or [0.0]
@@ -288,13 +288,13 @@ def check_prompt_room(config, problems: Problems, tokenizer) -> None:
   for name, examples in list(problems.eval_sets.items()):
     ratio = max(ratios) if name in hint_splits else 0.0
     report = problems.eval_reports.setdefault(name, _task_report(f"eval/{name}", examples))
-    lengths = prompt_room.prompt_lengths(examples, ratio, **kwargs)
+    lengths, exact = prompt_room.prompt_lengths(examples, ratio, limit=eval_limit, **kwargs)
     key = "config.eval.max_prompt_len" if c.eval.get("max_prompt_len", 0) else "config.rollout.max_prompt_len"
-    problems.eval_sets[name] = _keep_fitting(examples, lengths, [report], eval_limit, ratio, c.data.on_bad_row,
+    problems.eval_sets[name] = _keep_fitting(examples, lengths, exact, [report], eval_limit, ratio, c.data.on_bad_row,
                                              key, "config.eval.hint_ratios")
 
 
-def _keep_fitting(examples, lengths_N, reports, limit: int, ratio: float, on_bad_row: str, limit_key: str,
+def _keep_fitting(examples, lengths_N, exact_N, reports, limit: int, ratio: float, on_bad_row: str, limit_key: str,
                   ratio_key: str) -> list:
   """The examples whose prompt length is in [1, limit]; raises (on_bad_row="error") or counts the rest."""
   bad_N = (lengths_N > limit) | (lengths_N < 1)
@@ -310,12 +310,13 @@ def _keep_fitting(examples, lengths_N, reports, limit: int, ratio: float, on_bad
 
   bad = np.flatnonzero(bad_N)
   if on_bad_row == "error":
-    rows = "; ".join(f"{where(i)} needs {lengths_N[i]} tokens" for i in bad[:5])
+    rows = "; ".join(f"{where(i)} needs {'' if exact_N[i] else 'at least '}{lengths_N[i]} tokens"
+                     for i in bad[:5])
     more = f" (and {bad.size - 5} more)" if bad.size > 5 else ""
     raise ValueError(
         f"{limit_key}={limit} is too short: {bad.size} of {len(examples)} rows do not fit with a hint at ratio "
-        f"{ratio:.2f} ({ratio_key}): {rows}{more}; the longest needs {lengths_N.max()} tokens. Raise {limit_key} to "
-        f"{lengths_N.max()}, or set config.data.on_bad_row='skip' to drop and count such rows")
+        f"{ratio:.2f} ({ratio_key}): {rows}{more}. Raise {limit_key}, or set config.data.on_bad_row='skip' "
+        "to drop and count such rows")
   for k, report in enumerate(reports):
     report.drop_loaded(list(~bad_N[bounds[k]:bounds[k + 1]]), "prompt_too_long")
   kept = [ex for ex, b in zip(examples, bad_N) if not b]

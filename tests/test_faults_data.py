@@ -185,3 +185,24 @@ def test_greedy_sampling_is_fine_outside_rl():
   config.mode = "sft"
   config.rollout.temperature = 0.0
   experiment.validate(config, 8, 1)
+
+
+def test_a_10mb_row_is_named_without_encoding_it(tmp_path, tok):
+  rows = [row(i, ["a=1", "b=2"]) for i in range(3)] + [{"problem": "q" * 10_000_000, "solution": "a=1\nb=2",
+                                                        "answer": "x"}]
+  config = files_config([write_rows(tmp_path / "big.jsonl", rows)])
+  problems = experiment.load_problems(config)
+  t0 = time.perf_counter()
+  with pytest.raises(ValueError, match=r"big\.jsonl:line 4 needs at least \d+ tokens"):
+    experiment.check_prompt_room(config, problems, tok)
+  assert time.perf_counter() - t0 < 10  # encoding it took 84 s
+
+
+def test_a_damaged_parquet_file_is_named(tmp_path):
+  from jaxghpo.data import files
+  path = tmp_path / "broken.parquet"
+  path.write_bytes(b"PAR1" + b"\x00garbage" * 50)
+  with pytest.raises(ValueError, match=r"broken\.parquet: cannot be read as Parquet \(.*re-export the file"):
+    files.load_file(path)
+  with pytest.raises(FileNotFoundError, match=r"nowhere\.parquet: no such file"):
+    files.load_file(tmp_path / "nowhere.parquet")
