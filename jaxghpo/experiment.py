@@ -188,7 +188,7 @@ def validate_values(config) -> None:
 
   def need(ok: bool, key: str, why: str) -> None:
     if not ok:
-      raise ValueError(f"config.{key}={c[key] if '.' not in key else _get(c, key)!r}: {why}")
+      raise ValueError(f"config.{key}={_get(c, key)!r}: {why}")
 
   for key, value in _float_leaves(c):
     if not math.isfinite(value):
