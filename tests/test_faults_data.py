@@ -77,12 +77,13 @@ def test_skip_drops_and_counts_them_and_nothing_kept_fails_at_sampling(tmp_path,
   report = problems.load_report[0]
   assert report.skipped == {"prompt_too_long": 1} and report.skipped_lines == {"prompt_too_long": [71]}
   assert report.rows_read == report.loaded + sum(report.skipped.values())
-  # Every kept row renders at the highest ratio the scheduler can ask for without the sampler's error.
+  # Every kept row renders at every ratio the scheduler can ask for without the sampler's error.
   top = curriculum.highest_ratio(config.curriculum)
-  texts = groups.hint_texts(problems.train, np.full(len(problems.train), top), unit=config.hints.unit,
-                            corruption="none", tokenizer=tok, rng=np.random.default_rng(0))
-  groups.render_prompts(problems.train, texts, placement=config.hints.placement, style=config.data.style,
-                        tokenizer=tok, max_prompt_len=64)
+  for ratio in sorted({0.0, top, *map(float, config.curriculum.ladder)}):
+    texts = groups.hint_texts(problems.train, np.full(len(problems.train), ratio), unit=config.hints.unit,
+                              corruption="none", tokenizer=tok, rng=np.random.default_rng(0))
+    groups.render_prompts(problems.train, texts, placement=config.hints.placement, style=config.data.style,
+                          tokenizer=tok, max_prompt_len=64)
 
 
 def test_data_report_names_skips_duplicates_and_conflicting_answers(tmp_path, tok):
