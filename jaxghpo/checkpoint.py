@@ -58,6 +58,10 @@ class CheckpointMismatch(ValueError):
 class CorruptCheckpoint(RuntimeError):
   """A step's files cannot be read back as they were written (truncated, missing, garbled, non-finite)."""
 
+
+class _NoSuchStep(FileNotFoundError):
+  """The asked step is not in the directory (the caller's error, not damage)."""
+
 # Item names inside a step directory.
 _PARAMS, _OPT, _HOST_ARRAYS, _HOST_META = "params", "opt_state", "host", "host_meta"
 
@@ -239,7 +243,7 @@ def _one_line(e: BaseException, limit: int = 300) -> str:
 
 def _target_shapes(target) -> dict[str, tuple]:
   flat = jax.tree_util.tree_flatten_with_path(target)[0]
-  return {faults._leaf_name(path): tuple(int(d) for d in x.shape) for path, x in flat if hasattr(x, "shape")}
+  return {faults.leaf_name(path): tuple(int(d) for d in x.shape) for path, x in flat if hasattr(x, "shape")}
 
 
 def _check_same_arrays(saved: dict, target, name: str, step: int, directory: str) -> None:
@@ -375,13 +379,9 @@ class Checkpointer:
     opt_state_target = None if opt_state_target is None else _as_abstract(opt_state_target, "opt_state_target")
     try:
       return self._restore(step, params_target, opt_state_target)
-    except (CheckpointMismatch, CorruptCheckpoint, FileNotFoundError) as e:
-      if isinstance(e, FileNotFoundError) and "no checkpoint" in str(e):
-        raise
-      if isinstance(e, FileNotFoundError):
-        raise CorruptCheckpoint(f"step {step}: {_one_line(e)}") from e
+    except (CheckpointMismatch, CorruptCheckpoint, _NoSuchStep):
       raise
-    except Exception as e:  # orbax / tensorstore / JSON errors of a damaged step
+    except Exception as e:  # orbax / tensorstore / JSON errors of a damaged step (a missing file included)
       raise CorruptCheckpoint(f"step {step}: {_one_line(e)}") from e
 
   def restore_latest(self, params_target=None, opt_state_target=None):
@@ -437,10 +437,10 @@ class Checkpointer:
     if step is None:
       step = self._manager.latest_step()
       if step is None:
-        raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        raise _NoSuchStep(f"no checkpoint in {self.directory}")
     step = int(step)
     if step not in self._manager.all_steps():
-      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; saved steps: "
+      raise _NoSuchStep(f"no checkpoint for step {step} in {self.directory}; saved steps: "
                               f"{self.all_steps()}")
     meta = self._manager.restore(step, args=ocp.args.Composite(**{_HOST_META: ocp.args.JsonRestore()}))[_HOST_META]
     if not isinstance(meta, dict):

@@ -24,7 +24,7 @@ class NonFiniteError(FloatingPointError):
     self.names = names
 
 
-def _leaf_name(path) -> str:
+def leaf_name(path) -> str:
   """A pytree path as "layers.0.attn.kernel" (an nnx Variable's trailing ".value" left out)."""
   parts = []
   if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
@@ -68,7 +68,7 @@ def leaf_digests(tree) -> dict[str, dict]:
 
   The checksum (sum of the bit words mod 2**32) is what a checkpoint stores to find flipped bytes."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  named = [(_leaf_name(path), x) for path, x in flat if hasattr(x, "dtype") and hasattr(x, "shape")
+  named = [(leaf_name(path), x) for path, x in flat if hasattr(x, "dtype") and hasattr(x, "shape")
            and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
   if not named:
     return {}
