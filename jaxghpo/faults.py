@@ -1,6 +1,8 @@
 """Non-finite numbers: where they are found and how the run reacts.
 
-  nonfinite_leaves(tree)        names of the float leaves holding NaN or inf (one jitted reduction, one fetch)
+  leaf_digests(tree)            name -> shape, dtype, finite?, checksum of every array (one jitted pass, one
+                                fetch); checkpoint.py stores them with each step and checks them on restore
+  nonfinite_leaves(tree)        names of the float leaves holding NaN or inf
   check_finite(tree, what)      raises NonFiniteError naming them
   SkipGuard(config)             the loop's watch on skipped updates (the train step skips an update whose
                                 loss or gradient is not finite): `observe(step, row)` on each metrics row
