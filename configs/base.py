@@ -16,6 +16,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.max_gen_tokens = 0  # > 0: stop once this many tokens were generated (retries included); for equal budgets
   c.checkpoint_every_steps = 50
   c.keep_checkpoints = 3
+  # Stop with an error after this many updates in a row were skipped for a non-finite loss or gradient
+  # (no checkpoint is written during such a streak, so the good ones are kept); 0: never stop.
+  c.max_skipped_updates_in_a_row = 3
   c.log_every_steps = 10  # console lines when not on a terminal
   c.eval_every_steps = 0  # 0: evaluate at the start and the end only
   c.export_at_end = True  # models.save_pretrained(workdir/export) after the last step

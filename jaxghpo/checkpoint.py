@@ -25,20 +25,42 @@ the one written). Nothing here is done by process 0 alone.
 
 Call close() (or wait()) before the process exits: a save still being written when the interpreter
 shuts down is lost (the next Checkpointer on the directory removes its partial files).
+
+Faults. save() refuses parameters or optimizer state holding NaN or inf (nothing is written, so
+nothing older is deleted) and stores each array's name, shape, dtype and checksum in host_meta.
+restore() checks the target against those names and shapes first (CheckpointMismatch: a short message
+naming the differing arrays) and the restored arrays against the checksums (flipped bytes) and for NaN
+(CorruptCheckpoint). restore_latest() walks back from the newest step to the newest one that restores,
+says which it skipped and why, and moves the skipped ones to DIR/corrupt/ so that later saves go on.
 """
 from __future__ import annotations
 
 import math
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxghpo import paths
+from jaxghpo import faults, paths
 
 HOST_META_VERSION = 1
+CORRUPT_DIR = "corrupt"  # where restore_latest moves steps that do not restore
+
+
+class CheckpointMismatch(ValueError):
+  """The checkpoint holds other arrays (names or shapes) than the restore target: another model/config."""
+
+
+class CorruptCheckpoint(RuntimeError):
+  """A step's files cannot be read back as they were written (truncated, missing, garbled, non-finite)."""
+
+
+class _NoSuchStep(FileNotFoundError):
+  """The asked step is not in the directory (the caller's error, not damage)."""
 
 # Item names inside a step directory.
 _PARAMS, _OPT, _HOST_ARRAYS, _HOST_META = "params", "opt_state", "host", "host_meta"
@@ -212,6 +234,54 @@ def _handler_registry(replica_parallel_min_bytes: int) -> ocp.handlers.DefaultCh
   return registry
 
 
+def _one_line(e: BaseException, limit: int = 300) -> str:
+  """An exception as one short line: its type and the first line of its message."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  text = text if len(text) <= limit else text[:limit] + "..."
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _target_shapes(target) -> dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(target)[0]
+  return {faults.leaf_name(path): tuple(int(d) for d in x.shape) for path, x in flat if hasattr(x, "shape")}
+
+
+def _check_same_arrays(saved: dict, target, name: str, step: int, directory: str) -> None:
+  """CheckpointMismatch naming the first arrays whose name or shape differs between checkpoint and target."""
+  want = _target_shapes(target)
+  have = {k: tuple(d["shape"]) for k, d in saved.items()}
+  if want == have:
+    return
+  lines = []
+  only_ckpt = [k for k in have if k not in want]
+  only_model = [k for k in want if k not in have]
+  if only_ckpt:
+    lines.append(f"only in the checkpoint: {only_ckpt[:3]}{' ...' if len(only_ckpt) > 3 else ''}")
+  if only_model:
+    lines.append(f"only in this run's {name}: {only_model[:3]}{' ...' if len(only_model) > 3 else ''}")
+  differ = [k for k in want if k in have and want[k] != have[k]]
+  for k in differ[:3]:
+    lines.append(f"{k}: {list(have[k])} in the checkpoint, {list(want[k])} now")
+  raise CheckpointMismatch(
+      f"checkpoint step {step} in {directory} was written for another model or optimizer: its {name} differ "
+      f"({'; '.join(lines)}). Resume with the config it was written with, or use a fresh workdir.")
+
+
+def _check_restored(saved: dict | None, tree, name: str, step: int) -> None:
+  """CorruptCheckpoint when a restored array is not finite or its checksum is not the saved one."""
+  got = faults.leaf_digests(tree)
+  bad = [k for k, d in got.items() if not d["finite"]]
+  if bad:
+    raise CorruptCheckpoint(f"step {step}: restored {name} hold NaN or inf in {bad[:3]}")
+  if saved is None:
+    return  # written before checksums were stored
+  wrong = [k for k, d in got.items() if k in saved and saved[k]["dtype"] == d["dtype"]
+           and saved[k]["checksum"] != d["checksum"]]
+  if wrong:
+    raise CorruptCheckpoint(f"step {step}: {name} arrays {wrong[:3]} read back with other bytes than were "
+                            "written (checksum differs): the files are damaged")
+
+
 def _restore_args(target):
   return ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
 
@@ -276,6 +346,17 @@ class Checkpointer:
                        "Resume from the latest step, or use a fresh checkpoint directory.")
     meta, arrays = encode_host_state({} if host_state is None else host_state)
     meta["has"] = {_PARAMS: params is not None, _OPT: opt_state is not None, _HOST_ARRAYS: bool(arrays)}
+    meta["digests"] = {}
+    for name, tree in ((_PARAMS, params), (_OPT, opt_state)):
+      if tree is None:
+        continue
+      digests = faults.leaf_digests(tree)
+      bad = [k for k, d in digests.items() if not d["finite"]]
+      if bad:
+        raise faults.NonFiniteError(
+            f"step {step}: not saved: {name} hold NaN or inf in {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}; the checkpoints in {self.directory} are kept as they are", bad)
+      meta["digests"][name] = digests
     items = {_HOST_META: ocp.args.JsonSave(meta)}
     if params is not None:
       items[_PARAMS] = ocp.args.PyTreeSave(params)
@@ -290,6 +371,64 @@ class Checkpointer:
 
   # --- restore
   def restore(self, step: int | None = None, params_target=None, opt_state_target=None):
+    """Returns (params, opt_state, host_state) of ``step`` (default: the latest); see _restore.
+
+    Raises CheckpointMismatch when the target's arrays differ from the saved ones, CorruptCheckpoint
+    when the step's files do not read back as written (the cause in one line).
+    """
+    # A malformed target is the caller's error, not damage: raised as it is.
+    params_target = None if params_target is None else _as_abstract(params_target, "params_target")
+    opt_state_target = None if opt_state_target is None else _as_abstract(opt_state_target, "opt_state_target")
+    try:
+      return self._restore(step, params_target, opt_state_target)
+    except (CheckpointMismatch, CorruptCheckpoint, _NoSuchStep):
+      raise
+    except Exception as e:  # orbax / tensorstore / JSON errors of a damaged step (a missing file included)
+      raise CorruptCheckpoint(f"step {step}: {_one_line(e)}") from e
+
+  def restore_latest(self, params_target=None, opt_state_target=None):
+    """(step, params, opt_state, host_state) of the newest step that restores, or None without steps.
+
+    Steps that do not restore (CorruptCheckpoint) are skipped with a printed line saying why and moved
+    to DIR/corrupt/; a CheckpointMismatch stops at once (every step would differ the same way). When
+    no step restores: CorruptCheckpoint naming the directory.
+    """
+    self._manager.wait_until_finished()
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      return None
+    skipped = []
+    for step in steps:
+      try:
+        params, opt_state, host = self.restore(step, params_target, opt_state_target)
+      except CorruptCheckpoint as e:
+        print(f"checkpoint: step {step} in {self.directory} does not restore ({e}); trying an earlier step",
+              flush=True)
+        skipped.append((step, str(e)))
+        continue
+      if skipped:
+        self._set_aside([s for s, _ in skipped])
+        print(f"checkpoint: resuming from step {step}; skipped steps {[s for s, _ in skipped]} were moved to "
+              f"{os.path.join(self.directory, CORRUPT_DIR)}", flush=True)
+      return step, params, opt_state, host
+    reasons = "; ".join(f"step {s}: {r}" for s, r in skipped[:3])
+    raise CorruptCheckpoint(f"no checkpoint in {self.directory} restores ({reasons}); move the directory aside "
+                            "to start afresh, or restore it from a copy")
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves step directories to DIR/corrupt/<step>-<time> (process 0; every process waits for it)."""
+    if jax.process_index() == 0:
+      os.makedirs(os.path.join(self.directory, CORRUPT_DIR), exist_ok=True)
+      for step in steps:
+        src = os.path.join(self.directory, str(step))
+        if os.path.isdir(src):
+          shutil.move(src, os.path.join(self.directory, CORRUPT_DIR, f"{step}-{int(time.time())}"))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("jaxghpo_checkpoint_set_aside")
+    self._manager.reload()
+
+  def _restore(self, step: int | None = None, params_target=None, opt_state_target=None):
     """Returns (params, opt_state, host_state) of ``step`` (default: the latest).
 
     params_target / opt_state_target: the structure to restore into, with ``jax.ShapeDtypeStruct``
@@ -300,16 +439,21 @@ class Checkpointer:
     if step is None:
       step = self._manager.latest_step()
       if step is None:
-        raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        raise _NoSuchStep(f"no checkpoint in {self.directory}")
     step = int(step)
     if step not in self._manager.all_steps():
-      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; saved steps: "
+      raise _NoSuchStep(f"no checkpoint for step {step} in {self.directory}; saved steps: "
                               f"{self.all_steps()}")
     meta = self._manager.restore(step, args=ocp.args.Composite(**{_HOST_META: ocp.args.JsonRestore()}))[_HOST_META]
+    if not isinstance(meta, dict):
+      raise CorruptCheckpoint(f"step {step}: host_meta is a {type(meta).__name__}, not the saved object")
     has = meta.get("has", {})
     for name, target in ((_PARAMS, params_target), (_OPT, opt_state_target)):
       if target is not None and not has.get(name, False):
-        raise ValueError(f"checkpoint step {step} in {self.directory} holds no {name}; pass {name}_target=None")
+        raise CheckpointMismatch(f"checkpoint step {step} in {self.directory} holds no {name}; pass "
+                                 f"{name}_target=None")
+      if target is not None and name in meta.get("digests", {}):
+        _check_same_arrays(meta["digests"][name], target, name, step, self.directory)
     items = {}
     if params_target is not None:
       items[_PARAMS] = _restore_args(_as_abstract(params_target, "params_target"))
@@ -322,6 +466,9 @@ class Checkpointer:
     host_state = decode_host_state(meta, host_arrays)
     params = out[_PARAMS] if _PARAMS in items else None
     opt_state = out[_OPT] if _OPT in items else None
+    for name, tree in ((_PARAMS, params), (_OPT, opt_state)):
+      if tree is not None:
+        _check_restored(meta.get("digests", {}).get(name), tree, name, step)
     return params, opt_state, host_state
 
   # --- lifetime

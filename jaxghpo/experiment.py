@@ -6,11 +6,14 @@ study) can build the same pieces without training.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxghpo import models, parallel, rewards
 from jaxghpo.data import files as files_lib
@@ -44,7 +47,36 @@ class Problems:
   train: list[Example]
   eval_sets: dict[str, list[Example]]  # name -> problems (e.g. "easy", "hard", "ood")
   extract_answer: object  # completion -> answer string, for the exact-match reward (None: math-verify)
-  load_report: object = None
+  load_report: object = None  # list[files.LoadReport] of `train`, one per source (file or task), in order
+  eval_reports: dict = dataclasses.field(default_factory=dict)  # eval set name -> files.LoadReport
+
+
+def _task_report(name: str, examples) -> files_lib.LoadReport:
+  """A LoadReport for generated problems: every row kept, rows numbered from 1."""
+  n = len(examples)
+  return files_lib.LoadReport(path=name, rows_read=n, loaded=n, example_lines=list(range(1, n + 1)), unit="row")
+
+
+def _drop_duplicates_across_files(train: list, reports: list) -> list:
+  """The same problem text in a later file is dropped and counted there (with a conflict if its answer differs)."""
+  first: dict[str, tuple] = {}  # problem text -> (report, line, answer)
+  out = []
+  start = 0
+  for report in reports:
+    exs = train[start:start + report.loaded]
+    start += report.loaded
+    keep = []
+    for ex, line in zip(exs, report.example_lines):
+      seen = first.get(ex.problem)
+      keep.append(seen is None)
+      if seen is None:
+        first[ex.problem] = (report, line, ex.answer)
+        out.append(ex)
+      elif seen[2] != ex.answer:
+        report.count_conflict(line, f"{seen[0].path}:{seen[1]}", ex.answer, seen[2])
+    if not all(keep):
+      report.drop_loaded(keep, "duplicate")
+  return out
 
 
 def load_problems(config: ml_collections.ConfigDict) -> Problems:
@@ -53,29 +85,42 @@ def load_problems(config: ml_collections.ConfigDict) -> Problems:
     task = get_task(d.task)
     weights = {int(k): float(v) for k, v in d.train_levels.items()}
     train = task.generate("train", int(d.num_train), int(config.seed), levels=weights)
-    eval_sets = {}
+    eval_sets, eval_reports = {}, {}
     for name, split, levels in (("easy", "test", e.easy_levels), ("hard", "test", e.hard_levels),
                                 ("ood", "ood", e.ood_levels)):
       levels = parse_levels(levels)
       if levels:
         eval_sets[name] = task.generate(split, int(e.num_problems) * len(levels), 7919 + int(config.seed),
                                         levels=levels)
-    return Problems(train, eval_sets, task.extract_answer)
+        eval_reports[name] = _task_report(f"task:{d.task}/{name}", eval_sets[name])
+    return Problems(train, eval_sets, task.extract_answer, [_task_report(f"task:{d.task}/train", train)],
+                    eval_reports)
   if d.source == "files":
     paths = [p for p in str(d.files).split(",") if p.strip()]
     if not paths:
       raise ValueError("config.data.source='files' needs config.data.files (comma-separated JSONL/Parquet paths)")
     train, reports = [], []
     for p in paths:
-      exs, report = files_lib.load_file(p, fields=dict(d.fields), on_bad_row=d.on_bad_row)
+      exs, report = files_lib.load_file(p.strip(), fields=dict(d.fields), on_bad_row=d.on_bad_row)
+      if not exs:
+        raise ValueError(f"{report}: no row of this file was kept; fix the rows (see the skip reasons and "
+                         "their lines) or remove the file from config.data.files")
       train.extend(exs)
       reports.append(report)
-    eval_paths = [p for p in str(e.get("files", "") or "").split(",") if p.strip()]
-    eval_sets = {}
+    train = _drop_duplicates_across_files(train, reports)
+    eval_paths = [p.strip() for p in str(e.get("files", "") or "").split(",") if p.strip()]
+    eval_sets, eval_reports = {}, {}
     for p in eval_paths:
-      exs, _ = files_lib.load_file(p, fields=dict(d.fields), on_bad_row=d.on_bad_row)
-      eval_sets[os.path.splitext(os.path.basename(p))[0]] = exs[: int(e.num_problems)]
-    return Problems(train, eval_sets, None, reports)
+      exs, report = files_lib.load_file(p, fields=dict(d.fields), on_bad_row=d.on_bad_row)
+      if not exs:
+        raise ValueError(f"{report}: no row of this evaluation file was kept; fix it or remove it from "
+                         "config.eval.files")
+      name = os.path.splitext(os.path.basename(p))[0]
+      n = int(e.num_problems)
+      if len(exs) > n:
+        report.drop_loaded([i < n for i in range(len(exs))], "beyond_eval_num_problems")
+      eval_sets[name], eval_reports[name] = exs[:n], report
+    return Problems(train, eval_sets, None, reports, eval_reports)
   raise ValueError(f"config.data.source={d.source!r} is not one of 'task', 'files'")
 
 
@@ -109,7 +154,8 @@ def reward_fn(config, problems: Problems):
 
 
 def validate(config, num_devices: int, num_processes: int) -> None:
-  """Fails at start with a message naming the conflicting keys."""
+  """Fails at start with a message naming the conflicting keys (every value that could only fail later)."""
+  validate_values(config)
   shape = parallel.validate_mesh_shape(tuple(config.mesh.shape), num_devices)
   P, G = int(config.data.prompts_per_step), int(config.rollout.group_size)
   batch_shards = shape[0] * shape[1]
@@ -134,22 +180,181 @@ def validate(config, num_devices: int, num_processes: int) -> None:
                      f"{config.rl.hint_placement!r} disagree; set both to the same placement")
 
 
-def check_prompt_room(config, problems: Problems, tokenizer) -> None:
-  """max_prompt_len must hold the longest prompt with the longest hint the scheduler can ask for."""
-  from jaxghpo import curriculum
+def validate_values(config) -> None:
+  """Ranges of single values that would otherwise fail only later (a division by zero after the first
+  evaluation, a sampler error at the first sample, a run that cannot learn); each error names the key."""
+  from jaxghpo import curriculum, rl
   from jaxghpo.curriculum import hints as hints_lib
   from jaxghpo.data import templates
-  top = curriculum.highest_ratio(config.curriculum)
-  sample = sorted(problems.train, key=lambda ex: len(ex.solution) + len(ex.problem))[-64:]
-  worst = 0
-  for ex in sample:
-    hint = hints_lib.cut(ex.steps, top, config.hints.unit, tokenizer=tokenizer, step_sep=ex.step_sep)
-    r = templates.render(ex, hint, config.hints.placement, tokenizer, config.data.style)
-    worst = max(worst, len(r.prompt_ids) + len(r.hint_ids))
-  if worst > int(config.rollout.max_prompt_len):
-    raise ValueError(f"config.rollout.max_prompt_len={config.rollout.max_prompt_len} is too short: the longest "
-                     f"prompt with a hint at ratio {top:.2f} (config.curriculum ladder / max_ratio) needs {worst} "
-                     "tokens; raise max_prompt_len")
+  c = config
+
+  def need(ok: bool, key: str, why: str) -> None:
+    if not ok:
+      raise ValueError(f"config.{key}={_get(c, key)!r}: {why}")
+
+  for key, value in _float_leaves(c):
+    if not math.isfinite(value):
+      raise ValueError(f"config.{key}={value}: must be a finite number (a NaN learning rate, for one, turns "
+                       "every parameter into NaN without a single skipped update)")
+  for key in ("num_steps", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps"):
+    if key in c:
+      need(int(c[key]) >= 1, key, "must be >= 1")
+  need(int(c.get("eval_every_steps", 0)) >= 0, "eval_every_steps", "must be >= 0 (0: at the start and end only)")
+  need(int(c.get("max_skipped_updates_in_a_row", 0)) >= 0, "max_skipped_updates_in_a_row",
+       "must be >= 0 (0: never stop)")
+  need(0 <= int(c.seed) < 2**32, "seed", "must be in [0, 2**32) (the data shuffle's seed)")
+  path = str(c.model.path).strip()
+  need(bool(path), "model.path", "is empty; give a Hugging Face model directory or builtin:NAME "
+       "(an empty path would read ./config.json)")
+  need(int(c.data.prompts_per_step) >= 1, "data.prompts_per_step", "must be >= 1")
+  need(c.data.on_bad_row in ("error", "skip"), "data.on_bad_row", "must be 'error' or 'skip'")
+  need(c.data.style in templates.STYLES, "data.style", f"must be one of {templates.STYLES}")
+  need(c.hints.placement in templates.PLACEMENTS, "hints.placement", f"must be one of {templates.PLACEMENTS}")
+  need(c.hints.unit in hints_lib.UNITS, "hints.unit", f"must be one of {hints_lib.UNITS}")
+  need(c.hints.corruption in ("none", "other", "shuffle"), "hints.corruption", "must be none, other or shuffle")
+  r = c.rollout
+  need(int(r.max_prompt_len) >= 1, "rollout.max_prompt_len", "must be >= 1")
+  need(int(r.max_new_tokens) >= 1, "rollout.max_new_tokens", "must be >= 1")
+  need(0.0 < float(r.top_p) <= 1.0, "rollout.top_p", "must be in (0, 1] (1: no nucleus filter)")
+  need(float(r.top_k) == int(r.top_k) and int(r.top_k) >= 0, "rollout.top_k",
+       "must be a whole number >= 0 (0: no top-k filter)")
+  need(float(r.temperature) >= 0.0, "rollout.temperature", "must be >= 0")
+  if c.mode == "rl":
+    need(float(r.temperature) > 0.0, "rollout.temperature",
+         "RL needs sampling: at temperature 0 the G responses of a group are identical, no group has a "
+         "reward spread and nothing is learned; use e.g. 1.0")
+  need(int(c.rl.micro_batches) >= 1, "rl.micro_batches", "must be >= 1 (1: the whole batch at once)")
+  need(int(c.rl.ppo_epochs) >= 1, "rl.ppo_epochs", "must be >= 1")
+  e = c.eval
+  need(float(e.temperature) >= 0.0, "eval.temperature", "must be >= 0")
+  need(int(e.num_samples) >= 1, "eval.num_samples", "must be >= 1")
+  need(int(e.num_samples) <= int(r.group_size), "eval.num_samples",
+       f"must be <= config.rollout.group_size={int(r.group_size)} (evaluation draws one group per problem)")
+  need(int(e.num_problems) >= 1, "eval.num_problems", "must be >= 1")
+  for key in ("eval.max_prompt_len", "eval.max_new_tokens"):
+    need(int(_get(c, key) or 0) >= 0, key, "must be >= 0 (0: the rollout's value)")
+  try:
+    ratios = [float(x) for x in str(e.hint_ratios).split(",") if x.strip()]
+  except ValueError:
+    ratios = [-1.0]
+  need(all(0.0 <= x <= 1.0 for x in ratios), "eval.hint_ratios", "must be comma-separated numbers in [0, 1]")
+  curriculum.resolve_config(c.curriculum)  # its own named errors
+  rl.resolve_config(c.rl)
+
+
+def _float_leaves(c, prefix: str = ""):
+  """(dotted key, value) of every float in a ConfigDict, nested sections and tuples included."""
+  for key, value in c.items():
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      yield from _float_leaves(value, name + ".")
+    elif isinstance(value, (list, tuple)):
+      for i, v in enumerate(value):
+        if isinstance(v, float):
+          yield f"{name}[{i}]", v
+    elif isinstance(value, float):
+      yield name, value
+
+
+def _get(c, dotted: str):
+  for part in dotted.split("."):
+    c = c.get(part) if hasattr(c, "get") else c[part]
+  return c
+
+
+def check_prompt_room(config, problems: Problems, tokenizer) -> None:
+  """Every row's prompt, with the longest hint the config can ask for, must fit its prompt bucket.
+
+  Training rows are measured with the hint at curriculum.highest_ratio against
+  config.rollout.max_prompt_len; evaluation rows with the largest of config.eval.hint_ratios (for the
+  splits in config.eval.hint_splits, else no hint) against the evaluation bucket. A row that does not
+  fit (or renders to no token at all) stops the run here, naming file:line and the numbers, with
+  config.data.on_bad_row="error"; with "skip" it is dropped and counted under prompt_too_long in the
+  load report. So no prompt fails at sampling. `problems` is changed in place.
+  (Hint corruptions "other"/"shuffle" put other text of the same step count in the hint: not bounded here.)
+  """
+  from jaxghpo import curriculum
+  from jaxghpo.data import prompt_room
+  c = config
+  kwargs = dict(unit=c.hints.unit, placement=c.hints.placement, style=c.data.style, tokenizer=tokenizer)
+  top = curriculum.highest_ratio(c.curriculum)
+  train_limit = int(c.rollout.max_prompt_len)
+  reports = list(problems.load_report or [_task_report("train", problems.train)])
+  problems.load_report = reports
+  lengths, exact = prompt_room.prompt_lengths(problems.train, top, limit=train_limit, **kwargs)
+  problems.train = _keep_fitting(problems.train, lengths, exact, reports, train_limit, top, c.data.on_bad_row,
+                                 "config.rollout.max_prompt_len", "config.curriculum (ladder / max_ratio)")
+  eval_limit = int(c.eval.get("max_prompt_len", 0) or train_limit)
+  ratios = [float(r) for r in str(c.eval.hint_ratios).split(",") if r.strip()] or [0.0]
+  hint_splits = {x.strip() for x in str(c.eval.get("hint_splits", "")).split(",") if x.strip()}
+  for name, examples in list(problems.eval_sets.items()):
+    ratio = max(ratios) if name in hint_splits else 0.0
+    report = problems.eval_reports.setdefault(name, _task_report(f"eval/{name}", examples))
+    lengths, exact = prompt_room.prompt_lengths(examples, ratio, limit=eval_limit, **kwargs)
+    key = "config.eval.max_prompt_len" if c.eval.get("max_prompt_len", 0) else "config.rollout.max_prompt_len"
+    problems.eval_sets[name] = _keep_fitting(examples, lengths, exact, [report], eval_limit, ratio, c.data.on_bad_row,
+                                             key, "config.eval.hint_ratios")
+
+
+def _keep_fitting(examples, lengths_N, exact_N, reports, limit: int, ratio: float, on_bad_row: str, limit_key: str,
+                  ratio_key: str) -> list:
+  """The examples whose prompt length is in [1, limit]; raises (on_bad_row="error") or counts the rest."""
+  bad_N = (lengths_N > limit) | (lengths_N < 1)
+  if not bad_N.any():
+    return list(examples)
+  bounds = np.cumsum([0] + [r.loaded for r in reports])
+  if bounds[-1] != len(examples):
+    raise RuntimeError(f"load reports count {bounds[-1]} rows but there are {len(examples)} problems")
+
+  def where(i: int) -> str:
+    k = int(np.searchsorted(bounds, i, side="right")) - 1
+    return reports[k].where(i - int(bounds[k]))
+
+  bad = np.flatnonzero(bad_N)
+  if on_bad_row == "error":
+    rows = "; ".join(f"{where(i)} needs {'' if exact_N[i] else 'at least '}{lengths_N[i]} tokens"
+                     for i in bad[:5])
+    more = f" (and {bad.size - 5} more)" if bad.size > 5 else ""
+    raise ValueError(
+        f"{limit_key}={limit} is too short: {bad.size} of {len(examples)} rows do not fit with a hint at ratio "
+        f"{ratio:.2f} ({ratio_key}): {rows}{more}. Raise {limit_key}, or set config.data.on_bad_row='skip' "
+        "to drop and count such rows")
+  for k, report in enumerate(reports):
+    report.drop_loaded(list(~bad_N[bounds[k]:bounds[k + 1]]), "prompt_too_long")
+  kept = [ex for ex, b in zip(examples, bad_N) if not b]
+  if not kept:
+    raise ValueError(f"no row fits {limit_key}={limit} with a hint at ratio {ratio:.2f} (the shortest needs "
+                     f"{lengths_N.min()} tokens); raise {limit_key}")
+  return kept
+
+
+def data_report(problems: Problems) -> dict:
+  """What data_report.json holds: per file (or task split) rows read / kept / skipped by reason /
+  duplicates (conflicting answers named), totals, and the training data's content fingerprint."""
+  from jaxghpo.data import pipeline as pipeline_lib
+  train = [r.to_json() for r in problems.load_report or []]
+  totals = {"rows_read": sum(r["rows_read"] for r in train), "kept": len(problems.train), "skipped": {},
+            "conflicting_duplicates": sum(r["conflicting_duplicates"] for r in train)}
+  for r in train:
+    for reason, n in r["skipped"].items():
+      totals["skipped"][reason] = totals["skipped"].get(reason, 0) + n
+  return {"train": train, "train_totals": totals,
+          "eval": {name: r.to_json() for name, r in problems.eval_reports.items()},
+          "content_fingerprint": f"{pipeline_lib.content_fingerprint(problems.train):016x}"}
+
+
+def write_data_report(problems: Problems, workdir: str, is_main_process: bool = True) -> dict:
+  """Prints one line per source and writes workdir/data_report.json (process 0); returns the report."""
+  report = data_report(problems)
+  if is_main_process:
+    for r in (problems.load_report or []) + list(problems.eval_reports.values()):
+      print(f"data: {r}", flush=True)
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "data_report.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(report, f, indent=1)
+    os.replace(tmp, os.path.join(workdir, "data_report.json"))
+  return report
 
 
 @dataclasses.dataclass

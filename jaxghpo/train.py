@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import curriculum, evaluation, experiment, models, parallel, paths, rl
+from jaxghpo import curriculum, evaluation, experiment, faults, models, parallel, paths, rl
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -32,9 +32,11 @@ def save(checkpointer: Checkpointer, step: int, params, opt_state, host: dict) -
   checkpointer.save(step, params=params, opt_state=opt_state, host_state={**host, "step": int(step)})
 
 
-def restore(checkpointer: Checkpointer, step: int, params, opt_state, param_shardings, opt_shardings):
-  """(params, opt_state, host state) of `step`, placed like the given ones."""
-  return checkpointer.restore(step, abstract_target(params, param_shardings), abstract_target(opt_state, opt_shardings))
+def restore(checkpointer: Checkpointer, params, opt_state, param_shardings, opt_shardings):
+  """(step, params, opt_state, host state) of the newest step that restores (damaged steps are skipped and
+  named), placed like the given ones; None without steps."""
+  return checkpointer.restore_latest(abstract_target(params, param_shardings),
+                                     abstract_target(opt_state, opt_shardings))
 
 
 def export(graphdef, params, model_cfg, tokenizer, out_dir: str) -> None:
@@ -53,12 +55,14 @@ class Trainer:
     self.config, self.workdir = config, workdir
     paths.makedirs(workdir)
     s = self.setup = experiment.setup(config)
+    experiment.write_data_report(s.problems, workdir, jax.process_index() == 0)
     self.scheduler, self.pipeline, self.rl_cfg = s.scheduler, s.pipeline, s.rl_cfg
     self.params, self.opt_state = s.params, s.opt_state
     self.P = int(config.data.prompts_per_step)  # problems per step, all hosts
     self.G = int(config.rollout.group_size)
     self.rng = jax.random.key(int(config.seed))
     self.checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
+    self.skip_guard = faults.SkipGuard(config, before_stop=self.checkpointer.wait)
     self.deferred = DeferredMetrics()
     self.writer = None  # opened in restore(), once the resume step is known
     self.start_step = 0
@@ -71,12 +75,12 @@ class Trainer:
     signal.signal(signal.SIGTERM, handler)
 
   def restore(self) -> None:
-    step = self.checkpointer.latest_step()
-    if step is not None:
-      s = self.setup
+    s = self.setup
+    step = None
+    if self.checkpointer.latest_step() is not None:
       opt_shardings = rl.optimizer_shardings(s.optimizer, self.params, s.param_shardings, s.mesh)
-      self.params, self.opt_state, host = restore(self.checkpointer, step, self.params, self.opt_state,
-                                                  s.param_shardings, opt_shardings)
+      step, self.params, self.opt_state, host = restore(self.checkpointer, self.params, self.opt_state,
+                                                        s.param_shardings, opt_shardings)
       self.scheduler.load_state_dict(host["scheduler"])
       self.pipeline.set_state(host["pipeline"])
       self.rng = host["rng"]
@@ -89,6 +93,8 @@ class Trainer:
                                resume_step=self.start_step if step is not None else -1)
 
   def save(self, step: int) -> None:
+    if not self.skip_guard.may_save(step):
+      return
     save(self.checkpointer, step, self.params, self.opt_state,
          {"scheduler": self.scheduler.state_dict(), "pipeline": self.pipeline.get_state(), "rng": self.rng,
           "gen_tokens_total": int(self.gen_tokens_total)})
@@ -227,6 +233,7 @@ class Trainer:
       if "clip_frac_low" in row:
         row["clip_frac"] = float(row["clip_frac_low"]) + float(row["clip_frac_high"])
       self.writer.write(step, {**row, **(extra or {})})
+      self.skip_guard.observe(step, row)
 
   def stop_agreed(self) -> bool:
     """Whether any host asked to stop (SIGTERM): a collective, called by every host at each step end."""

@@ -45,6 +45,10 @@ def test_every_config_loads_and_validates(path):
   assert config.curriculum.mode in curriculum.MODES
   curriculum.resolve_config(config.curriculum)  # unknown keys or bad values raise
   rl.resolve_config(config.rl)
+  if not config.model.path:  # required on the command line; validate refuses it empty
+    with pytest.raises(ValueError, match="config.model.path='': is empty"):
+      experiment.validate(config, 8, 1)
+    config.model.path = "/path/to/model"
   chips = getattr(module, "NUM_CHIPS", 8)
   experiment.validate(config, chips, max(1, chips // CHIPS_PER_HOST) if hasattr(module, "NUM_CHIPS") else 1)
 

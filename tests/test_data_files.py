@@ -92,7 +92,7 @@ HOSTILE_LINES = [
     (b'\n', "blank"),                                               # not a row
     (b'{"problem": "caf\xe9", "solution": "\\\\boxed{2}"}\n', "invalid_utf8"),
     (b'["problem", "solution"]\n', "not_an_object"),
-    (b'{"problem": null, "solution": "\\\\boxed{3}"}\n', "missing_field"),
+    (b'{"problem": null, "solution": "\\\\boxed{3}"}\n', "null_field"),
     (b'{"problem": "p4", "solution": "   "}\n', "empty_solution"),
     (b'{"problem": "p5", "solution": "no box here", "answer": null}\n', "no_answer"),
     (b'{"problem": "p6", "solution": "\\\\boxed{6"}\n', "no_answer"),  # unclosed box
@@ -129,7 +129,7 @@ def test_first_bad_row_raises_naming_file_line_and_mend(tmp_path, line_no):
   path = write_jsonl(tmp_path / "bad.jsonl", [], raw_lines=lines)
   reason = HOSTILE_LINES[line_no - 1][1]
   mend = {"invalid_utf8": "re-encode the file as UTF-8", "not_an_object": "must be one object",
-          "missing_field": r"set fields\['problem'\]", "empty_solution": "give one or drop the row",
+          "null_field": r"'problem' \(problem\) is null; give the row a problem", "empty_solution": "give one or drop the row",
           "no_answer": r"add the answer, or map it with fields\['answer'\]",
           "wrong_type": "expected text", "invalid_json": "looks truncated"}[reason]
   with pytest.raises(ValueError, match=rf"bad\.jsonl:line 2: .*{mend}.*on_bad_row='skip'"):
@@ -149,10 +149,10 @@ def test_parquet_missing_column_and_bad_row_name_the_fix(tmp_path):
     files.load_file(tmp_path / "q.parquet")
   pq.write_table(pa.table({"problem": ["a", "b", "c"], "solution": ["\\boxed{1}", None, "\\boxed{3}"]}),
                  tmp_path / "n.parquet")
-  with pytest.raises(ValueError, match=r"n.parquet:row 2: no field 'solution'"):
+  with pytest.raises(ValueError, match=r"n.parquet:row 2: field 'solution' \(solution\) is null"):
     files.load_file(tmp_path / "n.parquet")
   examples, report = files.load_file(tmp_path / "n.parquet", on_bad_row="skip")
-  assert [e.answer for e in examples] == ["1", "3"] and report.skipped_lines == {"missing_field": [2]}
+  assert [e.answer for e in examples] == ["1", "3"] and report.skipped_lines == {"null_field": [2]}
 
 
 @pytest.mark.parametrize("text, answer", [

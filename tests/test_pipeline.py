@@ -76,7 +76,7 @@ def test_state_from_other_data_or_settings_is_refused():
     args = dict(batch_size_per_process=2, seed=1, process_index=0, process_count=1) | kwargs
     with pytest.raises(ValueError, match=rf"saved with {key}=.*but this pipeline has {key}="):
       pipeline.make_pipeline(examples(10), state=state, **args)
-  with pytest.raises(ValueError, match=r"saved with num_examples=10 but this pipeline has num_examples=11"):
+  with pytest.raises(ValueError, match=r"training data changed.* then \(10 rows\).* now \(11 rows\)"):
     pipeline.make_pipeline(examples(11), batch_size_per_process=2, seed=1, process_index=0,
                            process_count=1, state=state)
   # Same global batch on another process count: the position is still valid.

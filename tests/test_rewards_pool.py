@@ -27,159 +27,159 @@ UNINTERRUPTIBLE = (range(10**12),)
 
 
 def _gone(pids, timeout_s=5.0) -> bool:
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-    return all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
+  procs = []
+  for pid in pids:
+    try:
+      procs.append(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+      pass
+  _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+  return all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
 
 
 @pytest.fixture(scope="module")
 def add_pool():
-    with WorkerPool(operator.add, num_workers=2, deadline_s=2.0) as p:
-        yield p
+  with WorkerPool(operator.add, num_workers=2, deadline_s=2.0) as p:
+    yield p
 
 
 @pytest.fixture
 def no_new_processes():
-    """Asserts that a test leaves behind no pool process that did not exist before it."""
-    before = reward_pool_processes()
-    yield
-    assert reward_pool_processes() <= before
+  """Asserts that a test leaves behind no pool process that did not exist before it."""
+  before = reward_pool_processes()
+  yield
+  assert reward_pool_processes() <= before
 
 
 def test_results_in_order_and_workers_reused(add_pool):
-    items = [(i, 10 * i) for i in range(20)]
-    res = add_pool.map(items)
-    assert res.values == [11 * i for i in range(20)]
-    assert res.status == ["ok"] * 20
-    assert (res.stats.items, res.stats.timeouts, res.stats.errors, res.stats.kills) == (20, 0, 0, 0)
-    pids = add_pool.pids()
-    assert len(pids) == 2
-    add_pool.map([(1, 1)])
-    assert add_pool.pids() == pids          # no restart between calls
+  items = [(i, 10 * i) for i in range(20)]
+  res = add_pool.map(items)
+  assert res.values == [11 * i for i in range(20)]
+  assert res.status == ["ok"] * 20
+  assert (res.stats.items, res.stats.timeouts, res.stats.errors, res.stats.kills) == (20, 0, 0, 0)
+  pids = add_pool.pids()
+  assert len(pids) == 2
+  add_pool.map([(1, 1)])
+  assert add_pool.pids() == pids          # no restart between calls
 
 
 def test_empty_batch(add_pool):
-    res = add_pool.map([])
-    assert res.values == [] and res.stats.items == 0
+  res = add_pool.map([])
+  assert res.values == [] and res.stats.items == 0
 
 
 def test_deadline_counts_from_dispatch_not_from_the_call():
-    # 6 items of 0.3 s on 2 workers take ~0.9 s in all, yet each is far inside its 1 s deadline.
-    with WorkerPool(time.sleep, num_workers=2, deadline_s=1.0) as p:
-        res = p.map([(0.3,)] * 6)
-        assert res.status == ["ok"] * 6
-        assert res.stats.timeouts == 0
+  # 6 items of 0.3 s on 2 workers take ~0.9 s in all, yet each is far inside its 1 s deadline.
+  with WorkerPool(time.sleep, num_workers=2, deadline_s=1.0) as p:
+    res = p.map([(0.3,)] * 6)
+    assert res.status == ["ok"] * 6
+    assert res.stats.timeouts == 0
 
 
 def test_raising_item_scores_fallback_and_is_counted():
-    with WorkerPool(int, num_workers=1, deadline_s=2.0, fallback=-1) as p:
-        res = p.map([("7",), ("seven",), ("8",)])
-        assert res.values == [7, -1, 8]
-        assert res.status == ["ok", "error", "ok"]
-        assert res.stats.errors == 1 and res.stats.restarts == 0
+  with WorkerPool(int, num_workers=1, deadline_s=2.0, fallback=-1) as p:
+    res = p.map([("7",), ("seven",), ("8",)])
+    assert res.values == [7, -1, 8]
+    assert res.status == ["ok", "error", "ok"]
+    assert res.stats.errors == 1 and res.stats.restarts == 0
 
 
 def test_soft_deadline_keeps_the_worker():
-    with WorkerPool(time.sleep, num_workers=1, deadline_s=0.5, soft_fraction=0.6, fallback="late") as p:
-        p.start()
-        pid = p.pids()[0]
-        t0 = time.monotonic()
-        res = p.map([(30.0,), (0.0,)])
-        elapsed = time.monotonic() - t0
-        assert res.values == ["late", None]
-        assert res.status == ["timeout", "ok"]
-        assert (res.stats.timeouts, res.stats.kills, res.stats.restarts) == (1, 0, 0)
-        assert 0.3 - 0.05 <= elapsed < 0.5          # ended by the soft timer at 0.3 s
-        assert p.pids() == [pid]                    # the same worker went on
+  with WorkerPool(time.sleep, num_workers=1, deadline_s=0.5, soft_fraction=0.6, fallback="late") as p:
+    p.start()
+    pid = p.pids()[0]
+    t0 = time.monotonic()
+    res = p.map([(30.0,), (0.0,)])
+    elapsed = time.monotonic() - t0
+    assert res.values == ["late", None]
+    assert res.status == ["timeout", "ok"]
+    assert (res.stats.timeouts, res.stats.kills, res.stats.restarts) == (1, 0, 0)
+    assert 0.3 - 0.05 <= elapsed < 0.5          # ended by the soft timer at 0.3 s
+    assert p.pids() == [pid]                    # the same worker went on
 
 
 def test_hard_deadline_kills_replaces_and_leaves_nothing_behind(no_new_processes):
-    with WorkerPool(sum, num_workers=2, deadline_s=0.75, fallback=-1) as p:
-        p.start()
-        old = p.pids()
-        t0 = time.monotonic()
-        res = p.map([UNINTERRUPTIBLE, (range(5),), ([2, 3],)])
-        elapsed = time.monotonic() - t0
-        assert res.values == [-1, 10, 5]
-        assert res.status == ["timeout", "ok", "ok"]
-        assert (res.stats.timeouts, res.stats.kills, res.stats.restarts) == (1, 1, 1)
-        assert elapsed < 0.75 + 1.0                  # the deadline, plus a fork
-        killed = set(old) - set(p.pids())
-        assert len(killed) == 1 and len(p.pids()) == 2
-        assert _gone(killed)
-        assert p.map([([7],)] * 2).values == [7, 7]  # the replacement works
-        pids = p.pids() + [p.zygote_pid]
-        assert set(pids) <= reward_pool_processes()
-    assert not set(pids) & reward_pool_processes()
+  with WorkerPool(sum, num_workers=2, deadline_s=0.75, fallback=-1) as p:
+    p.start()
+    old = p.pids()
+    t0 = time.monotonic()
+    res = p.map([UNINTERRUPTIBLE, (range(5),), ([2, 3],)])
+    elapsed = time.monotonic() - t0
+    assert res.values == [-1, 10, 5]
+    assert res.status == ["timeout", "ok", "ok"]
+    assert (res.stats.timeouts, res.stats.kills, res.stats.restarts) == (1, 1, 1)
+    assert elapsed < 0.75 + 1.0                  # the deadline, plus a fork
+    killed = set(old) - set(p.pids())
+    assert len(killed) == 1 and len(p.pids()) == 2
+    assert _gone(killed)
+    assert p.map([([7],)] * 2).values == [7, 7]  # the replacement works
+    pids = p.pids() + [p.zygote_pid]
+    assert set(pids) <= reward_pool_processes()
+  assert not set(pids) & reward_pool_processes()
 
 
 def test_worker_crash_is_an_error_and_the_pool_recovers(no_new_processes):
-    with WorkerPool(os._exit, num_workers=1, deadline_s=2.0) as p:
-        res = p.map([(3,)])
-        assert res.status == ["error"]
-        assert (res.stats.errors, res.stats.restarts) == (1, 1)
-        assert len(p.pids()) == 1
+  with WorkerPool(os._exit, num_workers=1, deadline_s=2.0) as p:
+    res = p.map([(3,)])
+    assert res.status == ["error"]
+    assert (res.stats.errors, res.stats.restarts) == (1, 1)
+    assert len(p.pids()) == 1
 
 
 def test_close_leaves_no_process(no_new_processes):
-    p = WorkerPool(operator.add, num_workers=3, deadline_s=1.0)
-    p.map([(1, 2)] * 5)
-    pids = p.pids() + [p.zygote_pid]
-    assert len(pids) == 4 and set(pids) <= reward_pool_processes()
-    p.close()
-    assert _gone(pids, timeout_s=0.0)                # close() waited for them
-    assert not set(pids) & reward_pool_processes()
-    with pytest.raises(RuntimeError, match="closed"):
-        p.map([(1, 2)])
+  p = WorkerPool(operator.add, num_workers=3, deadline_s=1.0)
+  p.map([(1, 2)] * 5)
+  pids = p.pids() + [p.zygote_pid]
+  assert len(pids) == 4 and set(pids) <= reward_pool_processes()
+  p.close()
+  assert _gone(pids, timeout_s=0.0)                # close() waited for them
+  assert not set(pids) & reward_pool_processes()
+  with pytest.raises(RuntimeError, match="closed"):
+    p.map([(1, 2)])
 
 
 def test_pool_shared_between_threads():
-    with WorkerPool(pow, num_workers=2, deadline_s=5.0) as p:
-        results = {}
+  with WorkerPool(pow, num_workers=2, deadline_s=5.0) as p:
+    results = {}
 
-        def run(name, items):
-            results[name] = p.map(items).values
+    def run(name, items):
+      results[name] = p.map(items).values
 
-        threads = [threading.Thread(target=run, args=(i, [(2, i), (3, i)])) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert results == {i: [2**i, 3**i] for i in range(4)}
+    threads = [threading.Thread(target=run, args=(i, [(2, i), (3, i)])) for i in range(4)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join()
+    assert results == {i: [2**i, 3**i] for i in range(4)}
 
 
 def test_close_does_not_wait_for_a_hung_call_in_another_thread(no_new_processes):
-    p = WorkerPool(sum, num_workers=1, deadline_s=60.0)
-    p.start()
-    outcome = []
+  p = WorkerPool(sum, num_workers=1, deadline_s=60.0)
+  p.start()
+  outcome = []
 
-    def run():
-        try:
-            p.map([UNINTERRUPTIBLE])
-        except RuntimeError as e:
-            outcome.append(str(e))
+  def run():
+    try:
+      p.map([UNINTERRUPTIBLE])
+    except RuntimeError as e:
+      outcome.append(str(e))
 
-    hung = threading.Thread(target=run)
-    hung.start()
-    time.sleep(0.2)
-    pids = p.pids() + [p.zygote_pid]
-    t0 = time.monotonic()
-    p.close()
-    assert time.monotonic() - t0 < 4.0
-    assert _gone(pids)
-    hung.join(timeout=10)
-    assert not hung.is_alive()
-    assert outcome and "closed" in outcome[0]
+  hung = threading.Thread(target=run)
+  hung.start()
+  time.sleep(0.2)
+  pids = p.pids() + [p.zygote_pid]
+  t0 = time.monotonic()
+  p.close()
+  assert time.monotonic() - t0 < 4.0
+  assert _gone(pids)
+  hung.join(timeout=10)
+  assert not hung.is_alive()
+  assert outcome and "closed" in outcome[0]
 
 
 def test_processes_end_when_the_parent_exits_or_is_killed(tmp_path):
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = textwrap.dedent(f"""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = textwrap.dedent(f"""
         import operator, os, sys, time
         sys.path.insert(0, {repo!r})
         from jaxghpo.rewards.pool import WorkerPool
@@ -190,32 +190,59 @@ def test_processes_end_when_the_parent_exits_or_is_killed(tmp_path):
             time.sleep(60)
         # else: exit without close(): the atexit hook must stop the pool
     """)
-    path = tmp_path / "parent.py"
-    path.write_text(script)
-    for mode in ("exit", "hang"):
-        with subprocess.Popen([sys.executable, str(path), mode], stdout=subprocess.PIPE, text=True) as proc:
-            pids = [int(x) for x in proc.stdout.readline().split()]
-            assert len(pids) == 3
-            if mode == "hang":
-                proc.send_signal(signal.SIGKILL)   # no atexit: the children must notice on their own
-            proc.wait(timeout=30)
-        assert _gone(pids, timeout_s=5.0), mode
+  path = tmp_path / "parent.py"
+  path.write_text(script)
+  for mode in ("exit", "hang"):
+    with subprocess.Popen([sys.executable, str(path), mode], stdout=subprocess.PIPE, text=True) as proc:
+      pids = [int(x) for x in proc.stdout.readline().split()]
+      assert len(pids) == 3
+      if mode == "hang":
+        proc.send_signal(signal.SIGKILL)   # no atexit: the children must notice on their own
+      proc.wait(timeout=30)
+    assert _gone(pids, timeout_s=5.0), mode
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="module-level function"):
-        WorkerPool(lambda x: x)
-    with pytest.raises(ValueError, match="num_workers"):
-        WorkerPool(operator.add, num_workers=0)
-    with pytest.raises(ValueError, match="soft_fraction"):
-        WorkerPool(operator.add, soft_fraction=1.0)
+  with pytest.raises(ValueError, match="module-level function"):
+    WorkerPool(lambda x: x)
+  with pytest.raises(ValueError, match="num_workers"):
+    WorkerPool(operator.add, num_workers=0)
+  with pytest.raises(ValueError, match="soft_fraction"):
+    WorkerPool(operator.add, soft_fraction=1.0)
 
 
 def test_default_num_workers_is_small_and_configurable(monkeypatch):
-    monkeypatch.delenv("JAXGHPO_REWARD_WORKERS", raising=False)
-    assert 2 <= pool_lib.default_num_workers() <= 8
-    monkeypatch.setenv("JAXGHPO_REWARD_WORKERS", "3")
-    assert pool_lib.default_num_workers() == 3
-    monkeypatch.setenv("JAXGHPO_REWARD_WORKERS", "lots")
-    with pytest.raises(ValueError, match="JAXGHPO_REWARD_WORKERS"):
-        pool_lib.default_num_workers()
+  monkeypatch.delenv("JAXGHPO_REWARD_WORKERS", raising=False)
+  assert 2 <= pool_lib.default_num_workers() <= 8
+  monkeypatch.setenv("JAXGHPO_REWARD_WORKERS", "3")
+  assert pool_lib.default_num_workers() == 3
+  monkeypatch.setenv("JAXGHPO_REWARD_WORKERS", "lots")
+  with pytest.raises(ValueError, match="JAXGHPO_REWARD_WORKERS"):
+    pool_lib.default_num_workers()
+
+
+def test_workers_busy_in_c_die_within_2s_of_a_sigkilled_parent(tmp_path):
+  """Workers in a C loop that holds the GIL (no watchdog thread can run) still die with the pool's owner."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = textwrap.dedent(f"""
+        import sys, threading, time
+        sys.path.insert(0, {repo!r})
+        from jaxghpo.rewards.pool import WorkerPool
+        p = WorkerPool(sum, num_workers=2, deadline_s=600.0)
+        p.start()
+        threading.Thread(target=p.map, args=([(range(10**12),)] * 2,), daemon=True).start()
+        time.sleep(1.0)  # both workers are now inside sum()
+        print(" ".join(str(x) for x in p.pids()), flush=True)
+        time.sleep(600)
+    """)
+  path = tmp_path / "owner.py"
+  path.write_text(script)
+  with subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True) as proc:
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    assert all(psutil.Process(pid).cpu_percent(interval=0.2) > 0 for pid in pids)  # busy
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  t0 = time.monotonic()
+  assert _gone(pids, timeout_s=2.0)
+  assert time.monotonic() - t0 < 2.5

@@ -22,6 +22,7 @@ FIELD_NAMES = ("problem", "solution", "answer", "solution_hint", "level")
 REQUIRED_FIELDS = ("problem", "solution")
 STEP_SEP = "\n"
 _MAX_LINES_KEPT = 10  # line numbers kept per skip reason in the report
+_MAX_CONFLICTS_KEPT = 50  # duplicates with conflicting answers named in the report (all are counted)
 
 
 class BadRow(ValueError):
@@ -38,9 +39,13 @@ class LoadReport:
 
   rows_read == loaded + sum(skipped.values()) always holds (blank JSONL lines are not rows).
   skipped: reason -> count; reasons are invalid_utf8, invalid_json, not_an_object, missing_field,
-    wrong_type, empty_problem, empty_solution, no_answer, duplicate.
+    null_field, wrong_type, empty_problem, empty_solution, no_answer, duplicate (here), and
+    prompt_too_long (experiment.check_prompt_room, after the load).
   skipped_lines: reason -> the first few 1-based line (or row) numbers, to find them in the file.
   level_unknown: loaded rows whose level was absent or unparseable (kept, with level -1).
+  conflicts: duplicates whose answer differs from the kept row's (the first few, all counted in
+    num_conflicts): {"line", "kept_line", "answer", "kept_answer"}.
+  example_lines: the 1-based line (row) of each loaded example, in order (for errors found later).
   """
   path: str
   rows_read: int = 0
@@ -48,6 +53,10 @@ class LoadReport:
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)
   skipped_lines: dict[str, list[int]] = dataclasses.field(default_factory=dict)
   level_unknown: int = 0
+  conflicts: list[dict] = dataclasses.field(default_factory=list)
+  num_conflicts: int = 0
+  example_lines: list[int] = dataclasses.field(default_factory=list, repr=False)
+  unit: str = "line"
 
   @property
   def duplicates(self) -> int:
@@ -60,9 +69,39 @@ class LoadReport:
     if len(lines) < _MAX_LINES_KEPT:
       lines.append(line)
 
+  def count_conflict(self, line: int, kept_line: int, answer: str, kept_answer: str) -> None:
+    """A duplicate (already counted) whose answer differs from the kept row's."""
+    self.num_conflicts += 1
+    if len(self.conflicts) < _MAX_CONFLICTS_KEPT:
+      self.conflicts.append({"line": line, "kept_line": kept_line, "answer": answer[:200],
+                             "kept_answer": kept_answer[:200]})
+
+  def drop_loaded(self, keep: list[bool], reason: str) -> None:
+    """Moves the loaded examples where keep[i] is False to skipped[reason] (a check after the load)."""
+    if len(keep) != self.loaded or len(self.example_lines) != self.loaded:
+      raise ValueError(f"{self.path}: drop_loaded got {len(keep)} flags for {self.loaded} loaded rows")
+    for line, kept in zip(self.example_lines, keep):
+      if not kept:
+        self.count_skip(reason, line)
+    self.example_lines = [line for line, kept in zip(self.example_lines, keep) if kept]
+    self.loaded = len(self.example_lines)
+
+  def where(self, index: int) -> str:
+    """"path:line N" of the index-th loaded example."""
+    return f"{self.path}:{self.unit} {self.example_lines[index]}"
+
+  def to_json(self) -> dict:
+    """The report as data_report.json writes it (rows read == kept + sum of skipped)."""
+    return {"path": self.path, "rows_read": self.rows_read, "kept": self.loaded,
+            "skipped": dict(sorted(self.skipped.items())),
+            "skipped_lines": {k: list(v) for k, v in sorted(self.skipped_lines.items())},
+            "duplicates": self.duplicates, "conflicting_duplicates": self.num_conflicts,
+            "conflicts": list(self.conflicts), "level_unknown": self.level_unknown, "unit": self.unit}
+
   def __str__(self) -> str:
     skipped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
-    return (f"{self.path}: {self.rows_read} rows read, {self.loaded} loaded, skipped: {skipped}, "
+    conflicts = f", {self.num_conflicts} duplicates with a different answer" if self.num_conflicts else ""
+    return (f"{self.path}: {self.rows_read} rows read, {self.loaded} kept, skipped: {skipped}{conflicts}, "
             f"level unknown: {self.level_unknown}")
 
 
@@ -219,6 +258,8 @@ def _text_field(row: dict, ours: str, fmap: dict[str, str], required: bool) -> s
   theirs = fmap[ours]
   value = row.get(theirs)
   if value is None:
+    if required and theirs in row:
+      raise BadRow("null_field", f"field {theirs!r} ({ours}) is null; give the row a {ours} or drop it")
     if required:
       present = ", ".join(sorted(map(str, row))[:20]) or "none"
       raise BadRow("missing_field",
@@ -314,8 +355,13 @@ def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
 
 def _parquet_rows(path: str, fmap: dict[str, str]) -> Iterator[tuple[int, Any]]:
   """(1-based row, row dict) for each Parquet row, read in record batches (bounded memory)."""
-  import pyarrow.parquet as pq  # only Parquet users pay for the import
-  pfile = pq.ParquetFile(path)
+  import pyarrow  # only Parquet users pay for the import
+  import pyarrow.parquet as pq
+  try:
+    pfile = pq.ParquetFile(path)
+  except (OSError, pyarrow.ArrowException) as e:
+    raise ValueError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e}); check the path, or "
+                     "re-export the file (a .parquet file must be complete Parquet)") from None
   columns = set(pfile.schema_arrow.names)
   for ours in REQUIRED_FIELDS:
     if fmap[ours] not in columns:
@@ -324,7 +370,15 @@ def _parquet_rows(path: str, fmap: dict[str, str]) -> Iterator[tuple[int, Any]]:
                        f"the column that holds the {ours}.")
   wanted = [c for c in dict.fromkeys(fmap.values()) if c in columns]
   row_no = 0
-  for batch in pfile.iter_batches(batch_size=1024, columns=wanted):
+  batches = pfile.iter_batches(batch_size=1024, columns=wanted)
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except (OSError, pyarrow.ArrowException) as e:
+      raise ValueError(f"{path}: reading Parquet rows after row {row_no} failed ({type(e).__name__}: "
+                       f"{e}); the file is corrupt or truncated: re-export it") from None
     for row in batch.to_pylist():
       row_no += 1
       yield row_no, row
@@ -368,9 +422,11 @@ def load_file(path: str | os.PathLike, *, fields: Mapping[str, str] | Any | None
     raise ValueError(f"{path}: unknown file type {ext!r}; use .jsonl (one JSON object per line) "
                      f"or .parquet.")
 
-  report = LoadReport(path=path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such file (config.data.files / config.eval.files)")
+  report = LoadReport(path=path, unit=unit)
   examples: list[Example] = []
-  seen_ids: set[int] = set()
+  seen: dict[int, tuple[int, str]] = {}  # problem id -> (line, answer) of the kept row
   for line_no, row in rows:
     report.rows_read += 1
     try:
@@ -384,11 +440,15 @@ def load_file(path: str | os.PathLike, *, fields: Mapping[str, str] | Any | None
                          f"count such rows)") from None
       report.count_skip(bad.reason, line_no)
       continue
-    if example.problem_id in seen_ids and not keep_duplicates:
+    if example.problem_id in seen and not keep_duplicates:
       report.count_skip("duplicate", line_no)
+      kept_line, kept_answer = seen[example.problem_id]
+      if example.answer != kept_answer:
+        report.count_conflict(line_no, kept_line, example.answer, kept_answer)
       continue
-    seen_ids.add(example.problem_id)
+    seen.setdefault(example.problem_id, (line_no, example.answer))
     examples.append(example)
+    report.example_lines.append(line_no)
     report.loaded += 1
     report.level_unknown += not level_known
   return examples, report

@@ -91,10 +91,11 @@ def _math_prompt(user_text: str, style: str, tokenizer) -> tuple[str, bool]:
   return PLAIN_MATH_TEMPLATE.format(instruction=instruction, user=user_text), True
 
 
-def render(example: Example, hint_text: str, placement: str, tokenizer, style: str) -> Rendered:
-  """Renders `example`'s prompt with `hint_text` ("" = no hint) at `placement` in `style`.
+def render_text(example: Example, hint_text: str, placement: str, tokenizer, style: str
+                ) -> tuple[str, bool, str]:
+  """(prompt text, whether encoding it adds the tokenizer's special tokens, forced response prefix).
 
-  tokenizer: an HF tokenizer (the chains task's, or a real model's).
+  What `render` encodes; apart so that many prompts can be encoded in one batched tokenizer call.
   """
   _check(placement, style)
   in_prompt = placement == "prompt" and bool(hint_text)
@@ -111,6 +112,15 @@ def render(example: Example, hint_text: str, placement: str, tokenizer, style: s
     prefix = hint_text
     if style == "think_answer" and not _think_opened(text):
       prefix = THINK_OPEN + hint_text
+  return text, add_special, prefix
+
+
+def render(example: Example, hint_text: str, placement: str, tokenizer, style: str) -> Rendered:
+  """Renders `example`'s prompt with `hint_text` ("" = no hint) at `placement` in `style`.
+
+  tokenizer: an HF tokenizer (the chains task's, or a real model's).
+  """
+  text, add_special, prefix = render_text(example, hint_text, placement, tokenizer, style)
   prompt_ids = tokenizer.encode(text, add_special_tokens=add_special)
   hint_ids = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
   return Rendered(prompt_ids=tuple(int(i) for i in prompt_ids),

@@ -225,7 +225,7 @@ class JaxghpoFiles(_CodePathFromFile, tfds.core.GeneratorBasedBuilder):
       examples, report = files.load_file(path, fields=cfg.fields, on_bad_row=cfg.on_bad_row,
                                          answer_from_boxed=cfg.answer_from_boxed,
                                          dataset_name=cfg.dataset_name)
-      reports.setdefault(split, []).append(dataclasses.asdict(report))
+      reports.setdefault(split, []).append(report.to_json())
       for example in examples:
         # TFDS keys must be unique within a split; the same problem in two files is kept once.
         if example.problem_id in seen:

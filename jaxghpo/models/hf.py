@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxghpo import parallel, paths
+from jaxghpo import faults, parallel, paths
 from jaxghpo.models.config import ModelConfig
 from jaxghpo.models.safetensors_io import FLOAT_CODES, SafetensorsError, SafetensorsFile, save_file
 from jaxghpo.models.transformer import Transformer, abstract_model
@@ -51,6 +51,8 @@ def _np_dtype(dtype) -> np.dtype:
 
 def load_config(path: str, *, dtype=None, param_dtype=None, attention: str = "xla",
                 remat: str = "none") -> ModelConfig:
+  if not str(path).strip():
+    raise ValueError("the model path is empty: give a Hugging Face model directory (config.json + *.safetensors)")
   cfg_path = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_path):
     raise FileNotFoundError(f"{cfg_path} not found: from_pretrained needs a Hugging Face model directory")
@@ -67,6 +69,10 @@ def _weight_files(path: str) -> list[str]:
     with open(index) as f:
       weight_map = json.load(f).get("weight_map", {})
     files = sorted(set(weight_map.values()))
+    for name in files:
+      if not _inside_dir(name):
+        raise SafetensorsError(f"{index} names the shard {name!r}, which is not a file name inside the model "
+                               "directory (absolute paths and '..' are refused); fix the index")
     missing = [p for p in files if not os.path.isfile(os.path.join(path, p))]
     if missing:
       raise FileNotFoundError(f"{index} names shard(s) {missing} that are not in {path}")
@@ -75,6 +81,14 @@ def _weight_files(path: str) -> list[str]:
   if not files:
     raise FileNotFoundError(f"no *.safetensors file (or model.safetensors.index.json) in {path}")
   return files
+
+
+def _inside_dir(name) -> bool:
+  """A shard name from an index is a relative path that stays in its directory (no '..', not absolute)."""
+  if not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name or "\0" in name:
+    return False
+  parts = name.split("/")
+  return all(p not in ("", ".", "..") for p in parts)
 
 
 def _current_mesh(mesh):
@@ -141,6 +155,8 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh=None
     raise SafetensorsError(
         f"tensors {extra[:5]}{' ...' if len(extra) > 5 else ''} in {sorted({where[k].path for k in extra})} "
         f"have no place in a {cfg.model_type} model with this config.json (wrong architecture or config?)")
+  faults.check_finite({hf_name(k)[0]: v for k, v in values.items()}, f"{path}: imported weights",
+                      "the files are corrupt or were exported from a diverged run; re-download or re-export them")
   for path_key, variable in flat:
     variable.set_value(values[path_key])
   return nnx.merge(graphdef, nnx.from_flat_state(flat)), cfg

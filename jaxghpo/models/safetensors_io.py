@@ -5,6 +5,7 @@ Reading maps the file and returns views, so a tensor is only read when a device 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 
@@ -25,7 +26,13 @@ class SafetensorsError(ValueError):
 
 
 def read_header(path: str) -> tuple[dict, int]:
-  """Returns ({tensor name: {dtype, shape, data_offsets}}, byte offset of the data section)."""
+  """Returns ({tensor name: {dtype, shape, data_offsets}}, byte offset of the data section).
+
+  The header is validated before any tensor is read: every entry has a known dtype, a shape of
+  non-negative integers and integer offsets 0 <= begin <= end inside the data section, with
+  end - begin == prod(shape) * itemsize, and no two tensors overlap. A SafetensorsError names the
+  file and the tensor.
+  """
   size = os.path.getsize(path)
   with open(path, "rb") as f:
     raw = f.read(8)
@@ -38,18 +45,48 @@ def read_header(path: str) -> tuple[dict, int]:
       header = json.loads(f.read(n))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise SafetensorsError(f"{path}: header is not valid JSON ({e}): the file is corrupt") from e
+  if not isinstance(header, dict):
+    raise SafetensorsError(f"{path}: header is a JSON {type(header).__name__}, not an object: the file is corrupt")
   header.pop("__metadata__", None)
   data_len = size - 8 - n
+  spans = []
   for name, info in header.items():
-    if info.get("dtype") not in _DTYPES:
-      raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+    _check_entry(path, name, info, data_len)
     begin, end = info["data_offsets"]
-    want = int(np.prod(info["shape"], dtype=np.int64)) * _DTYPES[info["dtype"]].itemsize
-    if end - begin != want or end > data_len:
-      raise SafetensorsError(
-          f"{path}: tensor {name!r} (shape {info['shape']}, {info['dtype']}) needs {want} bytes at "
-          f"[{begin}, {end}) but the data section has {data_len}: the file is truncated or corrupt")
+    if end > begin:
+      spans.append((begin, end, name))
+  spans.sort()
+  for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
+    if begin_b < end_a:
+      raise SafetensorsError(f"{path}: tensors {name_a!r} and {name_b!r} overlap in the data section "
+                             f"(one ends at {end_a}, the other begins at {begin_b}): the file is corrupt")
   return header, 8 + n
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_entry(path: str, name: str, info, data_len: int) -> None:
+  """One header entry: dtype, shape and offsets consistent with each other and with the file."""
+  if not isinstance(info, dict):
+    raise SafetensorsError(f"{path}: header entry of tensor {name!r} is not an object: the file is corrupt")
+  if info.get("dtype") not in _DTYPES:
+    raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+  shape, offsets = info.get("shape"), info.get("data_offsets")
+  if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    raise SafetensorsError(f"{path}: tensor {name!r} has shape {shape!r}, not a list of integers >= 0: "
+                           "the file is corrupt")
+  if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
+      or not 0 <= offsets[0] <= offsets[1]):
+    raise SafetensorsError(f"{path}: tensor {name!r} has data_offsets {offsets!r}, not [begin, end] with "
+                           "0 <= begin <= end: the file is corrupt")
+  begin, end = offsets
+  want = math.prod(shape) * _DTYPES[info["dtype"]].itemsize
+  if end - begin != want or end > data_len:
+    raise SafetensorsError(
+        f"{path}: tensor {name!r} (shape {shape}, {info['dtype']}) needs {want} bytes at "
+        f"[{begin}, {end}) but the data section has {data_len}: the file is truncated or corrupt")
 
 
 class SafetensorsFile:
