@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import curriculum, evaluation, experiment, groups, models, parallel, rl
+from jaxghpo import curriculum, diagnostics, evaluation, experiment, groups, models, parallel, rl
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.data import pipeline as pipeline_lib
 from jaxghpo.data.tokenizer import HINT_MARKER
@@ -217,6 +217,7 @@ class Trainer:
   def rl_step(self, step: int, rng) -> dict:
     timer = {}
     examples = next(self.pipeline)
+    self._step_examples = examples  # host_metrics checks the traces against their problems
     ids = np.asarray([ex.problem_id for ex in examples], np.int64)
     levels = np.asarray([ex.level for ex in examples], np.int64)
 
@@ -324,6 +325,14 @@ class Trainer:
     out.update(sched_metrics)
     out["frac_groups_nonzero_adv"] = float(nonzero.mean())  # of the trained groups
     hard = lv >= min(experiment.parse_levels(self.config.eval.hard_levels) or [10**9])
+    if self.config.data.source == "task":  # signal from groups with a VALID success (not lucky answers)
+      in_prompt = self.config.hints.placement == "prompt"  # response-placed hints are in the completions
+      hints = ro.prompts.hint_text if in_prompt else [""] * len(ro.prompts.hint_text)
+      valid_signal = nonzero & hosts.allgather(diagnostics.valid_success_groups(
+          [ex.problem for ex in self._step_examples], hints, ro.completions, self.G))
+      out["frac_groups_valid_signal"] = float(valid_signal.mean())
+      if hard.any():
+        out["frac_groups_valid_signal/hard"] = float(valid_signal[hard].mean())
     if hard.any():
       out["frac_groups_nonzero_adv/hard"] = float(nonzero[hard].mean())
       out["pass_rate/hard"] = float((acc[hard] > 0).mean())
@@ -353,37 +362,34 @@ class Trainer:
     return out
 
   def eval_split(self, examples, ratio, temperature, k, step):
-    """pass@1, pass@k and avg@k of `examples` (split over hosts) with hint `ratio`; and the rows."""
+    """pass@1 (answer), valid_pass@1 (chains), pass@k and avg@k of `examples` (split over hosts)
+    with hint `ratio`, by the one evaluator (evaluation.evaluate); and this host's rows."""
     n_proc, h = jax.process_count(), jax.process_index()
     per = len(examples) // n_proc
     mine = examples[h * per:(h + 1) * per]
     G = self.G
-    rows = []
-    rng = jax.random.fold_in(jax.random.key(int(self.config.seed) + 17), step)
-    for start in range(0, len(mine), self.P_local):
-      chunk = mine[start:start + self.P_local]
-      rng, key = jax.random.split(rng)
-      prompts, tokens, _, lengths = self.sample(chunk, np.full(len(chunk), ratio, np.float32), key,
+    rng = [jax.random.fold_in(jax.random.key(int(self.config.seed) + 17), step)]
+
+    def generate(chunk, hint_ratio, num):
+      rng[0], key = jax.random.split(rng[0])
+      prompts, tokens, _, lengths = self.sample(chunk, np.full(len(chunk), hint_ratio, np.float32), key,
                                                 temperature=temperature, samplers=self.eval_samplers,
                                                 max_prompt_len=self.eval_prompt_len)
       conf = self.last_confidence
       texts = groups.decode(self.tokenizer, tokens, lengths, self.eos_id)
-      picked = [i * G + j for i in range(len(chunk)) for j in range(k)]
-      texts = [texts[r] for r in picked]
-      _, acc = self.score(texts, [ex.answer for ex in chunk for _ in range(k)])
-      acc = acc.reshape(len(chunk), k)
-      for i, ex in enumerate(chunk):
-        row = {"problem_id": int(ex.problem_id), "level": int(ex.level), "problem": ex.problem,
-               "answer": ex.answer, "hint": prompts.hint_text[i], "completions": texts[i * k:(i + 1) * k],
-               "correct": (acc[i] > 0).tolist()}
+      picked = [[i * G + j for j in range(num)] for i in range(len(chunk))]
+      extras = []
+      for i in range(len(chunk)):
+        extra = {"hint": prompts.hint_text[i]}
         if conf is not None:  # DeepConf: per-token confidence of each completion, up to its length
-          row["token_confidences"] = [np.round(conf[r, :int(lengths[r])], 4).tolist()
-                                      for r in picked[i * k:(i + 1) * k]]
-        rows.append(row)
-    correct = hosts.allgather(np.asarray([r["correct"] for r in rows], bool).reshape(len(rows), k))
-    levels = hosts.allgather(np.asarray([r["level"] for r in rows], np.int64))
-    metrics = evaluation.aggregate([{"level": int(l), "correct": c} for l, c in zip(levels, correct)], k)
-    return metrics, rows
+          extra["token_confidences"] = [np.round(conf[r, :int(lengths[r])], 4).tolist() for r in picked[i]]
+        extras.append(extra)
+      return [[texts[r] for r in rows] for rows in picked], None, extras
+
+    check = evaluation.chains_check if self.config.data.source == "task" else None
+    return evaluation.evaluate(generate, mine, k=k, num_samples=k, batch_size=self.P_local,
+                               hint_ratio=ratio, score_fn=lambda texts, answers: self.score(texts, answers)[1],
+                               check_fn=check, gather_fn=hosts.allgather)
 
   # ------------------------------------------------------------------------------------ the loop
   def export(self, out_dir: str) -> None:
@@ -452,6 +458,9 @@ class Trainer:
 
 
 def run(config, workdir: str) -> dict:
+  if config.get("arms", ""):  # several arms side by side, each in workdir/ARM (jaxghpo/arms.py)
+    from jaxghpo import arms
+    return arms.run_side_by_side(config, workdir)
   if config.mode == "sft":
     from jaxghpo import sft
     return sft.run(config, workdir)
