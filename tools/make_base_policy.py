@@ -84,8 +84,37 @@ def profile(model, tok, num_problems: int) -> dict:
     counts, _ = np.histogram(p, bins=HIST_EDGES)
     out[key] = {"valid_pass@1": float(p.mean()), "p10": float(np.quantile(p, 0.1)),
                 "median": float(np.median(p)), "p90": float(np.quantile(p, 0.9)),
-                "hist_counts": counts.tolist(), "num_problems": len(exs)}
+                "hist_counts": counts.tolist(), "num_problems": len(exs),
+                "per_problem": [float(f"{x:.6g}") for x in p]}
   return out
+
+
+RAMP = {"1": (0.95, 1.0), "2": (0.95, 1.0), "3": (0.95, 1.0), "4": (0.3, 0.6), "5": (0.05, 0.25),
+        "6": (0.005, 0.05)}  # the acceptance profile: unhinted valid pass@1 at T = 1 by level
+
+
+def write_report(out_dir: str, model, tok, extra: dict, num_problems: int, samples: int) -> dict:
+  """Measures the profile (exact per problem, and sampled by tools/evaluate.py's code) and writes
+  OUT/base_policy_report.json."""
+  import sys
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import evaluate as evaluate_tool  # tools/evaluate.py: the sampled profile, as anyone can re-measure it
+  prof = profile(model, tok, num_problems)
+  for key, row in prof.items():
+    print(f"{key:>10}: exact valid pass@1 {row['valid_pass@1']:.4f}  p10 {row['p10']:.4f} median {row['median']:.4f} "
+          f"p90 {row['p90']:.4f}  hist {row['hist_counts']}", flush=True)
+  sampled = evaluate_tool.main(["--model", out_dir, "--config", "configs/default.py",
+                                "--num_problems", str(num_problems), "--num_samples", str(samples)])
+  inside = {lv: lo <= prof[lv]["valid_pass@1"] <= hi for lv, (lo, hi) in RAMP.items()}
+  report = {**extra, "profile_method": "exact: exp(log-prob of the true trace + EOS) at T = 1 per problem of "
+                                       "evaluation.fixed_eval_sets(chains, num_problems); sampled: "
+                                       "tools/evaluate.py (T = 1) on the same problems",
+            "num_problems": num_problems, "hist_edges": list(HIST_EDGES), "ramp": RAMP, "inside_ramp": inside,
+            "profile": prof, "sampled": sampled}
+  with open(os.path.join(out_dir, "base_policy_report.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  print("inside the ramp:", inside, flush=True)
+  return report
 
 
 def main():
@@ -106,11 +135,20 @@ def main():
   p.add_argument("--eval_problems", type=int, default=128)
   p.add_argument("--log_every", type=int, default=50)
   p.add_argument("--profile_every", type=int, default=0, help="0: profile only at the end")
+  p.add_argument("--profile_only", action="store_true", help="re-measure the policy in --out, no training")
+  p.add_argument("--profile_samples", type=int, default=8, help="samples per problem of the sampled profile")
   args = p.parse_args()
+  tok = tok_lib.load(tok_lib.task_tokenizer_path())
+  if args.profile_only:
+    with open(os.path.join(args.out, "base_policy_report.json")) as f:
+      old = json.load(f)
+    m, _ = models.from_pretrained(args.out)
+    extra = {k: old[k] for k in ("args", "train_seconds", "params") if k in old}
+    write_report(args.out, m, tok, extra, args.eval_problems, args.profile_samples)
+    return
   q_by_tail = parse_q(args.q)
   groups = [[int(x) for x in g.split(",")] for g in (args.short_levels, args.long_levels) if g]
   lens = [-(-max(chains.problem_len(l) + chains.solution_len(l) + 3 for l in g) // 8) * 8 for g in groups]
-  tok = tok_lib.load(tok_lib.task_tokenizer_path())
   cfg = model_config(tok, args)
   model = models.init_model(cfg, seed=args.seed)
   print(f"params: {sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))):,}; q(tail) {q_by_tail}")
@@ -139,20 +177,15 @@ def main():
   elapsed = time.time() - t0
   print(f"trained {args.steps} steps in {elapsed:.0f}s", flush=True)
   m = nnx.merge(graphdef, params)
-  prof = profile(m, tok, args.eval_problems)
-  for key, row in prof.items():
-    print(f"{key:>10}: valid pass@1 {row['valid_pass@1']:.4f}  p10 {row['p10']:.4f} median {row['median']:.4f} "
-          f"p90 {row['p90']:.4f}  hist {row['hist_counts']}", flush=True)
-  if args.out:
-    models.save_pretrained(m, cfg, args.out)
-    tok.save_pretrained(args.out)
-    report = {"args": vars(args), "train_seconds": round(elapsed, 1), "params": int(cfg.num_params()),
-              "profile_method": "exact: exp(log-prob of the true trace + EOS) at T = 1 per problem of "
-                                "evaluation.fixed_eval_sets(chains, eval_problems)",
-              "hist_edges": list(HIST_EDGES), "profile": prof}
-    with open(os.path.join(args.out, "base_policy_report.json"), "w") as f:
-      json.dump(report, f, indent=2)
-    print("saved", args.out)
+  if not args.out:
+    for key, row in profile(m, tok, args.eval_problems).items():
+      print(f"{key:>10}: exact valid pass@1 {row['valid_pass@1']:.4f} hist {row['hist_counts']}", flush=True)
+    return
+  models.save_pretrained(m, cfg, args.out)
+  tok.save_pretrained(args.out)
+  extra = {"args": vars(args), "train_seconds": round(elapsed, 1), "params": int(cfg.num_params())}
+  write_report(args.out, m, tok, extra, args.eval_problems, args.profile_samples)
+  print("saved", args.out)
 
 
 if __name__ == "__main__":
