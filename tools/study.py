@@ -5,32 +5,35 @@
     python tools/study.py --out runs/study --arms grpo,ghpo --seeds 0,1,2,3,4
     python tools/study.py --out runs/study --report_only      # the table and plots from finished runs
 
-Arms (ARMS): GRPO (no hints), DAPO-style filter, GHPO (ladder 0.25/0.5/0.75), adaptive scheduler,
-annealed hints, and GHPO with corrupted hints (another problem's trace; shuffled steps). Each
-(arm, seed) is one run of jaxghpo.train.run in OUT/ARM/seedS, in this process, one after another;
-a run that already finished is skipped, an interrupted one resumes from its checkpoint. Compiled
-programs are kept in OUT/.jax_cache, so only the first run pays for compilation.
+Arms (jaxghpo/arms.py, ARMS): GRPO (no hints), DAPO-style filter, GHPO (paper ladder 0.25/0.5/0.75),
+GHPO with the step ladder (one rung per remaining step), GHPO with the hint as a response prefix,
+adaptive, annealed hints, UFT (annealed Binomial hint length + hint NLL, response placement), and
+GHPO with corrupted hints (another problem's trace; shuffled steps). Each (arm, seed) is one run of
+jaxghpo.train.run in OUT/ARM/seedS, in this process, one after another; a run that already finished
+is skipped, an interrupted one resumes from its checkpoint. Compiled programs are kept in
+OUT/.jax_cache, so only the first run pays for compilation.
 
 Equal budget: every run stops once it has generated `budget_tokens` tokens (config.max_gen_tokens;
-GHPO's retries are counted), with `max_steps` as a cap that no arm should reach (the table shows
-the steps each arm took). The learning-rate schedule and the anneal schedule are set over the same
-number of steps for every arm. Default budget: a quarter of what `steps` steps could generate at most
-(steps x prompts_per_step x group_size x max_new_tokens / 4: chains responses are much shorter than
-max_new_tokens); cap: 4 x steps.
+GHPO's retries are counted; the check is per step, so a run overshoots by less than one step), with
+`max_steps` as a cap that should not bind (the table says when it did). Every arm's learning-rate
+schedule runs over the same `max_steps`, so the rate at a given update does not depend on how many
+updates the arm's budget buys. Evaluation is on the fixed evaluation set (evaluation.fixed_level_set):
+the same problems for every arm and seed.
 
-Outputs in OUT: study.md (tables: mean and 95% t-interval over seeds per metric, paired differences
-to GRPO; cost), study.json (every run's summary), and PNG plots: study_hard_pass.png (hard-split
-pass@1 without hint against generated tokens; one point per evaluation, mid-run ones with
---eval_every), study_signal_yield.png, study_hint_ratio.png, study_shortcut.png. The tables hold
-only numbers from the runs' files; the same seeds give the same tables (runs are deterministic on
-CPU); wall times are in a separate table because they are not.
+Statistics: one pre-declared primary comparison, unhinted valid pass@1 on the hard levels after
+training, GHPO minus GRPO (PRIMARY_ARM, BASELINE), with a paired bootstrap over seeds and the fixed
+problems; every other arm against GRPO is secondary, with Holm-corrected p-values. Tables also give
+mean ± 95% t-interval over seeds per metric and per-seed paired differences.
 
-Time on the 2-core development machine (shared with other jobs, load about 5; the tool prints each
-run's time and an estimate for the rest as it goes):
-  --quick, shipped base policy: one seed of all 7 arms took 4m40s (the first run pays ~30 s of
-    compilation), so the default 3 seeds take about 14 minutes.
-  full (configs/default.py, 21 runs of up to 4 x 120 steps with 3 mid-run evaluations each): several
-    hours; estimate it as 21 x the time of one default run at the same budget.
+Outputs in OUT: study.md (tables), study.json (every run's summary, the comparisons), and PNG plots:
+study_hard_pass.png (hard valid pass@1 without hint against generated tokens; one point per
+evaluation, mid-run ones with --eval_every), study_signal_yield.png, study_valid_signal_yield.png,
+study_hint_ratio.png, study_shortcut.png. The same seeds give the same tables (runs are deterministic
+on CPU); wall times are in a separate table because they are not.
+
+Time on the 2-core development machine: one run of configs/default.py (120k generated tokens, two
+evaluations of the fixed set at 32 problems x 4 samples per level) takes a few minutes; the full
+study (10 arms x 5 seeds) is 50 such runs: estimate it from the tool's running estimate.
 """
 from __future__ import annotations
 
@@ -380,7 +383,7 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
   if elapsed_s is not None:
     lines += ["", f"This invocation took {report.fmt_seconds(elapsed_s)} (runs already finished were skipped)."]
   lines += ["", "![hard pass@1 against generated tokens](study_hard_pass.png)",
-            "![signal yield](study_signal_yield.png)", "![hint ratio](study_hint_ratio.png)",
+            "![signal yield](study_signal_yield.png)", "![valid signal yield](study_valid_signal_yield.png)", "![hint ratio](study_hint_ratio.png)",
             "![shortcut rate](study_shortcut.png)", ""]
   return "\n".join(lines)
 
@@ -505,12 +508,13 @@ def plots(out: str, summaries: Sequence[Mapping], settings: Mapping) -> list[str
     paths.append(path)
 
   # Hard pass@1 (no hint, sampled) at each evaluation against generated tokens.
-  fig, ax = new_fig("hard problems, pass@1 without hint (avg@k) vs generated tokens",
-                    "generated tokens (retries included)", "pass@1")
+  fig, ax = new_fig("hard problems, valid pass@1 without hint (answer pass@1 for tasks without a checker)",
+                    "generated tokens (retries included)", "valid pass@1")
   for arm in arms:
     curves = []
     for r in runs[arm]:
-      pts = report.eval_curve(metrics[(arm, r["seed"])], "hard", "sampled")
+      pts = (report.eval_curve(metrics[(arm, r["seed"])], "hard", "sampled", "valid_pass@1")
+             or report.eval_curve(metrics[(arm, r["seed"])], "hard", "sampled"))
       if pts:
         x, y = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
         ax.plot(x, y, color=colors[arm], alpha=0.35, linewidth=0.8, marker=".")
@@ -522,6 +526,8 @@ def plots(out: str, summaries: Sequence[Mapping], settings: Mapping) -> list[str
 
   for key, name, title in (("frac_groups_nonzero_adv/hard", "study_signal_yield.png",
                             "learning-signal yield on hard groups (fraction with non-zero advantage)"),
+                           ("frac_groups_valid_signal/hard", "study_valid_signal_yield.png",
+                            "hard groups with non-zero advantage AND a valid success"),
                            ("hint_ratio_mean", "study_hint_ratio.png", "mean hint ratio of the trained groups")):
     fig, ax = new_fig(title, "generated tokens (retries included)", key)
     for arm in arms:
