@@ -136,6 +136,8 @@ def main():
   p.add_argument("--log_every", type=int, default=50)
   p.add_argument("--profile_every", type=int, default=0, help="0: profile only at the end")
   p.add_argument("--profile_only", action="store_true", help="re-measure the policy in --out, no training")
+  p.add_argument("--init", default="", help="start from this saved policy instead of a random model")
+  p.add_argument("--previous_report", default="", help="a stage's report to keep inside this one's")
   p.add_argument("--profile_samples", type=int, default=8, help="samples per problem of the sampled profile")
   args = p.parse_args()
   tok = tok_lib.load(tok_lib.task_tokenizer_path())
@@ -149,8 +151,11 @@ def main():
   q_by_tail = parse_q(args.q)
   groups = [[int(x) for x in g.split(",")] for g in (args.short_levels, args.long_levels) if g]
   lens = [-(-max(chains.problem_len(l) + chains.solution_len(l) + 3 for l in g) // 8) * 8 for g in groups]
-  cfg = model_config(tok, args)
-  model = models.init_model(cfg, seed=args.seed)
+  if args.init:  # a second stage: continue from a saved policy (its architecture), with this stage's q
+    model, cfg = models.from_pretrained(args.init)
+  else:
+    cfg = model_config(tok, args)
+    model = models.init_model(cfg, seed=args.seed)
   print(f"params: {sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))):,}; q(tail) {q_by_tail}")
   schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(args.warmup, args.steps // 10), args.steps,
                                                 args.lr * 0.05)
@@ -184,6 +189,11 @@ def main():
   models.save_pretrained(m, cfg, args.out)
   tok.save_pretrained(args.out)
   extra = {"args": vars(args), "train_seconds": round(elapsed, 1), "params": int(cfg.num_params())}
+  if args.previous_report:  # the recipe is every stage's arguments, in order
+    with open(args.previous_report) as f:
+      prev = json.load(f)
+    extra["previous_stages"] = prev.get("previous_stages", []) + [
+        {k: prev[k] for k in ("args", "train_seconds") if k in prev}]
   write_report(args.out, m, tok, extra, args.eval_problems, args.profile_samples)
   print("saved", args.out)
 
