@@ -21,6 +21,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.max_skipped_updates_in_a_row = 3
   c.log_every_steps = 10  # console lines when not on a terminal
   c.eval_every_steps = 0  # 0: evaluate at the start and the end only
+  c.arms = ""  # e.g. "ghpo,grpo": run these arms (jaxghpo/arms.py) side by side in DIR/ARM, then compare
   c.export_at_end = True  # models.save_pretrained(workdir/export) after the last step
 
   # The policy: a Hugging Face directory (safetensors + config.json + tokenizer), or "builtin:NAME"
@@ -93,9 +94,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_problems = 64  # per level of each eval split
   c.eval.num_samples = 8  # k of pass@k / avg@k
-  c.eval.easy_levels = "1,2,3"
-  c.eval.hard_levels = "5,6"
-  c.eval.ood_levels = "7,8"
+  # The fixed evaluation set (evaluation.fixed_level_set): the same problems for every arm and seed.
+  c.eval.easy_levels = "1,2,3"   # the harm measure: valid pass@1 here must not fall
+  c.eval.mid_levels = ""         # e.g. "4" (configs/default.py)
+  c.eval.hard_levels = "5,6"     # the primary comparison: unhinted valid pass@1 on these
+  c.eval.ood_levels = "7,8"      # length OOD: chains longer than any trained
+  c.eval.ood_ops_levels = ""     # operator OOD, e.g. "3,4": offsets trained only in 1-2 step chains
   c.eval.hint_ratios = "0.0,0.5"
   c.eval.hint_splits = "hard"  # splits also evaluated with the hint ratios above 0
   c.eval.greedy = True  # also greedy pass@1 (without hint)

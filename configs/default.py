@@ -1,12 +1,18 @@
-"""The README's main run: GHPO from the shipped base policy on letter chains weighted toward hard levels.
+"""The README's main run: GHPO and GRPO side by side from the shipped base policy, at an equal budget
+of generated tokens, on letter chains weighted toward the hard levels.
 
-The base policy (jaxghpo/assets/chains_base, made by tools/make_base_policy.py) learned to write whole
-chains of levels 1-3, and to finish chains of levels 4-6 only when a hint left it at most 3 steps;
-here RL sees levels 1-6 with most weight on 4-6, which the base policy fails without a hint.
-GHPO re-samples all-wrong groups with the first 25% / 50% / 75% of the trace in the prompt.
+The base policy (jaxghpo/assets/chains_base, tools/make_base_policy.py) has a competence RAMP in the
+chain length: unhinted valid pass@1 about 1 on levels 1-3, ~0.45 on 4, ~0.13 on 5, ~0.02 on 6 (its
+report has the measured profile). Both arms train on the same recurring pool of 256 problems
+(levels 1-6, most weight on 4-6) until each has generated `max_gen_tokens` tokens (GHPO's retries
+counted); the step cap `num_steps` is far above what either arm reaches and the learning rate is
+constant after warm-up, so the schedule does not depend on an arm's step count. GHPO re-samples
+all-wrong groups with the first 25% / 50% / 75% of the trace in the prompt. Evaluation: the fixed
+evaluation set (the same problems for every arm), unhinted, valid pass@1 and answer pass@1 per level.
 
-    python -m jaxghpo.main --config=configs/default.py --workdir=runs/default
-    python -m jaxghpo.main --config=configs/default.py:mode=none --workdir=runs/grpo   # plain GRPO
+    python -m jaxghpo.main --config=configs/default.py --workdir=runs/default   # both arms + comparison
+    python -m jaxghpo.main --config=configs/default.py:arms=ghpo_steps,grpo --workdir=runs/steps
+    python -m jaxghpo.main --config=configs/default.py:arms= --workdir=runs/one  # one run (curriculum.mode)
 """
 import ml_collections
 
@@ -15,34 +21,44 @@ from configs.base import get_base_config
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = get_base_config()
-  c.num_steps = 80
-  c.checkpoint_every_steps = 20
+  c.arms = "ghpo,grpo"
+  c.max_gen_tokens = 120_000  # the equal budget of each arm (retries included)
+  c.num_steps = 400  # a cap no arm reaches within the budget
+  c.checkpoint_every_steps = 50
   c.data.train_levels = ml_collections.ConfigDict(
       {"1": 1.0, "2": 1.0, "3": 1.0, "4": 2.0, "5": 3.0, "6": 3.0})
+  c.data.num_train = 256  # a recurring pool: each problem is seen several times
   c.data.prompts_per_step = 16
   c.rollout.group_size = 8
-  c.rollout.max_prompt_len = 72  # a level-6 problem with a 75% hint
+  c.rollout.max_prompt_len = 80  # a level-6 problem with a 75% hint (the step ladder's last rung too)
   c.rollout.max_new_tokens = 72  # a whole level-6 trace
-  c.eval.max_prompt_len = 72  # hinted evaluation is on the hard split only (hint_splits)
+  c.eval.max_prompt_len = 72
   c.eval.max_new_tokens = 112  # a whole level-8 trace
   c.rollout.temperature = 1.0
   c.rl.learning_rate = 2e-4
+  c.rl.lr_schedule = "warmup_constant"
   c.rl.warmup_steps = 5
-  c.rl.end_lr_ratio = 0.1
   c.rl.loss_agg = "token-mean"
   # Gradient accumulation over 4 micro-batches of 32 sequences: the same update, 1.4x faster on a CPU
   # (each micro-batch's activations stay in cache; BENCHMARKS.md, train-step efficiency).
   c.rl.micro_batches = 4
-  c.curriculum.mode = "ghpo"
+  c.curriculum.mode = "ghpo"  # the arm of a single run (arms=)
   c.curriculum.ladder = (0.25, 0.5, 0.75)
-  c.eval.num_problems = 16  # per level: 48 easy, 32 hard, 32 ood problems, 8 samples each
+  c.eval.num_problems = 32  # per level of the fixed set (a prefix of tools/evaluate.py's 128)
+  c.eval.easy_levels = "1,2,3"
+  c.eval.mid_levels = "4"
+  c.eval.hard_levels = "5,6"
+  c.eval.ood_levels = "7,8"
+  c.eval.ood_ops_levels = "3,4"
   c.eval.greedy = False
-  c.eval.num_samples = 8
-  c.eval.hint_ratios = "0.0,0.5"
-  for kv in filter(None, arg.split(",")):
-    key, value = kv.split("=")
-    if key == "mode":
-      c.curriculum.mode = value
+  c.eval.num_samples = 4
+  c.eval.hint_ratios = "0.0"
+  for kv in filter(None, arg.split(",,")):
+    key, value = kv.split("=", 1)
+    if key == "arms":
+      c.arms = value
+    elif key == "mode":
+      c.arms, c.curriculum.mode = "", value
     else:
-      raise ValueError(f"configs/default.py: unknown argument {key!r} (known: mode)")
+      raise ValueError(f"configs/default.py: unknown argument {key!r} (known: arms, mode)")
   return c

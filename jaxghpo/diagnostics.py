@@ -385,3 +385,19 @@ def run_diagnostics(workdir: str) -> dict[str, float | None]:
         out.update(_flat(f"regression/{split}/{mode or 'default'}",
                          easy_regression(rows, by_key[(split, ratio, mode, "after")])))
   return out
+
+
+# ------------------------------------------------------------------------------ training groups
+def valid_success_groups(problems: Sequence[str], hints: Sequence[str], completions: Sequence[str],
+                         group_size: int) -> np.ndarray:
+  """bool [P]: groups holding at least one valid success (chains.check_completion of hint + completion).
+
+  problems, hints: per group; completions: P * group_size strings, group-major. The signal yield
+  counted from these groups only leaves out lucky answers (right letter, invalid trace), whose
+  advantage teaches the shortcut rather than the chain.
+  """
+  out = np.zeros(len(problems), bool)
+  for p, (problem, hint) in enumerate(zip(problems, hints)):
+    texts = completions[p * group_size:(p + 1) * group_size]
+    out[p] = any(chains.check_completion(problem, str(hint) + text)[0] for text in texts)
+  return out

@@ -244,12 +244,16 @@ def _jsonable(x):
 def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Callable,
              hint_ratio: float = 0.0, num_samples: int | None = None, batch_size: int | None = None,
              answer_fn: Callable[[str], Hashable | None] | None = None, keep_frac: float = 0.1,
-             correct_threshold: float = 0.5) -> tuple[dict[str, float], list[dict]]:
+             correct_threshold: float = 0.5, check_fn: Callable | None = None,
+             gather_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[dict[str, float], list[dict]]:
   """Samples every example, scores the samples, and aggregates pass@1, pass@k and avg@k.
 
   generate_fn(examples, hint_ratio, num_samples) -> completions, a list (per example) of
     ``num_samples`` strings; or (completions, confidences) with confidences a list (per example)
-    of ``num_samples`` trace confidences (floats, see trace_confidences).
+    of ``num_samples`` trace confidences (floats, see trace_confidences); or (completions,
+    confidences, extras) with extras a list (per example) of dicts merged into its row (e.g. the
+    hint text, per-token confidences). This is the one evaluator: the trainer (Trainer.evaluate)
+    and tools/evaluate.py both call it, with their own generate_fn.
   score_fn(completions, answers) -> float [M]: accuracy of each completion against its gold answer
     (a completion counts as correct when its score >= correct_threshold).
   examples: Example objects or dicts with problem_id, problem, answer and optionally level.
@@ -257,6 +261,12 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
     generate_fn call (default all at once).
   answer_fn(completion) -> the extracted answer or None: adds majority voting, ``maj@{n}``; with
     confidences also ``conf_maj@{n}`` (confidence_filtered_vote keeping ``keep_frac``).
+  check_fn(example, hint_text, completion) -> (valid, answer_right): the task's trace checker
+    (procedural tasks; see chains_check). Adds ``valid_pass@1`` (answer right AND every written
+    step valid: the primary metric, no chance floor) and ``answer_pass@1`` (the answer alone) to
+    the metrics, and "valid" to the rows. Without it ``answer_pass@1`` is pass@1 of score_fn.
+  gather_fn(array) -> the array concatenated over hosts (rows stay per host; the metrics are
+    over all hosts' problems). None: this process holds every problem.
 
   Returns (metrics, rows). metrics: "pass@1", f"pass@{k}", f"avg@{n}", "num_problems", and the same
   per level as "pass@1/level_3" etc. (levels < 0, i.e. unknown, get no per-level keys).
@@ -272,7 +282,8 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
   for start in range(0, len(examples), max(batch_size, 1)):
     chunk = examples[start:start + batch_size]
     out = generate_fn(chunk, hint_ratio, n)
-    completions, confidences = out if isinstance(out, tuple) else (out, None)
+    out = out if isinstance(out, tuple) else (out,)
+    completions, confidences, extras = (tuple(out) + (None, None))[:3]
     if len(completions) != len(chunk) or any(len(c) != n for c in completions):
       raise ValueError(f"generate_fn returned {[len(c) for c in completions]} completions for {len(chunk)} "
                        f"examples; expected {n} per example")
@@ -287,6 +298,12 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
              "problem": str(_field(ex, "problem")), "answer": answers[i], "hint_ratio": float(hint_ratio),
              "completions": list(completions[i]), "scores": ex_scores.tolist(),
              "correct": [bool(s >= correct_threshold) for s in ex_scores]}
+      if extras is not None:
+        row.update(extras[i])
+      if check_fn is not None:
+        checks = [check_fn(ex, row.get("hint", ""), c) for c in completions[i]]
+        row["valid"] = [bool(v) for v, _ in checks]
+        row["answer_right"] = [bool(a) for _, a in checks]
       if confidences is not None:
         row["confidences"] = [float(c) for c in confidences[i]]
       if answer_fn is not None:
@@ -297,7 +314,22 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
           voted = confidence_filtered_vote(extracted, row["confidences"], keep_frac)
           row["conf_maj_correct"] = _voted_correct(voted, extracted, row["correct"])
       rows.append(_jsonable(row))
-  return aggregate(rows, k), rows
+  if gather_fn is None:
+    return aggregate(rows, k), rows
+  # Every host's problems: the per-sample flags travel, the texts stay where they were sampled.
+  keys = ["correct"] + [key for key in ("valid", "answer_right") if rows and key in rows[0]]
+  levels = gather_fn(np.asarray([int(r["level"]) for r in rows], np.int64))
+  flags = {key: gather_fn(np.asarray([r[key] for r in rows], bool).reshape(len(rows), n)) for key in keys}
+  merged = [{"level": int(lv), **{key: flags[key][i].tolist() for key in keys}} for i, lv in enumerate(levels)]
+  return aggregate(merged, k), rows
+
+
+def chains_check(example, hint_text: str, completion: str) -> tuple[bool, bool]:
+  """check_fn of the letter-chains task: chains.check_completion of the hint's steps (prompt
+  placement: the hint is context the model continues) followed by the completion."""
+  from jaxghpo.data.tasks import chains
+  valid, right, _ = chains.check_completion(str(_field(example, "problem")), str(hint_text) + str(completion))
+  return valid, right
 
 
 def _voted_correct(voted, extracted, correct) -> bool:
@@ -306,7 +338,8 @@ def _voted_correct(voted, extracted, correct) -> bool:
 
 
 def aggregate(rows: Sequence[Mapping], k: int) -> dict[str, float]:
-  """pass@1, pass@k, avg@n (and maj@n / conf_maj@n when rows carry them), overall and per level."""
+  """pass@1, pass@k, avg@n, answer_pass@1 (and valid_pass@1 when rows carry "valid", maj@n /
+  conf_maj@n when they carry votes), overall and per level."""
   groups: dict[str, list] = defaultdict(list)
   for row in rows:
     groups[""].append(row)
@@ -319,6 +352,10 @@ def aggregate(rows: Sequence[Mapping], k: int) -> dict[str, float]:
     c = np.array([c.sum() for c in correct])
     n_label = int(n.min()) if n.size else k
     metrics[f"pass@1{suffix}"] = float(pass_at_k(n, c, 1).mean())
+    if all("valid" in r for r in members):  # answer right AND every written step valid
+      metrics[f"valid_pass@1{suffix}"] = float(np.mean([np.mean(np.asarray(r["valid"], bool)) for r in members]))
+    answer_key = "answer_right" if all("answer_right" in r for r in members) else "correct"
+    metrics[f"answer_pass@1{suffix}"] = float(np.mean([np.mean(np.asarray(r[answer_key], bool)) for r in members]))
     if k != 1:
       metrics[f"pass@{k}{suffix}"] = float(pass_at_k(n, c, k).mean())
     metrics[f"avg@{n_label}{suffix}"] = float(np.mean([x.mean() for x in correct]))
@@ -348,3 +385,86 @@ def write_rows(path: str | os.PathLike, rows: Sequence[Mapping]) -> str:
   path = os.fspath(path)
   paths.write_text(path, "".join(json.dumps(_jsonable(dict(row)), allow_nan=False) + "\n" for row in rows))
   return path
+
+
+# ------------------------------------------------------------------ exact pass probability
+def true_trace_logprob(model, tokenizer, examples: Sequence, *, hints: Sequence[str] | None = None,
+                       placement: str = "prompt", style: str = "plain", batch_size: int = 128) -> np.ndarray:
+  """float64 [N]: log-probability that sampling at T = 1 writes each example's true trace + EOS.
+
+  For a task whose valid trace is unique (chains: a valid trace IS the solution), exp of this is the
+  exact expected valid pass@1 of a problem at T = 1, with no sampling noise: the per-problem success
+  probability that the competence histogram is made of. hints: per example a hint prefix of its
+  solution ("" = none); the hint is context, only the rest of the trace is scored.
+  """
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from jaxghpo import models
+  from jaxghpo.data import templates
+
+  @nnx.jit
+  def logp_fn(m, toks, valid, mask):
+    logits = models.logits_padded(m, toks, valid)[:, :-1].astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, -1)
+    tok_logp = jnp.take_along_axis(logp, toks[:, 1:, None], -1)[..., 0]
+    return (tok_logp * mask[:, 1:]).sum(-1)
+
+  examples = list(examples)
+  hints = [""] * len(examples) if hints is None else list(hints)
+  seqs = []
+  for ex, hint in zip(examples, hints):
+    r = templates.render(ex, hint, placement, tokenizer, style)
+    tgt = tokenizer.encode(templates.target_text(ex, hint, placement, style, prompt_text=r.prompt_text),
+                           add_special_tokens=False)
+    context = list(r.prompt_ids) + list(r.hint_ids)
+    seqs.append((context, tgt + [tokenizer.eos_token_id]))
+  max_len = max((len(c) + len(t) for c, t in seqs), default=1)
+  max_len = -(-max_len // 8) * 8  # one shape per 8 tokens of length: few compiles
+  out = np.zeros(len(seqs), np.float64)
+  for start in range(0, len(seqs), batch_size):
+    chunk = seqs[start:start + batch_size]
+    toks = np.full((batch_size, max_len), tokenizer.pad_token_id, np.int32)
+    valid = np.zeros((batch_size, max_len), bool)
+    mask = np.zeros((batch_size, max_len), np.float32)
+    for i, (context, tgt) in enumerate(chunk):
+      ids = context + tgt
+      toks[i, :len(ids)] = ids
+      valid[i, :len(ids)] = True
+      mask[i, len(context):len(ids)] = 1.0
+    out[start:start + len(chunk)] = np.asarray(logp_fn(model, toks, valid, mask))[:len(chunk)]
+  return out
+
+
+# ---------------------------------------------------------------------- the fixed evaluation set
+FIXED_EVAL_SEED = 1000  # the fixed set's seed: independent of every run's seed, never re-drawn
+FIXED_SET_PROBLEMS = 128  # problems per level of the full fixed set (tools/evaluate.py's default)
+_POOL = 1024  # problems drawn per (split, level); a set of n problems is the first n (n <= _POOL)
+
+
+def fixed_level_set(task, split: str, level: int, num_problems: int, seed: int = FIXED_EVAL_SEED) -> list:
+  """The first num_problems of the fixed pool of (split, level): the same problems for every arm,
+  seed and run, and a smaller set is a prefix of a larger one (quick runs see a subset)."""
+  if not 0 < int(num_problems) <= _POOL:
+    raise ValueError(f"eval num_problems={num_problems} must be in 1..{_POOL} per level")
+  return task.generate(split, _POOL, int(seed) + int(level), levels=[int(level)])[:int(num_problems)]
+
+
+def fixed_eval_sets(task, num_problems: int, *, levels: Sequence[int] = tuple(range(1, 7)),
+                    ood_levels: Sequence[int] = (7, 8), ood_ops_levels: Sequence[int] = (3, 4),
+                    seed: int = FIXED_EVAL_SEED) -> dict[str, list]:
+  """The fixed evaluation set of a procedural task, one key per level: {key: problems}.
+
+  keys: "1".."6" (test split), "7", "8" (the length-OOD split "ood": chains longer than any
+  trained) and "ood_ops:3", "ood_ops:4" (the operator-OOD split, when the task has one);
+  num_problems per key (fixed_level_set).
+  """
+  sets: dict[str, list] = {}
+  for split, lvls, fmt in (("test", levels, "{}"), ("ood", ood_levels, "{}"),
+                           ("ood_ops", ood_ops_levels, "ood_ops:{}")):
+    if split not in task.SPLITS:
+      continue
+    for level in lvls:
+      sets[fmt.format(int(level))] = fixed_level_set(task, split, level, num_problems, seed)
+  return sets

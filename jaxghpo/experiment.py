@@ -85,13 +85,16 @@ def load_problems(config: ml_collections.ConfigDict) -> Problems:
     task = get_task(d.task)
     weights = {int(k): float(v) for k, v in d.train_levels.items()}
     train = task.generate("train", int(d.num_train), int(config.seed), levels=weights)
+    # The fixed evaluation set: the same problems for every arm and seed (evaluation.fixed_level_set).
+    from jaxghpo import evaluation
     eval_sets, eval_reports = {}, {}
-    for name, split, levels in (("easy", "test", e.easy_levels), ("hard", "test", e.hard_levels),
-                                ("ood", "ood", e.ood_levels)):
+    for name, split, levels in (("easy", "test", e.easy_levels), ("mid", "test", e.get("mid_levels", "")),
+                                ("hard", "test", e.hard_levels), ("ood", "ood", e.ood_levels),
+                                ("ood_ops", "ood_ops", e.get("ood_ops_levels", ""))):
       levels = parse_levels(levels)
-      if levels:
-        eval_sets[name] = task.generate(split, int(e.num_problems) * len(levels), 7919 + int(config.seed),
-                                        levels=levels)
+      if levels and split in task.SPLITS:
+        eval_sets[name] = [ex for level in levels
+                           for ex in evaluation.fixed_level_set(task, split, level, int(e.num_problems))]
         eval_reports[name] = _task_report(f"task:{d.task}/{name}", eval_sets[name])
     return Problems(train, eval_sets, task.extract_answer, [_task_report(f"task:{d.task}/train", train)],
                     eval_reports)

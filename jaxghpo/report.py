@@ -13,7 +13,10 @@ Keys of the summary (T = before | after; S = easy | hard | ood, or whatever spli
   pass@1/S/.../T/level_L                  the same per level
   pass@k/S/sampled/T, eval_k              pass@k (unbiased) of the sampled evaluation and its k
   pass@1/S/hintR/sampled/T                with a hint of ratio R > 0
+  valid_pass@1/S/sampled/T[/level_L]      answer right AND every written step valid (procedural tasks;
+                                          the primary metric: no chance floor); pass@1 is the answer alone
   signal_yield/{hard,all}/{mean,first_quarter,last_quarter}   fraction of groups with non-zero advantage
+  signal_yield/{valid_hard,valid_all}/...  the same, counting only groups with a VALID success
   hint_ratio/{all,hard}/{mean,q1,q2,q3,q4}                    mean hint ratio of the trained groups
   train_pass_rate/hard/{first_quarter,last_quarter}
   gen_tokens, steps, retries, time/steps_s (sum of time/step_s), time/wall_s (train.run's wall clock)
@@ -161,10 +164,11 @@ def summarize(workdir: str, config=None, summary: Mapping | None = None, *,
   out["eval_k"] = k_values[0] if k_values else None
   for when, metrics in (("before", before), ("after", after)):
     for (split, ratio, mode, metric), value in metrics.items():
-      if not metric.startswith("pass@"):
+      if not metric.startswith(("pass@", "valid_pass@1")):
         continue
       head, _, level = metric.partition("/")
-      name = "pass@1" if head == "pass@1" else ("pass@k" if head == f"pass@{out['eval_k']}" else None)
+      name = (head if head in ("pass@1", "valid_pass@1")
+              else ("pass@k" if head == f"pass@{out['eval_k']}" else None))
       if name is None:
         continue
       where = f"{split}/{mode}" if float(ratio) == 0.0 else f"{split}/hint{ratio}/{mode}"
@@ -175,7 +179,9 @@ def summarize(workdir: str, config=None, summary: Mapping | None = None, *,
         out.setdefault(f"pass@1/{split}/{mode}/{when}", None)
 
   # Learning signal and hints over the run.
-  for name, key in (("hard", "frac_groups_nonzero_adv/hard"), ("all", "frac_groups_nonzero_adv")):
+  # The valid signal yield counts only groups with a valid success (lucky answers left out).
+  for name, key in (("hard", "frac_groups_nonzero_adv/hard"), ("all", "frac_groups_nonzero_adv"),
+                    ("valid_hard", "frac_groups_valid_signal/hard"), ("valid_all", "frac_groups_valid_signal")):
     _, values = _series(rows, key)
     first, last = first_last_quarter(values)
     out.update({f"signal_yield/{name}/mean": _mean(values), f"signal_yield/{name}/first_quarter": first,
@@ -269,6 +275,22 @@ def markdown(s: Mapping[str, Any]) -> str:
     p0, p1 = s.get(f"pass@1/{split}/sampled/before"), s.get(f"pass@1/{split}/sampled/after")
     lines.append(f"| {split} | {fmt(g0)} | {fmt(g1)} | {fmt(p0)} | {fmt(p1)} | {_delta(p0, p1)} "
                  f"| {fmt(s.get(f'pass@k/{split}/sampled/before'))} | {fmt(s.get(f'pass@k/{split}/sampled/after'))} |")
+  if any(key.startswith("valid_pass@1/") for key in s):
+    lines += ["", "## valid pass@1 without hints (the primary metric), before -> after", "",
+              "Answer right AND every written step valid (sampled at the eval temperature); beside it the "
+              "answer alone (pass@1 above) and the share of right answers that are not valid traces (shortcuts).", "",
+              "| split / level | valid before | valid after | change | answer after | shortcut share after |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for split in s.get("splits", []):
+      levels = sorted({key.rsplit("/", 1)[1] for key in s if key.startswith(f"valid_pass@1/{split}/sampled/")
+                       and key.split("/")[-1].startswith("level_")}, key=lambda x: int(x.split("_")[1]))
+      for suffix in [""] + [f"/{lv}" for lv in levels]:
+        v0 = s.get(f"valid_pass@1/{split}/sampled/before{suffix}")
+        v1 = s.get(f"valid_pass@1/{split}/sampled/after{suffix}")
+        a1 = s.get(f"pass@1/{split}/sampled/after{suffix}")
+        share = None if a1 is None or v1 is None or a1 <= 0 else max(0.0, 1.0 - v1 / a1)
+        name = split + (f" {suffix[1:].replace('_', ' ')}" if suffix else " (all)")
+        lines.append(f"| {name} | {fmt(v0)} | {fmt(v1)} | {_delta(v0, v1)} | {fmt(a1)} | {fmt(share)} |")
   hinted = sorted({key.split("/")[2] for key in s
                    if key.startswith("pass@1/") and key.split("/")[2].startswith("hint")})
   if hinted:
@@ -281,8 +303,10 @@ def markdown(s: Mapping[str, Any]) -> str:
           lines.append(f"| {split} | {h[4:]} | {fmt(b)} | {fmt(a)} |")
   lines += ["", "## Learning signal (fraction of groups with non-zero advantage)", "",
             "| groups | mean over the run | first quarter | last quarter |", "| --- | ---: | ---: | ---: |"]
-  for name in ("hard", "all"):
-    lines.append(f"| {name} | {fmt(s.get(f'signal_yield/{name}/mean'))} "
+  for name in ("hard", "all", "valid_hard", "valid_all"):
+    if name.startswith("valid") and s.get(f"signal_yield/{name}/mean") is None:
+      continue  # a run without a trace checker
+    lines.append(f"| {name.replace('valid_', 'with a valid success, ')} | {fmt(s.get(f'signal_yield/{name}/mean'))} "
                  f"| {fmt(s.get(f'signal_yield/{name}/first_quarter'))} "
                  f"| {fmt(s.get(f'signal_yield/{name}/last_quarter'))} |")
   lines += ["", "## Hint ratio over time (mean ratio of the trained groups, per quarter of the run)", "",
@@ -442,3 +466,125 @@ def finish(workdir: str, config=None, summary: Mapping | None = None, *, is_main
     print("\n".join(console_lines(s)), flush=True)
     print(f"  written: {paths.join(workdir, SUMMARY_MD)}, {SUMMARY_JSON}, {CURVES_PNG}", flush=True)
   return s
+
+
+# ------------------------------------------------------------------------------ arms side by side
+COMPARISON_MD = "comparison.md"
+COMPARISON_PNG = "comparison.png"
+COMPARISON_JSON = "comparison.json"
+
+
+def per_problem_valid(workdir: str, split: str, step: int | None = None) -> dict[int, float] | None:
+  """{problem_id: mean valid flag over its samples} of the unhinted sampled evaluation of `split` at
+  `step` (None: the last evaluated step); None when the run has no such rows (or no trace checker)."""
+  files = [f for f in diagnostics.list_eval_files(workdir)
+           if f.split == split and float(f.hint_ratio) == 0.0 and f.mode == "sampled"]
+  if step is not None:
+    files = [f for f in files if f.step == step]
+  if not files:
+    return None
+  rows = diagnostics.read_rows(max(files, key=lambda f: f.step).path)
+  if not rows or "valid" not in rows[0]:
+    return None
+  return {int(r["problem_id"]): float(np.mean(r["valid"])) for r in rows}
+
+
+def paired_bootstrap(a_SxP: Sequence[Sequence[float]], b_SxP: Sequence[Sequence[float]], *,
+                     num_draws: int = 4000, seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
+  """Mean of b - a with a two-level paired bootstrap interval: seeds resampled, then problems.
+
+  a_SxP, b_SxP: per seed (rows, paired by seed) the per-problem values of the same fixed problems
+  (columns, paired by problem). Returns diff, low, high and p (two-sided bootstrap p-value of 0).
+  """
+  a, b = np.asarray(a_SxP, np.float64), np.asarray(b_SxP, np.float64)
+  if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+    raise ValueError(f"paired_bootstrap needs two equal [seeds, problems] arrays; got {a.shape} and {b.shape}")
+  d = b - a
+  S, P = d.shape
+  rng = np.random.default_rng(seed)
+  si = rng.integers(0, S, size=(num_draws, S))
+  pi = rng.integers(0, P, size=(num_draws, S, P))
+  draws = d[si[..., None], pi].mean(axis=(1, 2))
+  lo, hi = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
+  p = 2 * min((draws <= 0).mean(), (draws >= 0).mean())
+  return {"diff": float(d.mean()), "low": float(lo), "high": float(hi), "p": float(min(1.0, p)),
+          "seeds": S, "problems": P}
+
+
+def compare(workdir: str, runs: Mapping[str, str], *, labels: Mapping[str, str] | None = None,
+            primary: tuple[str, str] = ("ghpo", "grpo"), console: bool = True) -> dict[str, Any]:
+  """DIR/comparison.md, .png, .json: arms run side by side at an equal token budget (one seed each).
+
+  runs: arm -> its workdir (each holds summary.json). The primary comparison (pre-declared): unhinted
+  valid pass@1 on the hard split after training, primary[0] minus primary[1], with a paired
+  bootstrap interval over the fixed evaluation problems.
+  """
+  labels = labels or {}
+  summaries = {}
+  for arm, d in runs.items():
+    with open(os.path.join(d, SUMMARY_JSON), encoding="utf-8") as f:
+      summaries[arm] = json.load(f)
+  splits = [s for s in ("easy", "mid", "hard", "ood", "ood_ops")
+            if any(f"valid_pass@1/{s}/sampled/after" in s_ for s_ in summaries.values())]
+  lines = ["# Arms side by side at an equal budget of generated tokens", "",
+           "valid pass@1: answer right AND every written step valid (sampled, no hint, fixed evaluation set); "
+           "before -> after. Signal yield: fraction of hard groups with non-zero advantage (with a valid success).", "",
+           "| arm | steps | generated tokens | " + " | ".join(f"{s} valid" for s in splits)
+           + " | hard answer pass@1 | signal yield hard (valid) | hint ratio hard |",
+           "| --- | ---: | ---: | " + " | ".join("---:" for _ in splits) + " | ---: | ---: | ---: |"]
+  for arm, s in summaries.items():
+    cells = [f"{fmt(s.get(f'valid_pass@1/{sp}/sampled/before'))} -> {fmt(s.get(f'valid_pass@1/{sp}/sampled/after'))}"
+             for sp in splits]
+    lines.append(f"| {labels.get(arm, arm)} | {s.get('steps')} | {fmt_count(s.get('gen_tokens'))} | " + " | ".join(cells)
+                 + f" | {fmt(s.get('pass@1/hard/sampled/after'))} | {fmt(s.get('signal_yield/hard/mean'))} "
+                 f"({fmt(s.get('signal_yield/valid_hard/mean'))}) | {fmt(s.get('hint_ratio/hard/mean'))} |")
+  out: dict[str, Any] = {"arms": list(runs), "summaries": summaries}
+  a_arm, b_arm = primary[1], primary[0]
+  if a_arm in runs and b_arm in runs:
+    a, b = per_problem_valid(runs[a_arm], "hard"), per_problem_valid(runs[b_arm], "hard")
+    if a and b and set(a) == set(b):
+      ids = sorted(a)
+      boot = paired_bootstrap([[a[i] for i in ids]], [[b[i] for i in ids]])
+      out["primary"] = boot
+      lines += ["", f"**Primary comparison** (declared before running): unhinted valid pass@1 on hard levels after "
+                f"training, {labels.get(b_arm, b_arm)} minus {labels.get(a_arm, a_arm)}: {boot['diff']:+.3f} "
+                f"(95% paired bootstrap over {boot['problems']} problems, one seed: [{boot['low']:+.3f}, "
+                f"{boot['high']:+.3f}]). One seed: the interval is over problems only, not over training runs."]
+  png = os.path.join(workdir, COMPARISON_PNG)
+  _plot_compare(png, runs, labels)
+  with open(os.path.join(workdir, COMPARISON_MD), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + f"\n\n![curves]({COMPARISON_PNG})\n")
+  with open(os.path.join(workdir, COMPARISON_JSON), "w", encoding="utf-8") as f:
+    json.dump(_jsonable(out), f, indent=1, sort_keys=True)
+  if console:
+    print("\n".join(lines[4:]), flush=True)
+    print(f"  written: {os.path.join(workdir, COMPARISON_MD)}, {COMPARISON_PNG}", flush=True)
+  return out
+
+
+def _plot_compare(path: str, runs: Mapping[str, str], labels: Mapping[str, str]) -> str:
+  """comparison.png: hard valid pass@1 (no hint) against generated tokens, and the valid signal yield."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(11, 3.8))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, 2)
+  for arm, d in runs.items():
+    rows = read_metrics(d)
+    curve = eval_curve(rows, "hard", "sampled", "valid_pass@1")
+    if curve:
+      axes[0].plot([c[1] for c in curve], [c[2] for c in curve], marker="o", label=labels.get(arm, arm))
+    _, tokens = _series(rows, "gen_tokens_total")
+    _, ys = _series(rows, "frac_groups_valid_signal/hard")
+    if ys.size and tokens.size == ys.size:
+      axes[1].plot(tokens, ys, marker=".", label=labels.get(arm, arm))
+  axes[0].set_title("hard levels: valid pass@1 without hint")
+  axes[1].set_title("hard groups with a valid success and\nnon-zero advantage (per step)")
+  for ax in axes:
+    ax.set_xlabel("generated tokens (retries included)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path

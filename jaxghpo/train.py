@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import curriculum, evaluation, experiment, faults, models, parallel, paths, rl
+from jaxghpo import curriculum, diagnostics, evaluation, experiment, faults, models, parallel, paths, rl
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -140,13 +140,13 @@ class Trainer:
     self.params, self.opt_state, train_metrics = self.setup.train_step(self.params, self.opt_state, batch, key)
     gen_tokens = multihost.agreed_sum(sum(int(g.lengths.sum()) for g in out.sampled))
     self.gen_tokens_total += gen_tokens
-    metrics = self.host_metrics(out, gen_tokens)
+    metrics = self.host_metrics(out, gen_tokens, [drawn[i] for i in out.rows])
     metrics.update({"time/reward_s": timer["reward_s"], "time/rollout_s": rollout_s,
                     "time/train_wait_s": timer["train_wait_s"],
                     "time/train_s": time.perf_counter() - t1 + timer["train_wait_s"]})
     return metrics, train_metrics
 
-  def host_metrics(self, out, gen_tokens: int) -> dict:
+  def host_metrics(self, out, gen_tokens: int, examples) -> dict:
     """Step metrics from this step's final groups, reduced over hosts (small arrays only)."""
     acc = hosts.allgather(out.groups.accuracy)
     rew = hosts.allgather(out.groups.rewards)
@@ -166,6 +166,15 @@ class Trainer:
     metrics.update(out.metrics)
     metrics["frac_groups_nonzero_adv"] = float(nonzero.mean())  # of the trained groups
     hard = lv >= min(experiment.parse_levels(self.config.eval.hard_levels) or [10**9])
+    if self.config.data.source == "task":  # signal from groups with a VALID success (not lucky answers)
+      in_prompt = self.config.hints.placement == "prompt"  # response-placed hints are in the completions
+      hints = list(out.groups.hint_text) if in_prompt else [""] * len(examples)
+      completions = [str(t) for t in np.asarray(out.groups.completions, object).reshape(-1)]
+      valid_signal = nonzero & hosts.allgather(diagnostics.valid_success_groups(
+          [ex.problem for ex in examples], hints, completions, self.G))
+      metrics["frac_groups_valid_signal"] = float(valid_signal.mean())
+      if hard.any():
+        metrics["frac_groups_valid_signal/hard"] = float(valid_signal[hard].mean())
     if hard.any():
       metrics["frac_groups_nonzero_adv/hard"] = float(nonzero[hard].mean())
       metrics["pass_rate/hard"] = float((acc[hard] > 0).mean())
@@ -206,6 +215,7 @@ class Trainer:
     per_call = self.P // n_proc
     calls = -(-multihost.agreed_max(len(mine)) // per_call)
     rows = []
+    check = evaluation.chains_check if self.config.data.source == "task" else None
     rng = jax.random.fold_in(jax.random.key(int(self.config.seed) + 17), step)
     for start in range(0, calls * per_call, per_call):
       chunk = mine[start:start + per_call]
@@ -216,14 +226,20 @@ class Trainer:
         row = {"problem_id": int(ex.problem_id), "level": int(ex.level), "problem": ex.problem,
                "answer": ex.answer, "hint": g.hint_text[i], "completions": list(g.completions[i, :k]),
                "correct": (g.accuracy[i, :k] > 0).tolist()}
+        if check is not None:  # the task's trace checker: valid_pass@1 (every written step valid)
+          hint = g.hint_text[i] if self.config.hints.placement == "prompt" else ""  # else in the completion
+          checks = [check(ex, hint, text) for text in row["completions"]]
+          row["valid"] = [bool(v) for v, _ in checks]
+          row["answer_right"] = [bool(a) for _, a in checks]
         if g.confidence is not None:  # DeepConf: per-token confidence of each completion, up to its length
           row["token_confidences"] = [np.round(g.confidence[i, j, :int(g.lengths[i, j])], 4).tolist()
                                       for j in range(k)]
         rows.append(row)
-    correct = np.asarray([r["correct"] for r in rows], bool).reshape(len(rows), k)
-    gathered = multihost.allgather_rows({"correct": correct, "level": np.asarray([r["level"] for r in rows], np.int64)})
-    metrics = evaluation.aggregate([{"level": int(l), "correct": c}
-                                    for l, c in zip(gathered["level"], gathered["correct"])], k)
+    keys = ["correct"] + (["valid", "answer_right"] if check is not None else [])
+    flags = {key: np.asarray([r[key] for r in rows], bool).reshape(len(rows), k) for key in keys}
+    gathered = multihost.allgather_rows({**flags, "level": np.asarray([r["level"] for r in rows], np.int64)})
+    metrics = evaluation.aggregate([{"level": int(lv), **{key: gathered[key][i].tolist() for key in keys}}
+                                    for i, lv in enumerate(gathered["level"])], k)
     return metrics, rows
 
   # ------------------------------------------------------------------------------------ the loop
@@ -290,6 +306,9 @@ class Trainer:
 
 
 def run(config, workdir: str) -> dict:
+  if config.get("arms", ""):  # several arms side by side, each in workdir/ARM (jaxghpo/arms.py)
+    from jaxghpo import arms
+    return arms.run_side_by_side(config, workdir)
   if config.mode == "sft":
     from jaxghpo import sft
     return sft.run(config, workdir)

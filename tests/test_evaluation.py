@@ -145,6 +145,8 @@ def test_evaluate_aggregates_overall_and_per_level(tmp_path):
       "pass@1/level_3": 0.125, "pass@2/level_3": 0.25, "avg@4/level_3": 0.125, "maj@4/level_3": 0.5,
       "conf_maj@4/level_3": 0.5, "num_problems/level_3": 2.0,
   }
+  # Without a trace checker the answer pass@1 is pass@1 of the score.
+  want.update({"answer_" + key: v for key, v in want.items() if key.startswith("pass@1")})
   assert metrics.keys() == want.keys()
   for key, value in want.items():
     assert metrics[key] == pytest.approx(value, abs=1e-12), key
@@ -165,9 +167,53 @@ def test_evaluate_without_confidences_and_with_dict_examples():
 
   examples = [{"problem_id": 1, "problem": "q", "answer": "x"}]
   metrics, rows = ev.evaluate(generate, examples, k=1, score_fn=_score)
-  assert metrics == {"pass@1": 1.0, "avg@1": 1.0, "num_problems": 1.0}  # unknown level: no per-level keys
+  assert metrics == {"pass@1": 1.0, "answer_pass@1": 1.0, "avg@1": 1.0, "num_problems": 1.0}  # unknown level: no per-level keys
   assert rows[0]["level"] == -1 and "confidences" not in rows[0]
   with pytest.raises(ValueError, match="expected 3 per example"):
     ev.evaluate(lambda e, h, n: [["x"] * 2], examples, k=1, num_samples=3, score_fn=_score)
   with pytest.raises(ValueError, match="num_samples=2 is below k=4"):
     ev.evaluate(generate, examples, k=4, num_samples=2, score_fn=_score)
+
+
+# --------------------------------------------------------------- valid pass@1 and the fixed set
+def test_valid_and_answer_pass_with_the_chains_checker_and_a_gather():
+  from jaxghpo.data.tasks import chains
+  exs = [chains.make_example("k+3-5+2="), chains.make_example("a+1=")]
+  outs = {exs[0].problem: ["k+3=n-5+2;n-5=i+2;i+2=k", "k+3=n-5+2;n-5=k", "k+3=n-5+2;n-5=i+2;i+2=z", "x"],
+          exs[1].problem: ["a+1=b", "a+1=b", "b", "a+1=c"]}
+  gen = lambda chunk, ratio, n: ([outs[e.problem] for e in chunk], None, [{"hint": ""} for _ in chunk])
+  score = lambda texts, answers: [float(chains.extract_answer(t) == a) for t, a in zip(texts, answers)]
+  gathered = []
+  gather = lambda x: (gathered.append(x.shape), np.concatenate([x, x]))[1]  # two hosts with the same rows
+  m, rows = ev.evaluate(gen, exs, k=1, num_samples=4, score_fn=score, check_fn=ev.chains_check, gather_fn=gather)
+  # level 3: 1 valid of 4, answers right 2 of 4 (the early "k" is a lucky shortcut); level 1: 2 valid, 3 right
+  assert m["valid_pass@1/level_3"] == 0.25 and m["answer_pass@1/level_3"] == 0.5
+  assert m["valid_pass@1/level_1"] == 0.5 and m["answer_pass@1/level_1"] == 0.75
+  assert m["valid_pass@1"] == pytest.approx(0.375) and m["num_problems"] == 4  # both "hosts" counted
+  assert rows[0]["valid"] == [True, False, False, False] and rows[1]["hint"] == "" and len(rows) == 2
+  assert gathered == [(2,), (2, 4), (2, 4), (2, 4)]
+  # A hint's steps count as written: the completion continues it.
+  assert ev.chains_check(exs[0], "k+3=n-5+2;", "n-5=i+2;i+2=k") == (True, True)
+
+
+def test_fixed_eval_set_is_fixed_and_prefix_stable():
+  from jaxghpo.data.tasks import chains
+  a = ev.fixed_eval_sets(chains, 16)
+  b = ev.fixed_eval_sets(chains, 64)
+  assert list(a) == ["1", "2", "3", "4", "5", "6", "7", "8", "ood_ops:3", "ood_ops:4"]
+  for key in a:
+    assert [e.problem for e in a[key]] == [e.problem for e in b[key][:16]]  # a quick set is a prefix
+    assert {e.level for e in a[key]} == {int(key.split(":")[-1])}
+  assert all(chains.split_of(e.problem) == "test" for key in "123456" for e in b[key])
+  with pytest.raises(ValueError, match="num_problems"):
+    ev.fixed_level_set(chains, "test", 3, 0)
+
+
+def test_paired_bootstrap_hand_worked():
+  from jaxghpo import report
+  a = [[0.0, 0.0, 0.5, 1.0]] * 2
+  same = report.paired_bootstrap(a, a)
+  assert same["diff"] == 0.0 and same["low"] == same["high"] == 0.0 and same["p"] == 1.0
+  better = report.paired_bootstrap(a, [[0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0]])
+  assert better["diff"] == pytest.approx(0.375) and better["low"] > 0 and better["p"] < 0.01
+  assert (better["seeds"], better["problems"]) == (2, 4)

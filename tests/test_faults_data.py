@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from jaxghpo import curriculum, experiment, groups
+from jaxghpo import curriculum, experiment
+from jaxghpo.rollout import groups
 from jaxghpo.data import pipeline
 from jaxghpo.data import tokenizer as tok_lib
 from jaxghpo.data.example import Example
@@ -82,8 +83,8 @@ def test_skip_drops_and_counts_them_and_nothing_kept_fails_at_sampling(tmp_path,
   for ratio in sorted({0.0, top, *map(float, config.curriculum.ladder)}):
     texts = groups.hint_texts(problems.train, np.full(len(problems.train), ratio), unit=config.hints.unit,
                               corruption="none", tokenizer=tok, rng=np.random.default_rng(0))
-    groups.render_prompts(problems.train, texts, placement=config.hints.placement, style=config.data.style,
-                          tokenizer=tok, max_prompt_len=64)
+    groups.render(problems.train, texts, placement=config.hints.placement, style=config.data.style,
+                  tokenizer=tok, max_prompt_len=64, marker_tokens=0)
 
 
 def test_data_report_names_skips_duplicates_and_conflicting_answers(tmp_path, tok):

@@ -63,6 +63,28 @@ def test_ghpo_ladder_climbs_for_difficult_groups_only():
   assert m["frac_groups_difficult_final"] == pytest.approx(1 / 3)  # problem 1 stays all wrong
 
 
+def test_step_ladder_gives_one_more_whole_step_per_rung():
+  from jaxghpo.curriculum import hints
+  sched = _sched(mode="ghpo", ladder_kind="steps")
+  ids, levels = np.array([7, 8, 9]), np.array([5, 6, 1])
+  ratios = sched.plan(ids, levels, step=0)
+  steps = [[0, 0, 0]]
+  nxt = sched.retry(ids, ratios, np.zeros((3, G)))
+  while np.isfinite(nxt).any():
+    steps.append([hints.num_hint_steps(["s"] * int(n), float(r)) if np.isfinite(r) else -1
+                  for n, r in zip(levels, nxt)])
+    nxt = sched.retry(ids, nxt, np.zeros((3, G)))
+  # level 5: hints of 1..4 steps, level 6: 1..5 (never the answer step); level 1 has no rung at all
+  assert [s[0] for s in steps] == [0, 1, 2, 3, 4, -1] and [s[1] for s in steps] == [0, 1, 2, 3, 4, 5]
+  assert all(s[2] in (0, -1) for s in steps)
+  assert curriculum.highest_ratio(sched.cfg) > 0.9
+  with pytest.raises(ValueError, match="needs each problem's level"):
+    other = _sched(mode="ghpo", ladder_kind="steps")
+    other.retry(ids, other.plan(ids), np.zeros((3, G)))
+  with pytest.raises(ValueError, match="ladder_kind"):
+    _sched(mode="ghpo", ladder_kind="rungs")
+
+
 def test_ghpo_cold_start_and_threshold():
   sched = _sched(mode="ghpo", cold_start_steps=2, difficulty_threshold=0.5)
   ids = np.array([1, 2])

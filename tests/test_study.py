@@ -42,7 +42,7 @@ def _args(*argv):
 
 def test_plan_builds_every_arm_at_an_equal_budget():
   runs, settings = study.plan(_args(("model", "/some/policy")))
-  assert len(runs) == 7 * 3 and settings["seeds"] == [0, 1, 2]
+  assert len(runs) == len(study.ARMS) * 3 and settings["seeds"] == [0, 1, 2]
   smoke = study.load_config("configs/smoke.py")
   smoke_steps = smoke.num_steps
   most_tokens = smoke_steps * smoke.data.prompts_per_step * smoke.rollout.group_size * smoke.rollout.max_new_tokens
@@ -55,6 +55,10 @@ def test_plan_builds_every_arm_at_an_equal_budget():
   assert (by[("ghpo_other", 0)].curriculum.mode, by[("ghpo_other", 0)].hints.corruption) == ("ghpo", "other")
   assert by[("ghpo_shuffle", 0)].hints.corruption == "shuffle" and by[("ghpo", 0)].hints.corruption == "none"
   assert by[("anneal", 0)].curriculum.anneal_steps == smoke_steps
+  assert by[("ghpo_steps", 0)].curriculum.ladder_kind == "steps" and by[("ghpo", 0)].curriculum.ladder_kind == "ratios"
+  assert by[("ghpo_response", 0)].hints.placement == by[("ghpo_response", 0)].rl.hint_placement == "response"
+  assert by[("uft", 0)].rl.hint_nll_coef > 0 and by[("uft", 0)].curriculum.anneal_random
+  assert {c.arms for c in by.values()} == {""}  # one run per (arm, seed), never the side-by-side mode
   assert by[("adaptive", 1)].seed == 1 and by[("adaptive", 1)].model.path == "/some/policy"
 
 

@@ -62,13 +62,51 @@ def test_generated_traces_verify(split):
     assert ex.problem_id == stable_id("chains", ex.problem)
 
 
-def test_offsets_lie_in_1_to_max_offset():
-  assert chains.MAX_OFFSET == 5
+def test_offsets_lie_in_1_to_max_offset_and_rare_offsets_only_in_short_chains():
+  assert chains.MAX_OFFSET == 5 and chains.RARE_MAX_OFFSET == 7 and chains.RARE_MAX_LEVEL == 2
+  for split in ("train", "test", "ood"):
+    examples = chains.generate(split, 300, seed=3, levels=None if split == "ood" else range(1, 7))
+    for ex in examples:
+      top = chains.RARE_MAX_OFFSET if ex.level <= chains.RARE_MAX_LEVEL else chains.MAX_OFFSET
+      assert max(int(d) for d in re.findall(r"[0-9]", ex.problem)) <= top, ex.problem
+  short = [e.problem for e in chains.generate("train", 300, seed=3, levels=[1, 2])]
+  assert set(d for p in short for d in re.findall(r"[0-9]", p)) == set("1234567")  # every offset occurs
+  for ex in chains.generate("ood_ops", 200, seed=3):  # longer chains that use a rare offset
+    assert ex.level > chains.RARE_MAX_LEVEL and max(int(d) for d in re.findall(r"[0-9]", ex.problem)) > 5
   problems = [e.problem for split in chains.SPLITS for e in chains.generate(split, 200, seed=3)]
-  digits = collections.Counter(d for p in problems for d in re.findall(r"[0-9]", p))
-  assert set(digits) == {"1", "2", "3", "4", "5"}  # every offset occurs, none above MAX_OFFSET
   signs = collections.Counter(c for p in problems for c in p if c in "+-")
   assert signs["+"] > 0 and signs["-"] > 0
+
+
+def test_check_completion_hand_worked():
+  p = "k+3-5+2="
+  assert chains.check_completion(p, "k+3=n-5+2;n-5=i+2;i+2=k") == (True, True, 3)
+  assert chains.check_completion(p, "k+3=n-5+2;n-5=i+2;i+2=k;<eos>junk") == (True, True, 3)
+  assert chains.check_completion(p, "k+3=n-5+2;n-5=i+2;i+2=k;k") == (False, True, 4)  # answer restated
+  assert chains.check_completion(p, "k+3=n-5+2;n-5=k") == (False, True, 2)  # early, lucky answer: a shortcut
+  assert chains.check_completion(p, "k+3=n-5+2;n-5=i+2") == (False, False, 2)  # valid lines, not finished
+  assert chains.check_completion(p, "k+3=n-5+2;n-5=i+3;i+3=l") == (False, False, 3)  # a tail miscopied
+  assert chains.check_completion(p, "k+3=n-5+2;n-5+2=k") == (False, True, 2)  # two operations in one line
+  assert chains.check_completion(p, "") == (False, False, 0)
+
+
+def test_noisy_teacher_is_right_with_q_of_the_tail_and_otherwise_answers_early():
+  import numpy as np
+  ex = chains.make_example("k+3-5+2+1-4=")  # level 5: tails 4, 3, 2, 1, 0
+  q = {4: 0.3, 3: 0.5}
+  rng = np.random.default_rng(0)
+  n, full, first_ok = 4000, 0, 0
+  for _ in range(n):
+    lines = chains.noisy_steps(ex, q, rng)
+    first_ok += lines[0] == ex.steps[0]
+    if lines == ex.steps:
+      full += 1
+      continue
+    bad = lines[-1]  # the stopping line: restatement and a wrong letter, no tail
+    assert lines[:-1] == ex.steps[:len(lines) - 1] and len(lines) <= 2
+    assert re.fullmatch(r"[a-z][+-][1-9]=[a-z]", bad) and bad != ex.steps[len(lines) - 1][:len(bad)]
+  assert abs(first_ok / n - 0.3) < 0.03 and abs(full / n - 0.15) < 0.02
+  assert chains.noisy_steps(ex, q, rng, start=2) == ex.steps[2:]  # tails <= 2 are always right
 
 
 def test_verify_rejects_every_kind_of_error():

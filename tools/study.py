@@ -5,32 +5,35 @@
     python tools/study.py --out runs/study --arms grpo,ghpo --seeds 0,1,2,3,4
     python tools/study.py --out runs/study --report_only      # the table and plots from finished runs
 
-Arms (ARMS): GRPO (no hints), DAPO-style filter, GHPO (ladder 0.25/0.5/0.75), adaptive scheduler,
-annealed hints, and GHPO with corrupted hints (another problem's trace; shuffled steps). Each
-(arm, seed) is one run of jaxghpo.train.run in OUT/ARM/seedS, in this process, one after another;
-a run that already finished is skipped, an interrupted one resumes from its checkpoint. Compiled
-programs are kept in OUT/.jax_cache, so only the first run pays for compilation.
+Arms (jaxghpo/arms.py, ARMS): GRPO (no hints), DAPO-style filter, GHPO (paper ladder 0.25/0.5/0.75),
+GHPO with the step ladder (one rung per remaining step), GHPO with the hint as a response prefix,
+adaptive, annealed hints, UFT (annealed Binomial hint length + hint NLL, response placement), and
+GHPO with corrupted hints (another problem's trace; shuffled steps). Each (arm, seed) is one run of
+jaxghpo.train.run in OUT/ARM/seedS, in this process, one after another; a run that already finished
+is skipped, an interrupted one resumes from its checkpoint. Compiled programs are kept in
+OUT/.jax_cache, so only the first run pays for compilation.
 
 Equal budget: every run stops once it has generated `budget_tokens` tokens (config.max_gen_tokens;
-GHPO's retries are counted), with `max_steps` as a cap that no arm should reach (the table shows
-the steps each arm took). The learning-rate schedule and the anneal schedule are set over the same
-number of steps for every arm. Default budget: a quarter of what `steps` steps could generate at most
-(steps x prompts_per_step x group_size x max_new_tokens / 4: chains responses are much shorter than
-max_new_tokens); cap: 4 x steps.
+GHPO's retries are counted; the check is per step, so a run overshoots by less than one step), with
+`max_steps` as a cap that should not bind (the table says when it did). Every arm's learning-rate
+schedule runs over the same `max_steps`, so the rate at a given update does not depend on how many
+updates the arm's budget buys. Evaluation is on the fixed evaluation set (evaluation.fixed_level_set):
+the same problems for every arm and seed.
 
-Outputs in OUT: study.md (tables: mean and 95% t-interval over seeds per metric, paired differences
-to GRPO; cost), study.json (every run's summary), and PNG plots: study_hard_pass.png (hard-split
-pass@1 without hint against generated tokens; one point per evaluation, mid-run ones with
---eval_every), study_signal_yield.png, study_hint_ratio.png, study_shortcut.png. The tables hold
-only numbers from the runs' files; the same seeds give the same tables (runs are deterministic on
-CPU); wall times are in a separate table because they are not.
+Statistics: one pre-declared primary comparison, unhinted valid pass@1 on the hard levels after
+training, GHPO minus GRPO (PRIMARY_ARM, BASELINE), with a paired bootstrap over seeds and the fixed
+problems; every other arm against GRPO is secondary, with Holm-corrected p-values. Tables also give
+mean ± 95% t-interval over seeds per metric and per-seed paired differences.
 
-Time on the 2-core development machine (shared with other jobs, load about 5; the tool prints each
-run's time and an estimate for the rest as it goes):
-  --quick, shipped base policy: one seed of all 7 arms took 4m40s (the first run pays ~30 s of
-    compilation), so the default 3 seeds take about 14 minutes.
-  full (configs/default.py, 21 runs of up to 4 x 120 steps with 3 mid-run evaluations each): several
-    hours; estimate it as 21 x the time of one default run at the same budget.
+Outputs in OUT: study.md (tables), study.json (every run's summary, the comparisons), and PNG plots:
+study_hard_pass.png (hard valid pass@1 without hint against generated tokens; one point per
+evaluation, mid-run ones with --eval_every), study_signal_yield.png, study_valid_signal_yield.png,
+study_hint_ratio.png, study_shortcut.png. The same seeds give the same tables (runs are deterministic
+on CPU); wall times are in a separate table because they are not.
+
+Time on the 2-core development machine: one run of configs/default.py (120k generated tokens, two
+evaluations of the fixed set at 32 problems x 4 samples per level) takes a few minutes; the full
+study (10 arms x 5 seeds) is 50 such runs: estimate it from the tool's running estimate.
 """
 from __future__ import annotations
 
@@ -52,20 +55,14 @@ import numpy as np  # noqa: E402
 
 from jaxghpo import report  # noqa: E402
 
-GHPO = {"curriculum.mode": "ghpo", "curriculum.ladder": (0.25, 0.5, 0.75), "hints.corruption": "none"}
-ARMS: dict[str, dict[str, Any]] = {
-    "grpo": {"curriculum.mode": "none", "hints.corruption": "none"},
-    "filter": {"curriculum.mode": "filter", "hints.corruption": "none"},
-    "ghpo": dict(GHPO),
-    "adaptive": {"curriculum.mode": "adaptive", "hints.corruption": "none"},
-    "anneal": {"curriculum.mode": "anneal", "hints.corruption": "none"},
-    "ghpo_other": {**GHPO, "hints.corruption": "other"},
-    "ghpo_shuffle": {**GHPO, "hints.corruption": "shuffle"},
-}
-ARM_LABELS = {"grpo": "GRPO (no hints)", "filter": "DAPO filter", "ghpo": "GHPO 0.25/0.5/0.75",
-              "adaptive": "adaptive", "anneal": "anneal", "ghpo_other": "GHPO, other problem's trace",
-              "ghpo_shuffle": "GHPO, shuffled steps"}
+from jaxghpo.arms import ARM_LABELS, ARMS, set_dotted  # noqa: E402,F401  (the arms live with the trainer)
+
 BASELINE = "grpo"
+# The one pre-declared primary comparison: unhinted valid pass@1 on the hard levels after training,
+# this arm minus the baseline, at equal generated tokens (paired bootstrap over problems and seeds).
+# Every other arm's difference to the baseline is secondary, with Holm's correction.
+PRIMARY_ARM = "ghpo"
+PRIMARY_SPLIT = "hard"
 
 # Presets: overrides of the base config file. `steps` is the nominal length (the budget and cap derive from it).
 FULL = {"steps": None, "overrides": {"export_at_end": False}, "eval_every": None}
@@ -74,20 +71,28 @@ QUICK = {"steps": 10, "eval_every": 0,
                        "eval.num_samples": 4, "eval.hint_ratios": "0.0"}}
 
 # The table's metrics: (key in the run summary, column label).
-OUTCOMES = (("pass@1/hard/sampled/before", "hard before (avg@k)"),
+OUTCOMES = (("valid_pass@1/hard/sampled/before", "hard valid before"),
+            ("valid_pass@1/hard/sampled/after", "hard valid after"),
+            ("valid_pass@1/mid/sampled/after", "level 4 valid after"),
+            ("valid_pass@1/easy/sampled/after", "easy valid after"),
+            ("valid_pass@1/ood/sampled/after", "ood (longer) valid after"),
+            ("valid_pass@1/ood_ops/sampled/after", "ood (rare offsets) valid after"),
+            ("pass@1/hard/sampled/before", "hard before (avg@k)"),
             ("pass@1/hard/sampled/after", "hard after (avg@k)"),
             ("pass@1/hard/greedy/before", "hard before (greedy)"),
             ("pass@1/hard/greedy/after", "hard after (greedy)"),
             ("pass@1/easy/sampled/after", "easy after (avg@k)"),
             ("pass@1/ood/sampled/after", "ood after (avg@k)"))
 PROCESS = (("signal_yield/hard/mean", "signal yield, hard"),
+           ("signal_yield/valid_hard/mean", "valid signal yield, hard"),
            ("hint_ratio/all/mean", "mean hint ratio"),
            ("diag/shortcut/hard/hint0/sampled/after/shortcut_rate", "shortcut rate, hard"),
            ("diag/shortcut/hard/hint0/sampled/after/correct_shortcut_rate", "shortcuts among correct, hard"),
            ("diag/shortcut/hard/hint0/sampled/after/work_steps_mean", "steps written, hard"),
            ("gen_tokens", "generated tokens"),
            ("steps", "steps"))
-PAIRED = (("pass@1/hard/sampled/after", "hard (avg@k)"), ("pass@1/hard/greedy/after", "hard (greedy)"),
+PAIRED = (("valid_pass@1/hard/sampled/after", "hard valid"), ("valid_pass@1/easy/sampled/after", "easy valid"),
+          ("pass@1/hard/sampled/after", "hard (avg@k)"), ("pass@1/hard/greedy/after", "hard (greedy)"),
           ("pass@1/easy/sampled/after", "easy (avg@k)"), ("pass@1/ood/sampled/after", "ood (avg@k)"))
 COST = (("time/wall_s", "wall time per run (s)"), ("time/steps_s", "training steps (s)"))
 COUNTS = {"gen_tokens", "steps", "time/wall_s", "time/steps_s"}
@@ -106,19 +111,6 @@ def load_config(spec: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
-
-
-def set_dotted(config, key: str, value) -> None:
-  """config.a.b = value for key "a.b"; an unknown key is an error that names it."""
-  *path, leaf = key.split(".")
-  node = config
-  for part in path:
-    if part not in node:
-      raise KeyError(f"override {key!r}: config has no {part!r} (under {'.'.join(path) or 'the top level'})")
-    node = node[part]
-  if leaf not in node:
-    raise KeyError(f"override {key!r}: config has no key {leaf!r}; known: {sorted(node.keys())}")
-  node[leaf] = value
 
 
 def get_dotted(config, key: str):
@@ -174,7 +166,9 @@ def plan(args) -> tuple[list[tuple[str, int, Any]], dict]:
       for key, value in ARMS[arm].items():
         set_dotted(c, key, value)
       c.seed = int(seed)
-      c.num_steps = max_steps
+      if "arms" in c:
+        c.arms = ""  # one run per (arm, seed): the side-by-side mode of the config is the study's job
+      c.num_steps = max_steps  # the learning-rate schedule runs over the cap, the same for every arm
       c.max_gen_tokens = budget
       c.eval_every_steps = eval_every
       c.checkpoint_every_steps = min(int(c.checkpoint_every_steps), max_steps)
@@ -374,6 +368,7 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
         lines.append(f"- signal yield on hard groups, {ARM_LABELS[arm]} / GRPO: {arm_yield:.3f} / {base_yield:.3f} "
                      f"= {factor}")
     lines.append("")
+  lines += primary_markdown(summaries, arms)
   budget_hit = {arm: sum(1 for r in runs[arm] if (r.get("gen_tokens") or 0) >= settings["budget_tokens"])
                 for arm in arms}
   short = [f"{ARM_LABELS[a]} ({n}/{len(runs[a])})" for a, n in budget_hit.items() if n < len(runs[a])]
@@ -388,9 +383,66 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
   if elapsed_s is not None:
     lines += ["", f"This invocation took {report.fmt_seconds(elapsed_s)} (runs already finished were skipped)."]
   lines += ["", "![hard pass@1 against generated tokens](study_hard_pass.png)",
-            "![signal yield](study_signal_yield.png)", "![hint ratio](study_hint_ratio.png)",
+            "![signal yield](study_signal_yield.png)", "![valid signal yield](study_valid_signal_yield.png)", "![hint ratio](study_hint_ratio.png)",
             "![shortcut rate](study_shortcut.png)", ""]
   return "\n".join(lines)
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+  """Holm-adjusted p-values (family-wise error control over the secondary comparisons)."""
+  order = sorted(p_values, key=lambda k: p_values[k])
+  out, running = {}, 0.0
+  for i, key in enumerate(order):
+    running = max(running, min(1.0, (len(order) - i) * p_values[key]))
+    out[key] = running
+  return out
+
+
+def comparisons(summaries: Sequence[Mapping], arms: Sequence[str]) -> dict[str, dict]:
+  """{arm: paired bootstrap of its unhinted valid pass@1 on PRIMARY_SPLIT minus the baseline's},
+  over the seeds both have and the fixed evaluation problems both evaluated; Holm-adjusted p for
+  every arm but the primary one."""
+  runs = by_arm(summaries)
+  if BASELINE not in runs:
+    return {}
+  base = {r["seed"]: report.per_problem_valid(r["workdir"], PRIMARY_SPLIT) for r in runs[BASELINE]}
+  out = {}
+  for arm in arms:
+    if arm == BASELINE:
+      continue
+    a_rows, b_rows = [], []
+    for r in runs[arm]:
+      mine, theirs = report.per_problem_valid(r["workdir"], PRIMARY_SPLIT), base.get(r["seed"])
+      if mine and theirs and set(mine) == set(theirs):
+        ids = sorted(mine)
+        a_rows.append([theirs[i] for i in ids])
+        b_rows.append([mine[i] for i in ids])
+    if a_rows and len({len(r) for r in a_rows}) == 1:
+      out[arm] = report.paired_bootstrap(a_rows, b_rows)
+  adjusted = holm({arm: v["p"] for arm, v in out.items() if arm != PRIMARY_ARM})
+  for arm, p in adjusted.items():
+    out[arm]["p_holm"] = p
+  return out
+
+
+def primary_markdown(summaries: Sequence[Mapping], arms: Sequence[str]) -> list[str]:
+  result = comparisons(summaries, arms)
+  if not result:
+    return []
+  lines = [f"## Unhinted valid pass@1 on the {PRIMARY_SPLIT} levels after training, minus {ARM_LABELS[BASELINE]}", "",
+           f"Primary comparison (declared before running): {ARM_LABELS[PRIMARY_ARM]} vs {ARM_LABELS[BASELINE]}. "
+           "Paired bootstrap over seeds and the fixed evaluation problems (95% interval, two-sided p); the other "
+           "arms are secondary, their p-values Holm-corrected.", "",
+           "| arm | difference | 95% interval | p | p (Holm) | seeds x problems |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  for arm in arms:
+    if arm in result:
+      r = result[arm]
+      tag = " (primary)" if arm == PRIMARY_ARM else ""
+      holm_p = "-" if arm == PRIMARY_ARM else f"{r.get('p_holm', float('nan')):.3f}"
+      lines.append(f"| {ARM_LABELS[arm]}{tag} | {r['diff']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] | {r['p']:.3f} "
+                   f"| {holm_p} | {r['seeds']} x {r['problems']} |")
+  return lines + [""]
 
 
 def _present(metrics, summaries):
@@ -456,12 +508,13 @@ def plots(out: str, summaries: Sequence[Mapping], settings: Mapping) -> list[str
     paths.append(path)
 
   # Hard pass@1 (no hint, sampled) at each evaluation against generated tokens.
-  fig, ax = new_fig("hard problems, pass@1 without hint (avg@k) vs generated tokens",
-                    "generated tokens (retries included)", "pass@1")
+  fig, ax = new_fig("hard problems, valid pass@1 without hint (answer pass@1 for tasks without a checker)",
+                    "generated tokens (retries included)", "valid pass@1")
   for arm in arms:
     curves = []
     for r in runs[arm]:
-      pts = report.eval_curve(metrics[(arm, r["seed"])], "hard", "sampled")
+      pts = (report.eval_curve(metrics[(arm, r["seed"])], "hard", "sampled", "valid_pass@1")
+             or report.eval_curve(metrics[(arm, r["seed"])], "hard", "sampled"))
       if pts:
         x, y = np.array([p[1] for p in pts]), np.array([p[2] for p in pts])
         ax.plot(x, y, color=colors[arm], alpha=0.35, linewidth=0.8, marker=".")
@@ -473,6 +526,8 @@ def plots(out: str, summaries: Sequence[Mapping], settings: Mapping) -> list[str
 
   for key, name, title in (("frac_groups_nonzero_adv/hard", "study_signal_yield.png",
                             "learning-signal yield on hard groups (fraction with non-zero advantage)"),
+                           ("frac_groups_valid_signal/hard", "study_valid_signal_yield.png",
+                            "hard groups with non-zero advantage AND a valid success"),
                            ("hint_ratio_mean", "study_hint_ratio.png", "mean hint ratio of the trained groups")):
     fig, ax = new_fig(title, "generated tokens (retries included)", key)
     for arm in arms:
@@ -517,6 +572,7 @@ def write_outputs(out: str, summaries: Sequence[Mapping], settings: Mapping, ela
     f.write(markdown(summaries, settings, elapsed_s))
   with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
     json.dump(report._jsonable({"settings": settings, "aggregate": aggregate(summaries),
+                                "comparisons": comparisons(summaries, settings["arms"]),
                                 "runs": [dict(s) for s in summaries]}), f, indent=1, sort_keys=True)
   plots(out, summaries, settings)
   return path
@@ -529,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   p.add_argument("--config", default="configs/default.py", help="base config file (path[:arg])")
   p.add_argument("--model", default="", help="override config.model.path (an HF directory or builtin:NAME)")
   p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {list(ARMS)}")
-  p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (at least 3 for intervals worth reading)")
+  p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (at least 5 for the study's power)")
   p.add_argument("--quick", action="store_true", help=f"small preset (about 15 minutes on 2 cores): {QUICK}")
   p.add_argument("--steps", type=int, default=0, help="nominal run length in steps (default: preset / config)")
   p.add_argument("--budget_tokens", type=int, default=0, help="generated tokens per run (default: see above)")

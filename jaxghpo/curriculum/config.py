@@ -13,6 +13,7 @@ import ml_collections
 MODES = ("none", "filter", "ghpo", "adaptive", "anneal")
 HINTLESS_MODES = ("none", "filter")  # modes whose scheduler never puts a hint in a prompt
 ANNEAL_SCHEDULES = ("linear", "cosine")
+LADDER_KINDS = ("ratios", "steps")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -33,6 +34,11 @@ def default_config() -> ml_collections.ConfigDict:
   # ghpo (and adaptive with adaptive_retry): a difficult group is re-sampled within the step at the
   # next ladder ratio above the one it was sampled with; after the last rung the group is kept as is.
   c.ladder = (0.25, 0.5, 0.75)
+  # "ratios": the rungs are `ladder` (the paper's 0.25/0.5/0.75). "steps": one rung per remaining
+  # step: a level-n problem (n steps, its level passed to plan()) retries with 1, 2, ..., n - 1 whole
+  # steps of hint (ratio (k + 0.5) / n, which hints.cut("steps") turns into exactly k steps), so each
+  # retry leaves one step less to write. Needs hints.unit = "steps".
+  c.ladder_kind = "ratios"
 
   # filter (DAPO dynamic sampling): groups whose rewards are all equal carry no advantage and are
   # dropped; each refill round draws a new batch of problems and samples as many of them as groups
@@ -116,6 +122,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
       fail(f"{key}={c[key]} must be in [0, 1]")
   if c.initial_ratio > c.max_ratio:
     fail(f"initial_ratio={c.initial_ratio} exceeds max_ratio={c.max_ratio}")
+  if c.ladder_kind not in LADDER_KINDS:
+    fail(f"ladder_kind={c.ladder_kind!r} is not one of {LADDER_KINDS}")
   if c.anneal_schedule not in ANNEAL_SCHEDULES:
     fail(f"anneal_schedule={c.anneal_schedule!r} is not one of {ANNEAL_SCHEDULES}")
   if c.mode == "anneal" and c.anneal_steps <= 0 and c.total_steps <= 0:
@@ -139,5 +147,7 @@ def highest_ratio(c) -> float:
   """The longest hint, as a fraction of the trace (below 1), that the scheduler of config `c` can ask for."""
   if c.mode in HINTLESS_MODES:
     return 0.0
+  if c.mode in ("ghpo", "adaptive") and c.get("ladder_kind", "ratios") == "steps":
+    return 1.0 - 1e-6  # the last rung leaves one step: everything before the answer line
   top = max([float(c.max_ratio), float(c.anneal_start_ratio)] + [float(r) for r in c.ladder])
   return min(top, 1.0 - 1e-6)

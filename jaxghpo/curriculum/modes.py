@@ -51,6 +51,19 @@ def ladder_next(ratio_B: np.ndarray, ladder) -> np.ndarray:
   return out
 
 
+def step_ladder_next(ratio_B: np.ndarray, steps_B: np.ndarray) -> np.ndarray:
+  """float32 [B]: the step ladder's next rung: one more whole step of hint than ratio_B gives a
+  problem of steps_B steps, as the ratio (k + 0.5) / n (hints.cut of "steps" floors it to k);
+  NaN once k would reach n (the answer step), for NaN input, or for an unknown length (<= 1)."""
+  ratio = np.asarray(ratio_B, np.float64)
+  n = np.asarray(steps_B, np.float64)
+  with np.errstate(invalid="ignore"):
+    k = np.floor(ratio * n + _EPS) + 1.0
+    out = (k + 0.5) / np.maximum(n, 1.0)
+  bad = ~np.isfinite(ratio) | (n <= 1) | (k >= n)
+  return np.where(bad, np.nan, out).astype(np.float32)
+
+
 def adaptive_next_ratio(ratio_B, pass_mean_B, *, target_low, target_high, step_up, step_down, grid,
                         max_ratio) -> np.ndarray:
   """float32 [B]: the next first-attempt ratio after a group sampled at ratio_B.

@@ -73,6 +73,8 @@ class HintScheduler:
       self.set_step(step)
     ids = _ids(problem_ids, "problem_ids")
     c = self.cfg
+    if levels is not None:  # the step ladder's rungs depend on each problem's number of steps
+      self._step_levels.update(zip(ids.tolist(), np.asarray(levels, np.int64).reshape(-1).tolist()))
     if c.mode in config_lib.HINTLESS_MODES or c.mode == "ghpo" or self.in_cold_start:  # ghpo: hints on retries only
       ratios = np.zeros(ids.size, np.float32)
     elif c.mode == "adaptive":
@@ -120,7 +122,14 @@ class HintScheduler:
     difficult[active] = modes.is_difficult(rewards[active], self.cfg.difficulty_threshold)
     next_ratios = np.full(ids.size, np.nan, np.float32)
     if self.uses_ladder and not self.in_cold_start:
-      next_ratios[difficult] = modes.ladder_next(ratios[difficult], self.cfg.ladder)
+      if self.cfg.ladder_kind == "steps":
+        steps = np.asarray([self._step_levels.get(int(i), -1) for i in ids[difficult]], np.int64)
+        if (steps < 1).any():
+          raise ValueError("curriculum.ladder_kind='steps' needs each problem's level (its number of steps): "
+                           "pass levels to plan() for the problems that retry() sees")
+        next_ratios[difficult] = modes.step_ladder_next(ratios[difficult], steps)
+      else:
+        next_ratios[difficult] = modes.ladder_next(ratios[difficult], self.cfg.ladder)
     # A group's first retry() call this step saw its first attempt: that is GHPO's "difficult" count.
     first = active & ~np.isin(ids, self._retry_seen_ids)
     self._retry_seen_ids = np.union1d(self._retry_seen_ids, ids[active])
@@ -213,6 +222,7 @@ class HintScheduler:
   def _reset_step_counters(self) -> None:
     self._counters = {name: 0.0 for name in metrics_lib.COUNTERS}
     self._retry_seen_ids = np.empty(0, np.int64)
+    self._step_levels: dict[int, int] = {}  # problem id -> level, from this step's plan() calls
 
   def _counter_row(self) -> np.ndarray:
     return np.array([[self._counters[name] for name in metrics_lib.COUNTERS]], np.float64)

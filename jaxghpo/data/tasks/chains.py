@@ -23,12 +23,16 @@ Splits, deterministic from a seed:
   test   the same levels; disjoint from train by construction: a problem text belongs to test iff
          stable_id("chains/split", text) % TEST_BUCKETS == 0, and each split only keeps its own
          problems, so no test problem appears in train for any seeds or levels.
-  ood    out of distribution: chains LONGER than any train level (default levels 7 and 8), with the
-         same operators and digits. Chosen over two-digit offsets because a hint then reduces an
-         ood problem to a length seen in training. (ood does not use the hash rule: its problems
-         differ from train by length, as long as its levels lie above the train levels.)
-Within a split, problems are drawn with replacement (level 1 has only 26 * 2 * MAX_OFFSET = 260
-problems).
+  ood    out of distribution by length: chains LONGER than any train level (default levels 7 and
+         8), with the same operators and digits; a hint reduces an ood problem to a length seen in
+         training. (ood does not use the hash rule: its problems differ from train by length, as
+         long as its levels lie above the train levels.)
+  ood_ops  out of distribution by operator range: the offsets MAX_OFFSET+1..RARE_MAX_OFFSET (6, 7)
+         occur in train/test only at levels <= RARE_MAX_LEVEL (one- and two-step chains); an ood_ops
+         problem (default levels 3 and 4) uses at least one of them in a longer chain. It tells a
+         procedure (apply the table, whatever the offset) from a template learned per length.
+Within a split, problems are drawn with replacement (level 1 has only 26 * 2 * RARE_MAX_OFFSET =
+364 problems).
 """
 from __future__ import annotations
 
@@ -41,14 +45,18 @@ from jaxghpo.data.example import Example, stable_id
 
 NAME = "chains"
 STEP_SEP = ";"
-SPLITS = ("train", "test", "ood")
-DEFAULT_LEVELS = {"train": tuple(range(1, 7)), "test": tuple(range(1, 7)), "ood": (7, 8)}
+SPLITS = ("train", "test", "ood", "ood_ops")
+DEFAULT_LEVELS = {"train": tuple(range(1, 7)), "test": tuple(range(1, 7)), "ood": (7, 8), "ood_ops": (3, 4)}
 TEST_BUCKETS = 10  # one problem text in TEST_BUCKETS belongs to the test split
 CHANCE = 1.0 / 26.0
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_SPLIT_CODES = {"train": 0, "test": 1, "ood": 2}
+_SPLIT_CODES = {"train": 0, "test": 1, "ood": 2, "ood_ops": 3}
 MAX_OFFSET = 5  # operations are +d / -d with d in 1..MAX_OFFSET (26 x 2 x MAX_OFFSET facts to learn)
+# The rare offsets: digits MAX_OFFSET+1..RARE_MAX_OFFSET appear in train/test only at levels
+# <= RARE_MAX_LEVEL (a table seen in short chains); the "ood_ops" split uses them in longer chains.
+RARE_MAX_OFFSET = 7
+RARE_MAX_LEVEL = 2
 _PROBLEM_RE = re.compile(r"([a-z])((?:[+-][1-9])+)=")
 _STEP_RE = re.compile(r"([a-z])([+-][1-9])=([a-z])((?:[+-][1-9])*)")
 _OP_RE = re.compile(r"([+-])([1-9])")
@@ -138,11 +146,14 @@ def _draw_problems(level: int, count: int, split: str, rng: np.random.Generator)
     n = max(64, 2 * count)
     starts = rng.integers(0, 26, size=n)
     signs = rng.integers(0, 2, size=(n, level))
-    digits = rng.integers(1, MAX_OFFSET + 1, size=(n, level))
+    top = RARE_MAX_OFFSET if (split == "ood_ops" or level <= RARE_MAX_LEVEL) else MAX_OFFSET
+    digits = rng.integers(1, top + 1, size=(n, level))
     for i in range(n):
+      if split == "ood_ops" and digits[i].max() <= MAX_OFFSET:
+        continue  # an ood_ops problem uses at least one rare offset
       ops = "".join(("+-"[s]) + str(d) for s, d in zip(signs[i], digits[i]))
       problem = _LETTERS[starts[i]] + ops + "="
-      if split == "ood" or split_of(problem) == split:
+      if split.startswith("ood") or split_of(problem) == split:
         out.append(problem)
         if len(out) == count:
           return out
@@ -209,3 +220,50 @@ def count_steps(completion: str) -> int:
   after fewer steps than the level needs). Add the hint's steps when the hint is not part of it."""
   completion = completion.split("<eos>", 1)[0]
   return sum(1 for part in completion.split(STEP_SEP) if part.strip())
+
+
+def tail_of(level: int, step_index: int) -> int:
+  """Operations a step copies after the one it applies: step j (0-based) of a level-L trace has
+  tail L - 1 - j. The base policy's competence is a function of it (tools/make_base_policy.py)."""
+  return level - 1 - step_index
+
+
+def noisy_steps(example: Example, q_by_tail: Mapping[int, float], rng: np.random.Generator,
+                start: int = 0) -> tuple[str, ...]:
+  """A noisy teacher's trace lines from step `start` on (the steps before it are a hint).
+
+  The line with tail t is right with probability q_by_tail.get(t, 1.0); otherwise the teacher
+  writes the line's restatement with a WRONG new letter (uniform over the 25 others) and no tail,
+  and stops: it answers early, a shortcut that is right by chance only. A policy trained on this
+  teacher writes a full valid level-L trace with probability prod_j q(tail_of(L, j)).
+  """
+  lines = []
+  for j in range(start, len(example.steps)):
+    step = example.steps[j]
+    if rng.random() < float(q_by_tail.get(tail_of(len(example.steps), j), 1.0)):
+      lines.append(step)
+      continue
+    head, rest = step.split("=", 1)
+    right = rest[0]
+    wrong = _LETTERS[(_LETTERS.index(right) + int(rng.integers(1, 26))) % 26]
+    lines.append(f"{head}={wrong}")
+    break
+  return tuple(lines)
+
+
+def check_completion(problem: str, completion: str) -> tuple[bool, bool, int]:
+  """(valid, answer_right, steps_written) of a written trace (the hint's steps included).
+
+  valid: every written line correctly applies the leftmost remaining operation of the line above
+  (the problem for the first line) and copies the rest, the trace reaches the last operation (its
+  last line has no tail) and writes nothing else. Then its answer is right too. answer_right: the
+  extracted answer is the problem's answer, however it was reached. Text after "<eos>" is ignored.
+  Raises ValueError on a malformed problem (the data's fault), never on a malformed completion.
+  """
+  steps = solve(problem)
+  completion = completion.split("<eos>", 1)[0]
+  written = [part.strip() for part in completion.split(STEP_SEP)]
+  while written and not written[-1]:
+    written.pop()
+  answer_right = extract_answer(STEP_SEP.join(written)) == steps[-1].split("=")[-1]  # valid => right
+  return tuple(written) == steps, answer_right, sum(1 for w in written if w)

@@ -1,0 +1,81 @@
+"""Named arms of the embedded experiment, and running several of them side by side in one command.
+
+An arm is a set of config overrides (dotted key -> value). `config.arms = "ghpo,grpo"` makes
+`python -m jaxghpo.main --config=... --workdir=DIR` run each arm in DIR/ARM, one after another, from
+the same base policy, problems and seed, each until it has generated config.max_gen_tokens tokens
+(retries included: an equal budget), then write DIR/comparison.md and DIR/comparison.png
+(report.compare). tools/study.py runs the same arms over seeds.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+GHPO = {"curriculum.mode": "ghpo", "curriculum.ladder": (0.25, 0.5, 0.75), "curriculum.ladder_kind": "ratios",
+        "hints.corruption": "none"}
+RESPONSE = {"hints.placement": "response", "rl.hint_placement": "response"}
+ARMS: dict[str, dict[str, Any]] = {
+    "grpo": {"curriculum.mode": "none", "hints.corruption": "none"},
+    "filter": {"curriculum.mode": "filter", "hints.corruption": "none"},
+    "ghpo": dict(GHPO),
+    "ghpo_steps": {**GHPO, "curriculum.ladder_kind": "steps"},
+    "ghpo_response": {**GHPO, **RESPONSE},
+    "adaptive": {"curriculum.mode": "adaptive", "hints.corruption": "none"},
+    "anneal": {"curriculum.mode": "anneal", "hints.corruption": "none"},
+    # UFT: hint length ~ Binomial(n, p(t)) annealed to 0, response placement, a likelihood term on the hint.
+    "uft": {"curriculum.mode": "anneal", "curriculum.anneal_random": True, "hints.corruption": "none",
+            **RESPONSE, "rl.hint_nll_coef": 1.0},
+    "ghpo_other": {**GHPO, "hints.corruption": "other"},
+    "ghpo_shuffle": {**GHPO, "hints.corruption": "shuffle"},
+}
+ARM_LABELS = {"grpo": "GRPO (no hints)", "filter": "DAPO filter", "ghpo": "GHPO 0.25/0.5/0.75",
+              "ghpo_steps": "GHPO step ladder", "ghpo_response": "GHPO, hint as response prefix",
+              "adaptive": "adaptive", "anneal": "anneal", "uft": "UFT (anneal + hint NLL)",
+              "ghpo_other": "GHPO, other problem's trace", "ghpo_shuffle": "GHPO, shuffled steps"}
+
+
+def parse_arms(text: str) -> list[str]:
+  arms = [a.strip() for a in str(text).split(",") if a.strip()]
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown or not arms:
+    raise ValueError(f"arms {text!r}: unknown arms {unknown}; choose from {list(ARMS)}")
+  return arms
+
+
+def set_dotted(config, key: str, value) -> None:
+  """config.a.b = value for key "a.b"; an unknown key is an error that names it."""
+  *path, leaf = key.split(".")
+  node = config
+  for part in path:
+    if part not in node:
+      raise KeyError(f"override {key!r}: config has no {part!r} (under {'.'.join(path) or 'the top level'})")
+    node = node[part]
+  if leaf not in node:
+    raise KeyError(f"override {key!r}: config has no key {leaf!r}; known: {sorted(node.keys())}")
+  node[leaf] = value
+
+
+def arm_config(config, arm: str):
+  """A copy of `config` with the arm's overrides and no `arms` of its own."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.arms = ""
+    for key, value in ARMS[arm].items():
+      set_dotted(c, key, value)
+  return c
+
+
+def run_side_by_side(config, workdir: str) -> dict:
+  """Runs each arm of config.arms in workdir/ARM (train.run), then report.compare of all of them."""
+  from jaxghpo import report, train
+  arms = parse_arms(config.arms)
+  if not int(config.max_gen_tokens):
+    raise ValueError("config.arms compares arms at an equal budget of generated tokens: set config.max_gen_tokens > 0")
+  out = {}
+  for arm in arms:
+    print(f"== arm {arm} ({ARM_LABELS[arm]}): {os.path.join(workdir, arm)}", flush=True)
+    out[arm] = train.run(arm_config(config, arm), os.path.join(workdir, arm))
+  out["comparison"] = report.compare(workdir, {arm: os.path.join(workdir, arm) for arm in arms},
+                                     labels=ARM_LABELS)
+  return out
