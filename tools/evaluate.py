@@ -36,20 +36,7 @@ from jaxghpo import evaluation, experiment  # noqa: E402
 from jaxghpo.data.tasks import get_task  # noqa: E402
 from jaxghpo.rollout import Sampler  # noqa: E402
 from jaxghpo.rollout import groups  # noqa: E402
-
-
-def load_config(spec: str):
-  """get_config() of a config file ("path.py:arg" passes arg); paths relative to the repository work."""
-  import importlib.util
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path) and os.path.exists(os.path.join(ROOT, path)):
-    path = os.path.join(ROOT, path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--config {spec!r}: no file {path}")
-  module_spec = importlib.util.spec_from_file_location(f"eval_config_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+from study import load_config  # noqa: E402  (tools/: one loader of config files for the tools)
 
 
 def eval_sets(config, num_problems: int) -> dict[str, list]:
