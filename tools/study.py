@@ -5,10 +5,11 @@
     python tools/study.py --out runs/study --arms grpo,ghpo --seeds 0,1,2,3,4
     python tools/study.py --out runs/study --report_only      # the table and plots from finished runs
 
-Arms (jaxghpo/arms.py, ARMS): GRPO (no hints), DAPO-style filter, GHPO (paper ladder 0.25/0.5/0.75),
-GHPO with the step ladder (one rung per remaining step), GHPO with the hint as a response prefix,
-adaptive, annealed hints, UFT (annealed Binomial hint length + hint NLL, response placement), and
-GHPO with corrupted hints (another problem's trace; shuffled steps). Each (arm, seed) is one run of
+Arms (jaxghpo/arms.py, ARMS): GRPO (no hints), GRPO rewarded for a valid trace, DAPO-style filter,
+GHPO (paper ladder 0.25/0.5/0.75), GHPO with the step ladder (one rung per remaining step), GHPO with
+the hint as a response prefix, adaptive, annealed hints, UFT (annealed Binomial hint length + hint
+NLL, response placement), and GHPO with corrupted hints (another problem's trace; shuffled steps;
+every hint line but the last garbled). Each (arm, seed) is one run of
 jaxghpo.train.run in OUT/ARM/seedS, in this process, one after another; a run that already finished
 is skipped, an interrupted one resumes from its checkpoint. Compiled programs are kept in
 OUT/.jax_cache, so only the first run pays for compilation.
@@ -55,7 +56,7 @@ import numpy as np  # noqa: E402
 
 from jaxghpo import report  # noqa: E402
 
-from jaxghpo.arms import ARM_LABELS, ARMS, set_dotted  # noqa: E402,F401  (the arms live with the trainer)
+from jaxghpo.arms import ARM_LABELS, ARMS, parse_arms, set_dotted  # noqa: E402,F401  (the arms live with the trainer)
 
 BASELINE = "grpo"
 # The one pre-declared primary comparison: unhinted valid pass@1 on the hard levels after training,
@@ -182,14 +183,6 @@ def parse_ints(text: str) -> list[int]:
   if not values:
     raise ValueError(f"--seeds {text!r}: give at least one seed, e.g. 0,1,2")
   return values
-
-
-def parse_arms(text: str) -> list[str]:
-  arms = [a.strip() for a in str(text).split(",") if a.strip()]
-  unknown = [a for a in arms if a not in ARMS]
-  if unknown or not arms:
-    raise ValueError(f"--arms {text!r}: unknown arms {unknown}; choose from {list(ARMS)}")
-  return arms
 
 
 # ------------------------------------------------------------------------------------ running
