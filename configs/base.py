@@ -5,7 +5,7 @@ Every key can be overridden on the command line: --config.rollout.group_size=16.
 """
 import ml_collections
 
-from jaxghpo import curriculum, rewards, rl
+from jaxghpo import curriculum, derived, rewards, rl
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -65,6 +65,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.rl = rl.default_config()
   c.curriculum = curriculum.default_config()
+  # Derived keys are computed from the keys above by jaxghpo/derived.py, once, and are not settable here:
+  # rl.temperature = rollout.temperature, curriculum.seed from seed, curriculum.total_steps = num_steps.
+  for section, key in derived.DERIVED_KEYS:
+    del c[section][key]
 
   c.sft = ml_collections.ConfigDict()
   c.sft.batch_size = 128

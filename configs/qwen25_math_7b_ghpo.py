@@ -128,7 +128,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.clip_high = 0.2
   c.rl.ppo_epochs = 1
   c.rl.loss_agg = "token-mean"
-  c.rl.hint_placement = "prompt"
   c.rl.micro_batches = 64
 
   c.curriculum.mode = "ghpo"

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxghpo import models, parallel, rewards
+from jaxghpo import derived, models, parallel, rewards
 from jaxghpo.data import files as files_lib
 from jaxghpo.data import tokenizer as tok_lib
 from jaxghpo.data.example import Example
@@ -52,13 +52,13 @@ def load_problems(config: ml_collections.ConfigDict) -> Problems:
   if d.source == "task":
     task = get_task(d.task)
     weights = {int(k): float(v) for k, v in d.train_levels.items()}
-    train = task.generate("train", int(d.num_train), int(config.seed), levels=weights)
+    train = task.generate("train", int(d.num_train), derived.seed(config, "train_problems"), levels=weights)
     eval_sets = {}
     for name, split, levels in (("easy", "test", e.easy_levels), ("hard", "test", e.hard_levels),
                                 ("ood", "ood", e.ood_levels)):
       levels = parse_levels(levels)
       if levels:
-        eval_sets[name] = task.generate(split, int(e.num_problems) * len(levels), 7919 + int(config.seed),
+        eval_sets[name] = task.generate(split, int(e.num_problems) * len(levels), derived.seed(config, "eval_problems"),
                                         levels=levels)
     return Problems(train, eval_sets, task.extract_answer)
   if d.source == "files":
@@ -127,9 +127,7 @@ def validate(config, num_devices: int, num_processes: int) -> None:
   for key in ("num_steps", "checkpoint_every_steps", "seed"):
     if key not in config:
       raise ValueError(f"config.{key} is missing; every config needs num_steps, checkpoint_every_steps, seed")
-  if config.hints.placement != config.rl.hint_placement:
-    raise ValueError(f"config.hints.placement={config.hints.placement!r} and config.rl.hint_placement="
-                     f"{config.rl.hint_placement!r} disagree; set both to the same placement")
+  derived.check_not_set(config)
 
 
 def check_prompt_room(config, problems: Problems, tokenizer) -> None:

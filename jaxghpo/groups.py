@@ -20,7 +20,8 @@ class Prompts:
   """Rendered prompts of B problems: what the sampler is given, and where the hint tokens are."""
   sampler_ids: list[list[int]]  # prompt (+ forced hint prefix for the "response" placement)
   prompt_len: np.ndarray        # int [B]: tokens of the prompt proper
-  hint_in_prompt: np.ndarray    # int [B]: trailing prompt tokens that are hint ("prompt" placement)
+  hint_in_prompt: np.ndarray    # int [B]: prompt tokens that are hint ("prompt" placement)
+  hint_start: np.ndarray        # int [B]: index in sampler_ids of the first of them (templates.Rendered.hint_span)
   hint_in_response: np.ndarray  # int [B]: forced response-prefix tokens ("response" placement)
   hint_text: list[str]          # the hint as cut (for both placements)
   hint_steps: np.ndarray        # int [B]: whole trace steps in the hint (diagnostics)
@@ -54,7 +55,7 @@ def hint_texts(examples: Sequence[Example], ratios: np.ndarray, *, unit: str, co
 
 def render_prompts(examples: Sequence[Example], hint_text: Sequence[str], *, placement: str, style: str,
                    tokenizer, max_prompt_len: int) -> Prompts:
-  sampler_ids, prompt_len, in_prompt, in_response, steps = [], [], [], [], []
+  sampler_ids, prompt_len, in_prompt, hint_start, in_response, steps = [], [], [], [], [], []
   for ex, hint in zip(examples, hint_text):
     r = templates.render(ex, hint, placement, tokenizer, style)
     ids = list(r.prompt_ids) + list(r.hint_ids)
@@ -64,30 +65,27 @@ def render_prompts(examples: Sequence[Example], hint_text: Sequence[str], *, pla
                        "(it must hold the longest prompt plus the longest hint)")
     sampler_ids.append(ids)
     prompt_len.append(len(r.prompt_ids))
-    if placement == "prompt" and hint:
-      # The hint text sits at the end of the prompt (before any marker / generation prompt): count its tokens.
-      in_prompt.append(len(tokenizer.encode(hint, add_special_tokens=False)))
-    else:
-      in_prompt.append(0)
+    start, end = r.hint_span  # exact, from the renderer: never the marker or the assistant header after it
+    hint_start.append(start)
+    in_prompt.append(end - start)
     in_response.append(len(r.hint_ids))
     steps.append(hint.count(ex.step_sep) if hint else 0)
-  return Prompts(sampler_ids, np.asarray(prompt_len), np.asarray(in_prompt), np.asarray(in_response),
-                 list(hint_text), np.asarray(steps))
+  return Prompts(sampler_ids, np.asarray(prompt_len), np.asarray(in_prompt), np.asarray(hint_start),
+                 np.asarray(in_response), list(hint_text), np.asarray(steps))
 
 
-def hint_token_mask(prompts: Prompts, rows: np.ndarray, prompt_width: int, marker_tokens: int) -> np.ndarray:
-  """bool [R, prompt_width]: hint tokens inside left-padded prompts ("prompt" placement).
+def hint_token_mask(prompts: Prompts, rows: np.ndarray, prompt_width: int) -> np.ndarray:
+  """bool [R, prompt_width]: hint tokens inside the prompts left-padded to prompt_width ("prompt" placement).
 
-  rows: int [R], the problem of each sampled row. The hint ends ``marker_tokens`` before the prompt's end
-  for the plain style (the hint marker follows it); the mask is a best-effort span used only to keep
-  hint tokens out of losses, which never include prompt tokens anyway.
+  rows: int [R], the problem of each sampled row. The span is the renderer's (templates.Rendered.hint_span),
+  so it covers exactly the hint's tokens whatever the template writes around them.
   """
   mask = np.zeros((len(rows), prompt_width), bool)
   for r, b in enumerate(rows):
     n = int(prompts.hint_in_prompt[b])
     if n:
-      end = prompt_width - marker_tokens
-      mask[r, max(end - n, 0):end] = True
+      start = prompt_width - len(prompts.sampler_ids[b]) + int(prompts.hint_start[b])
+      mask[r, start:start + n] = True
   return mask
 
 

@@ -17,10 +17,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import curriculum, evaluation, experiment, groups, models, parallel, rl
+from jaxghpo import curriculum, derived, evaluation, experiment, groups, models, parallel, rl
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.data import pipeline as pipeline_lib
-from jaxghpo.data.tokenizer import HINT_MARKER
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
 from jaxghpo.parallel import hosts
 from jaxghpo.rollout import Sampler
@@ -54,9 +53,6 @@ class Trainer:
     experiment.check_prompt_room(config, self.problems, self.tokenizer)
     self.score = experiment.reward_fn(config, self.problems)
     self.eos_id = self.tokenizer.eos_token_id
-    # Tokens of the in-prompt hint marker that follows a hint (plain style): the hint span ends before it.
-    self.marker_tokens = (len(self.tokenizer.encode(HINT_MARKER, add_special_tokens=False))
-                          if config.data.style == "plain" else 0)
     self.pad_id = self.tokenizer.pad_token_id or 0
 
     n_proc = jax.process_count()
@@ -64,15 +60,12 @@ class Trainer:
     self.P_local = self.P // n_proc
     self.G = int(config.rollout.group_size)
     self.pipeline = pipeline_lib.make_pipeline(self.problems.train, batch_size_per_process=self.P_local,
-                                               seed=int(config.seed), shuffle=True)
-    cur = curriculum.resolve_config(config.curriculum)
-    cur.total_steps = int(config.num_steps)
-    self.scheduler = curriculum.HintScheduler(cur)
+                                               seed=derived.seed(config, "data_order"), shuffle=True)
+    derived_cfg = derived.derive(config)  # the module configs with their derived keys (seed, temperature)
+    self.scheduler = curriculum.HintScheduler(derived_cfg.curriculum)
 
     # Device side: the sharded train step and the samplers (one per retry bucket, all warmed up).
-    rl_cfg = rl.resolve_config(config.rl)
-    rl_cfg.temperature = float(config.rollout.temperature) or 1.0
-    self.rl_cfg = rl_cfg
+    rl_cfg = self.rl_cfg = derived_cfg.rl
     self.graphdef, params = nnx.split(self.model)
     self.param_shardings = parallel.param_shardings(params, self.mesh)
     self.optimizer = rl.make_optimizer(rl_cfg, int(config.num_steps) * int(rl_cfg.ppo_epochs))
@@ -91,7 +84,7 @@ class Trainer:
     # Evaluation also returns DeepConf token confidences (for confidence-filtered voting in the report).
     self.eval_samplers = self._make_samplers(eval_prompt, eval_new, divisors=(1,), return_confidence=True)
     self.eval_prompt_len = eval_prompt
-    self.rng = jax.random.key(int(config.seed))
+    self.rng = jax.random.key(derived.seed(config, "train_rng"))
 
     self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                      max_to_keep=int(config.keep_checkpoints))
@@ -153,7 +146,7 @@ class Trainer:
     the arrays come back as this host's rows.
     """
     c = self.config
-    hint_rng = np.random.default_rng([int(c.seed), int(jax.random.randint(rng, (), 0, 2**31 - 1))])
+    hint_rng = np.random.default_rng([derived.seed(c, "hint_corruption"), int(jax.random.randint(rng, (), 0, 2**31 - 1))])
     texts = groups.hint_texts(examples, ratios, unit=c.hints.unit, corruption=c.hints.corruption,
                               tokenizer=self.tokenizer, rng=hint_rng)
     prompts = groups.render_prompts(examples, texts, placement=c.hints.placement, style=c.data.style,
@@ -208,7 +201,7 @@ class Trainer:
     for j, i in enumerate(idx):
       ro.completions[i * G:(i + 1) * G] = new.completions[j * G:(j + 1) * G]
       ro.prompts.sampler_ids[i] = new.prompts.sampler_ids[j]
-      for name in ("prompt_len", "hint_in_prompt", "hint_in_response", "hint_steps"):
+      for name in ("prompt_len", "hint_in_prompt", "hint_start", "hint_in_response", "hint_steps"):
         getattr(ro.prompts, name)[i] = getattr(new.prompts, name)[j]
       ro.prompts.hint_text[i] = new.prompts.hint_text[j]
     ro.gen_tokens += new.gen_tokens
@@ -288,7 +281,7 @@ class Trainer:
       prompt_ids[r, Pw - len(ids):] = ids
       prompt_valid[r, Pw - len(ids):] = True
     rows = np.arange(R) // G
-    hint_mask = groups.hint_token_mask(ro.prompts, rows, Pw, self.marker_tokens) & prompt_valid
+    hint_mask = groups.hint_token_mask(ro.prompts, rows, Pw) & prompt_valid
     N = ro.tokens.shape[1]
     response_valid = np.arange(N)[None, :] < ro.lengths[:, None]
     keep_R = np.repeat(keep_P, G)
@@ -359,7 +352,7 @@ class Trainer:
     mine = examples[h * per:(h + 1) * per]
     G = self.G
     rows = []
-    rng = jax.random.fold_in(jax.random.key(int(self.config.seed) + 17), step)
+    rng = jax.random.fold_in(jax.random.key(derived.seed(self.config, "eval_sampling")), step)
     for start in range(0, len(mine), self.P_local):
       chunk = mine[start:start + self.P_local]
       rng, key = jax.random.split(rng)

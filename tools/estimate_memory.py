@@ -70,7 +70,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from jaxghpo import models, parallel, rl  # noqa: E402
+from jaxghpo import derived, models, parallel, rl  # noqa: E402
 
 # Live copies per element, fitted to XLA's buffer assignment on CPU (see the module docstring).
 K_SCORES = 2.75     # float32 [b, H, T, T]: scores, probabilities, masked/transposed copies
@@ -246,7 +246,7 @@ def estimate(config, model_cfg: models.ModelConfig, mesh_shape) -> MemoryEstimat
   model_cfg = model_cfg.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype)
   mesh_shape = tuple(int(x) for x in mesh_shape)
   d, f, t = mesh_shape
-  rl_cfg = rl.resolve_config(config.rl)
+  rl_cfg = derived.rl_config(config)
   P, G = int(config.data.prompts_per_step), int(config.rollout.group_size)
   M = int(rl_cfg.micro_batches)
   rows = _rows_per_device(P * G, d * f)
