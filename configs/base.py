@@ -85,7 +85,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       max_position_embeddings=512))
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_problems = 64  # per level of each eval split
+  c.eval.files = ""  # data.source="files": comma-separated eval JSONL/Parquet paths, one split each (file name)
+  c.eval.num_problems = 64  # per level of each eval split (data.source="files": per file)
   c.eval.num_samples = 8  # k of pass@k / avg@k
   c.eval.easy_levels = "1,2,3"
   c.eval.hard_levels = "5,6"
