@@ -51,6 +51,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.rollout.temperature = 1.0
   c.rollout.top_p = 1.0
   c.rollout.top_k = 0
+  # TIP thought-switch penalty (jaxghpo/rollout/penalties.py): alpha is subtracted from the logits of the
+  # switch phrases' tokens while the current thought is younger than tip_window tokens. Paper: 3 and 600.
+  c.rollout.tip_penalty = 0.0  # alpha, logit units; 0 = off
+  c.rollout.tip_window = 600  # beta, tokens
+  c.rollout.tip_phrases = "Alternatively,Wait"  # comma-separated, tokenised with the run's tokenizer
+  c.rollout.tip_apply = "eval"  # "eval" | "train" | "both": which sampling decodes with it
 
   # Hints: how a hint is cut from the trace and where it goes.
   c.hints = ml_collections.ConfigDict()

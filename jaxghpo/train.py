@@ -22,7 +22,7 @@ from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.data import pipeline as pipeline_lib
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
 from jaxghpo.parallel import hosts
-from jaxghpo.rollout import Sampler
+from jaxghpo.rollout import Sampler, penalties
 
 
 @dataclasses.dataclass
@@ -54,6 +54,8 @@ class Trainer:
     self.score = experiment.reward_fn(config, self.problems)
     self.eos_id = self.tokenizer.eos_token_id
     self.pad_id = self.tokenizer.pad_token_id or 0
+    # TIP (config.rollout.tip_*): the thought-switch penalty of training rollouts and of evaluation (or None).
+    self.tip = {where: penalties.from_config(config.rollout, self.tokenizer, where) for where in ("train", "eval")}
 
     n_proc = jax.process_count()
     self.P = int(config.data.prompts_per_step)
@@ -139,7 +141,7 @@ class Trainer:
     self.checkpointer.save(step, params=self.params, opt_state=self.opt_state, host_state=host)
 
   # ------------------------------------------------------------------------------------ sampling
-  def sample(self, examples, ratios, rng, *, temperature=None, samplers=None, max_prompt_len=None):
+  def sample(self, examples, ratios, rng, *, temperature=None, samplers=None, max_prompt_len=None, penalty=None):
     """Renders prompts with hints and samples G responses each; returns (prompts, tokens, logprobs, lengths).
 
     Problems are sampled in the smallest sampler bucket that holds them (chunks of the largest otherwise);
@@ -165,7 +167,7 @@ class Trainer:
       out = samplers[bucket](self.params, chunk, rng=key,
                                   temperature=c.rollout.temperature if temperature is None else temperature,
                                   top_p=c.rollout.top_p, top_k=c.rollout.top_k, eos_id=self.eos_id,
-                                  pad_id=self.pad_id)
+                                  pad_id=self.pad_id, penalty=penalty)
       rows = len(chunk) * self.G
       tokens.append(hosts.local_rows(out.tokens)[:rows])
       logprobs.append(hosts.local_rows(out.logprobs)[:rows])
@@ -178,7 +180,7 @@ class Trainer:
 
   def rollout(self, examples, ratios, rng) -> StepRollout:
     """Sample and score groups for `examples` at `ratios` (all of this host's problems)."""
-    prompts, tokens, logprobs, lengths = self.sample(examples, ratios, rng)
+    prompts, tokens, logprobs, lengths = self.sample(examples, ratios, rng, penalty=self.tip["train"])
     completions = groups.decode(self.tokenizer, tokens, lengths, self.eos_id)
     if self.config.hints.placement == "response":
       completions = [prompts.hint_text[i // self.G] + text for i, text in enumerate(completions)]
@@ -358,7 +360,7 @@ class Trainer:
       rng, key = jax.random.split(rng)
       prompts, tokens, _, lengths = self.sample(chunk, np.full(len(chunk), ratio, np.float32), key,
                                                 temperature=temperature, samplers=self.eval_samplers,
-                                                max_prompt_len=self.eval_prompt_len)
+                                                max_prompt_len=self.eval_prompt_len, penalty=self.tip["eval"])
       conf = self.last_confidence
       texts = groups.decode(self.tokenizer, tokens, lengths, self.eos_id)
       picked = [i * G + j for i in range(len(chunk)) for j in range(k)]

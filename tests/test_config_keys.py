@@ -24,6 +24,7 @@ from tests import config_reads
 from tests.train_fixtures import make_tiny_policy, tiny_config
 
 CANARY = "rollout.never_read_canary"
+TIP_LETTERS = "a,b,c,d,e,f"
 
 # Keys read only by code that another change wires (the lead removes an entry once it is merged).
 PENDING = {
@@ -43,6 +44,8 @@ def _rl_config(policy):
   c = tiny_config(policy, num_steps=1, checkpoint_every_steps=1)
   c.eval.hint_ratios = "0.0,0.5"
   c.rollout[CANARY.split(".")[1]] = 1
+  # TIP in evaluation, strong enough that the switch tokens can never be chosen there (checked below).
+  c.rollout.tip_penalty, c.rollout.tip_window, c.rollout.tip_phrases = 1e4, 10**6, TIP_LETTERS
   return c
 
 
@@ -113,6 +116,14 @@ def test_every_base_key_is_read(policy, tmp_path):
   with recorders[1]:
     train.run(sft_config, str(tmp_path / "sft"))
   read = recorders[0].read | recorders[1].read
+  # The TIP keys act: evaluation never wrote a penalised token (a random policy writes each letter often).
+  eval_dir = tmp_path / "rl" / "eval"
+  completions = [c for f in os.listdir(eval_dir) for line in open(eval_dir / f)
+                 for c in json.loads(line)["completions"]]
+  text = "".join(completions)
+  for special in ("<unk>", "<bos>", "<eos>", "<pad>"):  # the letters of special tokens' names are no letters
+    text = text.replace(special, "")
+  assert len(text) > 100 and not set(text) & set(TIP_LETTERS.split(",")), "TIP did not reach evaluation"
   exempt = set(PENDING) | set(EXEMPT)
 
   # The canary is caught: a key that nothing reads fails this test.
