@@ -22,7 +22,7 @@ from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.data import pipeline as pipeline_lib
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
 from jaxghpo.parallel import hosts
-from jaxghpo.rollout import Sampler, penalties
+from jaxghpo.rollout import Sampler, deepconf, penalties
 
 
 @dataclasses.dataclass
@@ -86,6 +86,8 @@ class Trainer:
     # Evaluation also returns DeepConf token confidences (for confidence-filtered voting in the report).
     self.eval_samplers = self._make_samplers(eval_prompt, eval_new, divisors=(1,), return_confidence=True)
     self.eval_prompt_len = eval_prompt
+    # DeepConf online stopping in evaluation (config.eval.deepconf; None when not enabled).
+    self.deepconf = deepconf.from_config(config.eval, int(config.eval.num_samples))
     self.rng = jax.random.key(derived.seed(config, "train_rng"))
 
     self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -141,7 +143,8 @@ class Trainer:
     self.checkpointer.save(step, params=self.params, opt_state=self.opt_state, host_state=host)
 
   # ------------------------------------------------------------------------------------ sampling
-  def sample(self, examples, ratios, rng, *, temperature=None, samplers=None, max_prompt_len=None, penalty=None):
+  def sample(self, examples, ratios, rng, *, temperature=None, samplers=None, max_prompt_len=None, penalty=None,
+             stop_threshold=None, stop_window=1):
     """Renders prompts with hints and samples G responses each; returns (prompts, tokens, logprobs, lengths).
 
     Problems are sampled in the smallest sampler bucket that holds them (chunks of the largest otherwise);
@@ -157,7 +160,7 @@ class Trainer:
     samplers = samplers or self.samplers
     n = len(examples)
     n_proc = jax.process_count()
-    tokens, logprobs, lengths, confidence = [], [], [], []
+    tokens, logprobs, lengths, confidence, stopped = [], [], [], [], []
     start = 0
     while start < n:
       # Buckets are global sizes; this host brings its share of each call.
@@ -167,15 +170,19 @@ class Trainer:
       out = samplers[bucket](self.params, chunk, rng=key,
                                   temperature=c.rollout.temperature if temperature is None else temperature,
                                   top_p=c.rollout.top_p, top_k=c.rollout.top_k, eos_id=self.eos_id,
-                                  pad_id=self.pad_id, penalty=penalty)
+                                  pad_id=self.pad_id, penalty=penalty, stop_window=stop_window,
+                                  stop_threshold=None if stop_threshold is None else
+                                  stop_threshold[start:start + len(chunk)])
       rows = len(chunk) * self.G
       tokens.append(hosts.local_rows(out.tokens)[:rows])
       logprobs.append(hosts.local_rows(out.logprobs)[:rows])
       lengths.append(hosts.local_rows(out.lengths)[:rows])
       if out.confidence is not None:
         confidence.append(hosts.local_rows(out.confidence)[:rows])
+        stopped.append(hosts.local_rows(out.stopped)[:rows])
       start += len(chunk)
     self.last_confidence = np.concatenate(confidence) if confidence else None
+    self.last_stopped = np.concatenate(stopped) if stopped else None  # DeepConf online stops (eval samplers)
     return prompts, np.concatenate(tokens), np.concatenate(logprobs), np.concatenate(lengths)
 
   def rollout(self, examples, ratios, rng) -> StepRollout:
@@ -375,10 +382,43 @@ class Trainer:
           row["token_confidences"] = [np.round(conf[r, :int(lengths[r])], 4).tolist()
                                       for r in picked[i * k:(i + 1) * k]]
         rows.append(row)
+      if self.deepconf is not None and temperature > 0:
+        rng, key = jax.random.split(rng)
+        self._deepconf_online(chunk, ratio, temperature, key, rows[-len(chunk):], conf, lengths, picked, k)
     correct = hosts.allgather(np.asarray([r["correct"] for r in rows], bool).reshape(len(rows), k))
     levels = hosts.allgather(np.asarray([r["level"] for r in rows], np.int64))
     metrics = evaluation.aggregate([{"level": int(l), "correct": c} for l, c in zip(levels, correct)], k)
+    if self.deepconf is not None and temperature > 0:
+      names = deepconf.RECORD_NUMBERS
+      numbers = hosts.allgather(np.asarray([[float(r["deepconf"][n]) for n in names] for r in rows], np.float64))
+      records = [dict(zip(names, values)) for values in numbers]
+      metrics.update({f"deepconf/{key}": v for key, v in deepconf.summarize(records).items()})
     return metrics, rows
+
+  def _deepconf_online(self, chunk, ratio, temperature, key, rows, conf, lengths, picked, k) -> None:
+    """DeepConf online (config.eval.deepconf) for one chunk: thresholds from each problem's first warm-up
+    traces, k online traces per problem stopped in the sampler, and row["deepconf"] comparing the online
+    vote with the offline confidence-filtered vote over the row's k full traces."""
+    G, dc = self.G, self.deepconf
+    conf_k, lengths_k = conf[picked], lengths[picked]  # the row's k offline traces, problem-major
+    thresholds = deepconf.warmup_thresholds(conf_k, lengths_k, k, dc)
+    _, tokens, _, on_lengths = self.sample(chunk, np.full(len(chunk), ratio, np.float32), key,
+                                           temperature=temperature, samplers=self.eval_samplers,
+                                           max_prompt_len=self.eval_prompt_len, penalty=self.tip["eval"],
+                                           stop_threshold=thresholds, stop_window=dc.window)
+    stopped = self.last_stopped[picked]
+    texts = groups.decode(self.tokenizer, tokens, on_lengths, self.eos_id)
+    texts = [texts[r] for r in picked]
+    _, acc = self.score(texts, [ex.answer for ex in chunk for _ in range(k)])
+    vote = deepconf.answer_fn(self.config.data.style, self.problems.extract_answer)
+    on_lengths = on_lengths[picked]
+    for i, row in enumerate(rows):
+      s = slice(i * k, (i + 1) * k)
+      row["deepconf"] = deepconf.problem_record(
+          dc, offline_answers=[vote(t) for t in row["completions"]], offline_correct=row["correct"],
+          offline_conf_N=conf_k[s], offline_lengths=lengths_k[s], online_answers=[vote(t) for t in texts[s]],
+          online_correct=(acc[s] > 0).tolist(), online_stopped=stopped[s].tolist(),
+          online_lengths=on_lengths[s], threshold=thresholds[i])
 
   # ------------------------------------------------------------------------------------ the loop
   def export(self, out_dir: str) -> None:

@@ -46,6 +46,7 @@ def _rl_config(policy):
   c.rollout[CANARY.split(".")[1]] = 1
   # TIP in evaluation, strong enough that the switch tokens can never be chosen there (checked below).
   c.rollout.tip_penalty, c.rollout.tip_window, c.rollout.tip_phrases = 1e4, 10**6, TIP_LETTERS
+  c.eval.deepconf.enabled = True  # DeepConf online beside the sampled evaluation (checked below)
   return c
 
 
@@ -111,11 +112,16 @@ def test_every_base_key_is_read(policy, tmp_path):
   rl_config, sft_config = _rl_config(policy), _sft_config()
   recorders = [config_reads.ReadRecorder(rl_config), config_reads.ReadRecorder(sft_config)]
   with recorders[0]:
-    train.Trainer(rl_config, str(tmp_path / "rl")).run()
+    summary = train.Trainer(rl_config, str(tmp_path / "rl")).run()
     _exercise_value_dependent_keys(recorders[0], tmp_path)
   with recorders[1]:
     train.run(sft_config, str(tmp_path / "sft"))
   read = recorders[0].read | recorders[1].read
+  # eval.deepconf acts: the sampled evaluation reports the online vote and its tokens beside the offline one.
+  after = summary["eval_after"]
+  for key in ("offline_vote_acc", "online_vote_acc", "online_tokens", "tokens_saved_frac", "traces_stopped_frac"):
+    assert f"eval/easy/hint0/sampled/deepconf/{key}" in after, key
+  assert not any("deepconf" in k for k in after if "/greedy/" in k)
   # The TIP keys act: evaluation never wrote a penalised token (a random policy writes each letter often).
   eval_dir = tmp_path / "rl" / "eval"
   completions = [c for f in os.listdir(eval_dir) for line in open(eval_dir / f)
