@@ -103,14 +103,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 1.0
   c.eval.max_prompt_len = 0  # 0: config.rollout.max_prompt_len (evaluation may reach longer chains)
   c.eval.max_new_tokens = 0  # 0: config.rollout.max_new_tokens
-  # DeepConf online (jaxghpo/rollout/deepconf.py): sampled evaluation also draws num_samples traces per
-  # problem that stop in the sampler once their last `window` tokens' mean confidence falls below a bar set
-  # by the problem's first warmup_traces full traces (their lowest-window confidences' percentile-th
-  # percentile: 90 is DeepConf-low, 10 DeepConf-high); metrics deepconf/* compare its vote and tokens with
-  # the offline confidence-filtered vote.
+  # DeepConf online (jaxghpo/rollout/deepconf.py): sampled evaluation also draws num_samples - warmup_traces
+  # traces per problem that stop in the sampler once their last `window` tokens' mean confidence falls below
+  # a bar set by the problem's first warmup_traces full traces (their lowest-window confidences'
+  # percentile-th percentile: 90 is DeepConf-low, 10 DeepConf-high); metrics deepconf/* compare its vote and
+  # tokens with the offline confidence-filtered vote over num_samples full traces.
   c.eval.deepconf = ml_collections.ConfigDict()
   c.eval.deepconf.enabled = False
-  c.eval.deepconf.warmup_traces = 2  # <= eval.num_samples
+  c.eval.deepconf.warmup_traces = 4  # < eval.num_samples
   c.eval.deepconf.window = 16  # tokens
   c.eval.deepconf.percentile = 10.0
   return c

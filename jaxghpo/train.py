@@ -397,28 +397,28 @@ class Trainer:
 
   def _deepconf_online(self, chunk, ratio, temperature, key, rows, conf, lengths, picked, k) -> None:
     """DeepConf online (config.eval.deepconf) for one chunk: thresholds from each problem's first warm-up
-    traces, k online traces per problem stopped in the sampler, and row["deepconf"] comparing the online
-    vote with the offline confidence-filtered vote over the row's k full traces."""
+    traces, k - warm-up online traces per problem stopped in the sampler, and row["deepconf"] comparing the
+    online vote with the offline confidence-filtered vote over the row's k full traces."""
     G, dc = self.G, self.deepconf
+    n = k - dc.warmup_traces
     conf_k, lengths_k = conf[picked], lengths[picked]  # the row's k offline traces, problem-major
     thresholds = deepconf.warmup_thresholds(conf_k, lengths_k, k, dc)
     _, tokens, _, on_lengths = self.sample(chunk, np.full(len(chunk), ratio, np.float32), key,
                                            temperature=temperature, samplers=self.eval_samplers,
                                            max_prompt_len=self.eval_prompt_len, penalty=self.tip["eval"],
                                            stop_threshold=thresholds, stop_window=dc.window)
-    stopped = self.last_stopped[picked]
-    texts = groups.decode(self.tokenizer, tokens, on_lengths, self.eos_id)
-    texts = [texts[r] for r in picked]
-    _, acc = self.score(texts, [ex.answer for ex in chunk for _ in range(k)])
+    online = [i * G + j for i in range(len(chunk)) for j in range(n)]
+    stopped, on_lengths = self.last_stopped[online], on_lengths[online]
+    texts = groups.decode(self.tokenizer, tokens[online], on_lengths, self.eos_id)
+    _, acc = self.score(texts, [ex.answer for ex in chunk for _ in range(n)])
     vote = deepconf.answer_fn(self.config.data.style, self.problems.extract_answer)
-    on_lengths = on_lengths[picked]
     for i, row in enumerate(rows):
-      s = slice(i * k, (i + 1) * k)
+      s, o = slice(i * k, (i + 1) * k), slice(i * n, (i + 1) * n)
       row["deepconf"] = deepconf.problem_record(
           dc, offline_answers=[vote(t) for t in row["completions"]], offline_correct=row["correct"],
-          offline_conf_N=conf_k[s], offline_lengths=lengths_k[s], online_answers=[vote(t) for t in texts[s]],
-          online_correct=(acc[s] > 0).tolist(), online_stopped=stopped[s].tolist(),
-          online_lengths=on_lengths[s], threshold=thresholds[i])
+          offline_conf_N=conf_k[s], offline_lengths=lengths_k[s], online_answers=[vote(t) for t in texts[o]],
+          online_correct=(acc[o] > 0).tolist(), online_stopped=stopped[o].tolist(),
+          online_lengths=on_lengths[o], threshold=thresholds[i])
 
   # ------------------------------------------------------------------------------------ the loop
   def export(self, out_dir: str) -> None:

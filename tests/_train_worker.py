@@ -22,6 +22,7 @@ from tests.train_fixtures import tiny_config  # noqa: E402
 config = tiny_config(model_dir, num_steps=3, checkpoint_every_steps=3, **{"mesh.shape": (1, -1, 1)})
 config.data.prompts_per_step = 4
 config.eval.deepconf.enabled = True  # online stopping with per-host thresholds: its metrics must match too
+config.eval.deepconf.warmup_traces = 1  # of eval.num_samples = 2
 trainer = train.Trainer(config, workdir)
 trainer.run()
 state = trainer.scheduler.state_dict()

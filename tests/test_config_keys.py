@@ -46,7 +46,7 @@ def _rl_config(policy):
   c.rollout[CANARY.split(".")[1]] = 1
   # TIP in evaluation, strong enough that the switch tokens can never be chosen there (checked below).
   c.rollout.tip_penalty, c.rollout.tip_window, c.rollout.tip_phrases = 1e4, 10**6, TIP_LETTERS
-  c.eval.deepconf.enabled = True  # DeepConf online beside the sampled evaluation (checked below)
+  c.eval.deepconf.enabled, c.eval.deepconf.warmup_traces = True, 1  # beside the sampled evaluation (checked below)
   return c
 
 

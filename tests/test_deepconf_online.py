@@ -68,9 +68,9 @@ def dc_config(**kw):
 def test_config_and_thresholds():
   dc = deepconf.from_config(dc_config(), num_samples=4)
   assert dc == deepconf.DeepConfOnline(2, 2, 50.0) and dc.keep_frac == 0.5
-  assert deepconf.from_config(dc_config(enabled=False), num_samples=4) is None
-  with pytest.raises(ValueError, match="warmup_traces=5"):
-    deepconf.from_config(dc_config(warmup_traces=5), num_samples=4)
+  assert deepconf.from_config(dc_config(enabled=False, warmup_traces=4), num_samples=4) is None
+  with pytest.raises(ValueError, match="warmup_traces=4 must be in"):  # no trace left to sample online
+    deepconf.from_config(dc_config(warmup_traces=4), num_samples=4)
   # Problem 0: warm-up lowest windows 1.0 and 3.0 -> median 2.0; problem 1: warm-up traces empty -> -inf.
   conf = np.array([[1, 1, 5, 5], [3, 3, 4, 4], [0, 0, 0, 0], [0, 0, 0, 0],
                    [9, 9, 9, 9], [9, 9, 9, 9], [9, 9, 9, 9], [9, 9, 9, 9]], np.float32)
@@ -81,15 +81,21 @@ def test_config_and_thresholds():
 def test_record_and_summary_hand_worked():
   dc = deepconf.DeepConfOnline(warmup_traces=2, window=2, percentile=50.0)
   conf = [np.array([5, 5, 5.0]), np.array([1, 1, 1.0]), np.array([4, 4, 4.0]), np.array([1, 1, 1.0])]
-  rec = deepconf.problem_record(
-      dc, offline_answers=["7", "3", "7", "3"], offline_correct=[True, False, True, False], offline_conf_N=conf,
-      offline_lengths=np.array([3, 3, 3, 3]), online_answers=["3", "3", "7", "7"],
-      online_correct=[False, False, True, True], online_stopped=[True, True, False, False],
-      online_lengths=np.array([2, 2, 3, 3]), threshold=2.0)
-  # Offline keeps the 2 most confident (both "7"); online votes 7, 3 (warm-up) + 7, 7 (finished).
+  kw = dict(offline_answers=["7", "3", "7", "3"], offline_correct=[True, False, True, False], offline_conf_N=conf,
+            offline_lengths=np.array([3, 3, 3, 3]), threshold=2.0)
+  rec = deepconf.problem_record(dc, online_answers=["3", "7"], online_correct=[False, True],
+                                online_stopped=[True, False], online_lengths=np.array([2, 3]), **kw)
+  # Offline keeps the 2 most confident (both "7"); online votes 7, 3 (warm-up) + 7 (the finished one).
   assert rec["offline_vote_correct"] and rec["online_vote_correct"]
-  assert rec["offline_tokens"] == 12 and rec["online_tokens"] == 6 + 10
-  assert rec["online_tokens_unstopped"] == 6 + 12 and rec["online_stopped"] == 2
-  out = deepconf.summarize([rec])
-  assert out["tokens_saved_frac"] == pytest.approx(1 - 16 / 18) and out["traces_stopped_frac"] == 0.5
+  assert rec["offline_tokens"] == 12 and rec["online_tokens"] == 6 + 5 and rec["online_stopped"] == 1
+  # A second problem where the online traces both stop: the warm-up tie (7 then 3) votes 7.
+  rec2 = deepconf.problem_record(dc, online_answers=["3", "3"], online_correct=[False, False],
+                                 online_stopped=[True, True], online_lengths=np.array([2, 2]), **kw)
+  assert rec2["online_vote_correct"] and rec2["online_tokens"] == 10
+  out = deepconf.summarize([rec, rec2])
+  assert out["tokens_saved_frac"] == pytest.approx(1 - 21 / 24) and out["traces_stopped_frac"] == 0.75
+  assert out["offline_vote_acc"] == 1.0 and out["online_vote_acc"] == 1.0
   assert set(deepconf.RECORD_NUMBERS) <= set(rec)
+  with pytest.raises(ValueError, match="expected 2"):
+    deepconf.problem_record(dc, online_answers=["3"], online_correct=[False], online_stopped=[True],
+                            online_lengths=np.array([2]), **kw)

@@ -6,14 +6,15 @@ Per problem, in evaluation:
      window confidence (evaluation.lowest_group_confidence over ``window`` tokens);
   2. threshold = the ``percentile``-th percentile of those (DeepConf-low: 90, keeps the top 10% of
      warm-up traces' confidence; DeepConf-high: 10, keeps 90%);
-  3. online traces are sampled with that threshold (Sampler(..., return_confidence=True)(...,
+  3. num_samples - warmup_traces online traces are sampled with that threshold (Sampler(..., return_confidence=True)(...,
      stop_threshold=thr_B, stop_window=window)): a trace ends, without an answer, at its first window
      whose mean confidence is below it; nothing compiles anew, the threshold is data;
   4. the online vote is the majority vote of the warm-up traces and the online traces that finished.
-It is reported beside the offline confidence-filtered vote over the same problem's full traces
-(evaluation.confidence_filtered_vote keeping 1 - percentile / 100), with the tokens each spent.
+It is reported beside the offline confidence-filtered vote over the same problem's num_samples full
+traces (evaluation.confidence_filtered_vote keeping 1 - percentile / 100): both spend num_samples traces
+(the warm-up ones are shared), so their tokens compare directly.
 
-Config (``config.eval.deepconf``): enabled, warmup_traces (<= rollout.group_size), window (tokens),
+Config (``config.eval.deepconf``): enabled, warmup_traces (< eval.num_samples), window (tokens),
 percentile.
 """
 from __future__ import annotations
@@ -45,13 +46,15 @@ def from_config(eval_cfg, num_samples: int) -> DeepConfOnline | None:
   """config.eval.deepconf as settings (None when not enabled); errors name the key at fault."""
   d = eval_cfg.deepconf
   enabled, warmup, window, percentile = bool(d.enabled), int(d.warmup_traces), int(d.window), float(d.percentile)
-  if not 1 <= warmup <= num_samples:
-    raise ValueError(f"config.eval.deepconf.warmup_traces={warmup} must be in [1, {num_samples}] (the samples "
-                     "per problem, config.rollout.group_size)")
+  if not enabled:
+    return None
+  if not 1 <= warmup < num_samples:
+    raise ValueError(f"config.eval.deepconf.warmup_traces={warmup} must be in [1, {num_samples - 1}]: below "
+                     f"config.eval.num_samples={num_samples}, the traces per problem, so that some are online")
   if window < 1 or not 0.0 <= percentile < 100.0:
     raise ValueError(f"config.eval.deepconf.window={window} must be >= 1 and config.eval.deepconf.percentile="
                      f"{percentile} in [0, 100)")
-  return DeepConfOnline(warmup, window, percentile) if enabled else None
+  return DeepConfOnline(warmup, window, percentile)
 
 
 def answer_fn(style: str, extract: Callable | None = None) -> Callable[[str], Hashable | None]:
@@ -80,9 +83,12 @@ def problem_record(dc: DeepConfOnline, *, offline_answers, offline_correct, offl
   """One problem's DeepConf comparison (JSON-able): offline confidence-filtered vote over its full traces,
   online vote over warm-up + finished online traces, and the tokens of each.
 
-  offline_*: its full traces (answers, correct bools, per-trace token confidences [n][L], lengths);
-  online_*: its online traces (answers, correct bools, stopped bools, lengths).
+  offline_*: its n full traces (answers, correct bools, per-trace token confidences [n][L], lengths);
+  online_*: its n - warmup_traces online traces (answers, correct bools, stopped bools, lengths).
   """
+  if len(online_lengths) != len(offline_lengths) - dc.warmup_traces:
+    raise ValueError(f"{len(online_lengths)} online traces for {len(offline_lengths)} offline ones; expected "
+                     f"{len(offline_lengths) - dc.warmup_traces} (the offline count less the warm-up traces)")
   w = dc.warmup_traces
   lowest = [evaluation.lowest_group_confidence(c, dc.window, int(n)) for c, n in zip(offline_conf_N, offline_lengths)]
   offline = evaluation.confidence_filtered_vote(list(offline_answers), lowest, dc.keep_frac)
@@ -91,36 +97,32 @@ def problem_record(dc: DeepConfOnline, *, offline_answers, offline_correct, offl
   correct = list(offline_correct[:w]) + [online_correct[i] for i in finished]
   online = evaluation.majority_vote(answers)
   warm_tokens = int(np.sum(offline_lengths[:w]))
-  # The tokens the online traces would have taken unstopped: their problem's mean full-trace length each.
-  full_online = float(np.mean(offline_lengths)) * len(online_lengths)
   return {"threshold": float(threshold),
           "offline_vote_correct": evaluation._voted_correct(offline, list(offline_answers), list(offline_correct)),
           "online_vote_correct": evaluation._voted_correct(online, answers, correct),
           "offline_tokens": int(np.sum(offline_lengths)),
           "online_tokens": warm_tokens + int(np.sum(online_lengths)),
-          "online_tokens_unstopped": warm_tokens + full_online,
           "online_stopped": int(np.sum(online_stopped)), "online_traces": len(online_lengths)}
 
 
 # The numeric fields of a problem record (what summarize reads; gathered over hosts as numbers).
 RECORD_NUMBERS = ("offline_vote_correct", "online_vote_correct", "offline_tokens", "online_tokens",
-                  "online_tokens_unstopped", "online_stopped", "online_traces")
+                  "online_stopped", "online_traces")
 
 
 def summarize(records: Sequence[dict]) -> dict[str, float]:
   """Metrics over problems: vote accuracies, tokens, the fraction of online tokens saved and of traces stopped.
 
-  tokens_saved_frac = 1 - online tokens / the same traces unstopped (a stopped trace's full length taken
-  as the mean full-trace length of its problem).
+  tokens_saved_frac = 1 - online tokens / offline tokens (the same number of traces, measured).
   """
   if not records:
     return {}
   online = sum(r["online_tokens"] for r in records)
-  unstopped = sum(r["online_tokens_unstopped"] for r in records)
+  offline = sum(r["offline_tokens"] for r in records)
   traces = sum(r["online_traces"] for r in records)
   return {"offline_vote_acc": float(np.mean([r["offline_vote_correct"] for r in records])),
           "online_vote_acc": float(np.mean([r["online_vote_correct"] for r in records])),
-          "offline_tokens": float(sum(r["offline_tokens"] for r in records)),
+          "offline_tokens": float(offline),
           "online_tokens": float(online),
-          "tokens_saved_frac": float(1.0 - online / unstopped) if unstopped else 0.0,
+          "tokens_saved_frac": float(1.0 - online / offline) if offline else 0.0,
           "traces_stopped_frac": float(sum(r["online_stopped"] for r in records) / traces) if traces else 0.0}
