@@ -13,7 +13,6 @@ config before the runs must come back unread: that is the test's own check that 
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
