@@ -151,7 +151,8 @@ class Trainer:
     the arrays come back as this host's rows.
     """
     c = self.config
-    hint_rng = np.random.default_rng([derived.seed(c, "hint_corruption"), int(jax.random.randint(rng, (), 0, 2**31 - 1))])
+    hint_rng = np.random.default_rng([derived.seed(c, "hint_corruption"),
+                                      int(jax.random.randint(rng, (), 0, 2**31 - 1))])
     texts = groups.hint_texts(examples, ratios, unit=c.hints.unit, corruption=c.hints.corruption,
                               tokenizer=self.tokenizer, rng=hint_rng)
     prompts = groups.render_prompts(examples, texts, placement=c.hints.placement, style=c.data.style,

@@ -6,9 +6,10 @@ Per problem, in evaluation:
      window confidence (evaluation.lowest_group_confidence over ``window`` tokens);
   2. threshold = the ``percentile``-th percentile of those (DeepConf-low: 90, keeps the top 10% of
      warm-up traces' confidence; DeepConf-high: 10, keeps 90%);
-  3. num_samples - warmup_traces online traces are sampled with that threshold (Sampler(..., return_confidence=True)(...,
-     stop_threshold=thr_B, stop_window=window)): a trace ends, without an answer, at its first window
-     whose mean confidence is below it; nothing compiles anew, the threshold is data;
+  3. num_samples - warmup_traces online traces are sampled with that threshold
+     (Sampler(..., return_confidence=True)(..., stop_threshold=thr_B, stop_window=window)): a trace ends,
+     without an answer, at its first window whose mean confidence is below it; nothing compiles anew, the
+     threshold is data;
   4. the online vote is the majority vote of the warm-up traces and the online traces that finished.
 It is reported beside the offline confidence-filtered vote over the same problem's num_samples full
 traces (evaluation.confidence_filtered_vote keeping 1 - percentile / 100): both spend num_samples traces
