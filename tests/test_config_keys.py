@@ -45,6 +45,7 @@ def _rl_config(policy):
   c.rollout[CANARY.split(".")[1]] = 1
   # TIP in evaluation, strong enough that the switch tokens can never be chosen there (checked below).
   c.rollout.tip_penalty, c.rollout.tip_window, c.rollout.tip_phrases = 1e4, 10**6, TIP_LETTERS
+  c.rollout.tip_apply = "both"  # training rollouts too
   c.eval.deepconf.enabled, c.eval.deepconf.warmup_traces = True, 1  # beside the sampled evaluation (checked below)
   return c
 
@@ -111,7 +112,16 @@ def test_every_base_key_is_read(policy, tmp_path):
   rl_config, sft_config = _rl_config(policy), _sft_config()
   recorders = [config_reads.ReadRecorder(rl_config), config_reads.ReadRecorder(sft_config)]
   with recorders[0]:
-    summary = train.Trainer(rl_config, str(tmp_path / "rl")).run()
+    trainer = train.Trainer(rl_config, str(tmp_path / "rl"))
+    rollout, trained = trainer.rollout, []
+
+    def recording_rollout(*args):
+      ro = rollout(*args)
+      trained.extend(ro.completions)
+      return ro
+
+    trainer.rollout = recording_rollout
+    summary = trainer.run()
     _exercise_value_dependent_keys(recorders[0], tmp_path)
   with recorders[1]:
     train.run(sft_config, str(tmp_path / "sft"))
@@ -121,14 +131,16 @@ def test_every_base_key_is_read(policy, tmp_path):
   for key in ("offline_vote_acc", "online_vote_acc", "online_tokens", "tokens_saved_frac", "traces_stopped_frac"):
     assert f"eval/easy/hint0/sampled/deepconf/{key}" in after, key
   assert not any("deepconf" in k for k in after if "/greedy/" in k)
-  # The TIP keys act: evaluation never wrote a penalised token (a random policy writes each letter often).
+  # The TIP keys act: evaluation and training never wrote a penalised token (a random policy writes each
+  # letter often).
   eval_dir = tmp_path / "rl" / "eval"
   completions = [c for f in os.listdir(eval_dir) for line in open(eval_dir / f)
                  for c in json.loads(line)["completions"]]
-  text = "".join(completions)
-  for special in ("<unk>", "<bos>", "<eos>", "<pad>"):  # the letters of special tokens' names are no letters
-    text = text.replace(special, "")
-  assert len(text) > 100 and not set(text) & set(TIP_LETTERS.split(",")), "TIP did not reach evaluation"
+  for kind, texts in (("evaluation", completions), ("training rollouts", trained)):
+    text = "".join(texts)
+    for special in ("<unk>", "<bos>", "<eos>", "<pad>"):  # the letters of special tokens' names are no letters
+      text = text.replace(special, "")
+    assert len(text) > 100 and not set(text) & set(TIP_LETTERS.split(",")), f"TIP did not reach {kind}"
   exempt = set(PENDING) | set(EXEMPT)
 
   # The canary is caught: a key that nothing reads fails this test.
