@@ -16,7 +16,8 @@ traces (evaluation.confidence_filtered_vote keeping 1 - percentile / 100): both 
 (the warm-up ones are shared), so their tokens compare directly.
 
 Config (``config.eval.deepconf``): enabled, warmup_traces (< eval.num_samples), window (tokens),
-percentile.
+percentile. evaluation.evaluate(..., deepconf=from_config(...)) runs it, in the trainer and in
+tools/evaluate.py.
 """
 from __future__ import annotations
 

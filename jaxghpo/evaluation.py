@@ -393,11 +393,10 @@ def _deepconf_online(generate_fn, chunk, rows, hint_ratio, n, dc, vote_fn, score
     raise ValueError("deepconf needs generate_fn extras with per-token confidences (\"token_confidences\")")
   conf = [[np.asarray(c, np.float64) for c in r["token_confidences"]] for r in rows]
   lengths = [np.asarray([len(c) for c in cs]) for cs in conf]
-  thresholds = np.full(len(rows), -np.inf, np.float32)
-  for i, cs in enumerate(conf):
-    lowest = np.array([lowest_group_confidence(c, dc.window) for c in cs[:dc.warmup_traces]])
-    if np.isfinite(lowest).any():
-      thresholds[i] = stop_threshold(lowest, dc.keep_frac)
+  conf_RxN = np.zeros((len(rows) * n, max((len(c) for cs in conf for c in cs), default=0)))
+  for r, c in enumerate(c for cs in conf for c in cs):
+    conf_RxN[r, :len(c)] = c
+  thresholds = dc_lib.warmup_thresholds(conf_RxN, np.concatenate(lengths or [np.zeros(0, int)]), n, dc)
   m = n - dc.warmup_traces
   out = generate_fn(chunk, hint_ratio, m, stop=(thresholds, dc.window))
   completions, _, extras = (tuple(out) + (None, None))[:3]

@@ -139,6 +139,10 @@ def test_every_base_key_is_read(policy, tmp_path):
       text = text.replace(special, "")
     assert len(text) > 100 and not set(text) & set(TIP_LETTERS.split(",")), f"TIP did not reach {kind}"
   exempt = set(PENDING) | set(EXEMPT)
+  # Keys of the host loop, the memory savers and the embedded study, named so that losing one is loud.
+  assert {"model.attention", "model.remat", "rl.logprob_chunk_tokens", "rl.hint_nll_coef", "arms",
+          "eval.mid_levels", "eval.ood_ops_levels", "max_skipped_updates_in_a_row", "curriculum.ladder_kind",
+          "curriculum.filter_refill"} <= read
 
   # The canary is caught: a key that nothing reads fails this test.
   assert config_reads.unread_keys(rl_config, read, exempt) == [CANARY], (

@@ -20,7 +20,7 @@ Outputs (:class:`SampleOutput`):
     the sampler ran on (the trainer's batch reuses them instead of padding a second time).
   stopped bool [R] or None: rows ended by DeepConf online stopping (with confidence and a stop threshold:
     a row ends, without EOS, once the mean confidence of its last ``stop_window`` tokens falls below its
-    prompt's threshold; see jaxghpo/rollout/deepconf.py).
+    prompt's threshold; see jaxghpo/deepconf.py).
 """
 from __future__ import annotations
 
