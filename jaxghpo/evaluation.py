@@ -10,8 +10,10 @@ Math (pure numpy):
     stop_threshold                DeepConf's online stopping threshold from warm-up traces
     early_stop_savings            tokens saved had each trace stopped at its first low-confidence window
 
-Driver:
+Driver (the one evaluator: the trainer and tools/evaluate.py both call `evaluate`):
     metrics, rows = evaluate(generate_fn, examples, k=8, score_fn=acc_fn, hint_ratio=0.0)
+    metrics, rows = evaluate(group_generate(group_sampler, params, rng, width=w, temperature=1.0), examples,
+                             k=8, batch_size=w, multihost=True, deepconf=...)   # the trainer's form
     write_rows(eval_rows_path(workdir, "test", step), rows)     # DIR/eval/test_step000100_hint0.00.jsonl
 
 A token's confidence (DeepConf, Fu et al. 2025) is the negative mean log-probability of the top-k
