@@ -5,7 +5,7 @@ Every key can be overridden on the command line: --config.rollout.group_size=16.
 """
 import ml_collections
 
-from jaxghpo import curriculum, rewards, rl
+from jaxghpo import curriculum, derived, rewards, rl
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -62,6 +62,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.rollout.temperature = 1.0
   c.rollout.top_p = 1.0
   c.rollout.top_k = 0
+  # TIP thought-switch penalty (jaxghpo/rollout/penalties.py): alpha is subtracted from the logits of the
+  # switch phrases' tokens while the current thought is younger than tip_window tokens. Paper: 3 and 600.
+  c.rollout.tip_penalty = 0.0  # alpha, logit units; 0 = off
+  c.rollout.tip_window = 600  # beta, tokens
+  c.rollout.tip_phrases = "Alternatively,Wait"  # comma-separated, tokenised with the run's tokenizer
+  c.rollout.tip_apply = "eval"  # "eval" | "train" | "both": which sampling decodes with it
 
   # Hints: how a hint is cut from the trace and where it goes.
   c.hints = ml_collections.ConfigDict()
@@ -78,6 +84,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.rl = rl.default_config()
   c.curriculum = curriculum.default_config()
+  # Derived keys are computed from the keys above by jaxghpo/derived.py, once, and are not settable here:
+  # rl.temperature = rollout.temperature, curriculum.seed from seed, curriculum.total_steps = num_steps.
+  for section, key in derived.DERIVED_KEYS:
+    del c[section][key]
 
   c.sft = ml_collections.ConfigDict()
   c.sft.batch_size = 128
@@ -94,7 +104,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       max_position_embeddings=512))
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_problems = 64  # per level of each eval split
+  c.eval.files = ""  # data.source="files": comma-separated eval JSONL/Parquet paths, one split each (file name)
+  c.eval.num_problems = 64  # per level of each eval split (data.source="files": per file)
   c.eval.num_samples = 8  # k of pass@k / avg@k
   # The fixed evaluation set (evaluation.fixed_level_set): the same problems for every arm and seed.
   c.eval.easy_levels = "1,2,3"   # the harm measure: valid pass@1 here must not fall
@@ -108,4 +119,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 1.0
   c.eval.max_prompt_len = 0  # 0: config.rollout.max_prompt_len (evaluation may reach longer chains)
   c.eval.max_new_tokens = 0  # 0: config.rollout.max_new_tokens
+  # DeepConf online (jaxghpo/deepconf.py): sampled evaluation also draws num_samples - warmup_traces
+  # traces per problem that stop in the sampler once their last `window` tokens' mean confidence falls below
+  # a bar set by the problem's first warmup_traces full traces (their lowest-window confidences'
+  # percentile-th percentile: 90 is DeepConf-low, 10 DeepConf-high); metrics deepconf/* compare its vote and
+  # tokens with the offline confidence-filtered vote over num_samples full traces.
+  c.eval.deepconf = ml_collections.ConfigDict()
+  c.eval.deepconf.enabled = False
+  c.eval.deepconf.warmup_traces = 4  # < eval.num_samples
+  c.eval.deepconf.window = 16  # tokens
+  c.eval.deepconf.percentile = 10.0
   return c

@@ -129,7 +129,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.clip_high = 0.2
   c.rl.ppo_epochs = 1
   c.rl.loss_agg = "token-mean"
-  c.rl.hint_placement = "prompt"
   c.rl.micro_batches = 8  # 8 sequences x 4096 tokens per device per micro-batch
   c.rl.logprob_chunk_tokens = 4096
 

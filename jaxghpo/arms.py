@@ -14,7 +14,7 @@ from typing import Any
 
 GHPO = {"curriculum.mode": "ghpo", "curriculum.ladder": (0.25, 0.5, 0.75), "curriculum.ladder_kind": "ratios",
         "hints.corruption": "none"}
-RESPONSE = {"hints.placement": "response", "rl.hint_placement": "response"}
+RESPONSE = {"hints.placement": "response"}
 ARMS: dict[str, dict[str, Any]] = {
     "grpo": {"curriculum.mode": "none", "hints.corruption": "none"},
     # GRPO rewarded for a valid trace (every step right), not for the answer alone: shortcuts earn nothing.

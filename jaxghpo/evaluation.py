@@ -10,8 +10,10 @@ Math (pure numpy):
     stop_threshold                DeepConf's online stopping threshold from warm-up traces
     early_stop_savings            tokens saved had each trace stopped at its first low-confidence window
 
-Driver:
+Driver (the one evaluator: the trainer and tools/evaluate.py both call `evaluate`):
     metrics, rows = evaluate(generate_fn, examples, k=8, score_fn=acc_fn, hint_ratio=0.0)
+    metrics, rows = evaluate(group_generate(group_sampler, params, rng, width=w, temperature=1.0), examples,
+                             k=8, batch_size=w, multihost=True, deepconf=...)   # the trainer's form
     write_rows(eval_rows_path(workdir, "test", step), rows)     # DIR/eval/test_step000100_hint0.00.jsonl
 
 A token's confidence (DeepConf, Fu et al. 2025) is the negative mean log-probability of the top-k
@@ -241,45 +243,79 @@ def _jsonable(x):
   return x
 
 
-def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Callable,
+def host_share(examples: Sequence) -> list:
+  """This process's contiguous share of `examples` (shares of all processes differ by at most one)."""
+  from jaxghpo.curriculum import multihost
+  n_proc = multihost.process_count()
+  if n_proc == 1:
+    return list(examples)
+  import jax
+  bounds = np.linspace(0, len(examples), n_proc + 1).round().astype(int)
+  h = jax.process_index()
+  return list(examples)[bounds[h]:bounds[h + 1]]
+
+
+def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Callable | None = None,
              hint_ratio: float = 0.0, num_samples: int | None = None, batch_size: int | None = None,
              answer_fn: Callable[[str], Hashable | None] | None = None, keep_frac: float = 0.1,
-             correct_threshold: float = 0.5, check_fn: Callable | None = None,
-             gather_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[dict[str, float], list[dict]]:
+             correct_threshold: float = 0.5, check_fn: Callable | None = None, hint_is_context: bool = True,
+             multihost: bool = False, deepconf=None, vote_fn: Callable | None = None
+             ) -> tuple[dict[str, float], list[dict]]:
   """Samples every example, scores the samples, and aggregates pass@1, pass@k and avg@k.
+
+  This is the one evaluator: the trainer (Trainer.eval_split, through group_generate) and
+  tools/evaluate.py both call it, with their own generate_fn.
 
   generate_fn(examples, hint_ratio, num_samples) -> completions, a list (per example) of
     ``num_samples`` strings; or (completions, confidences) with confidences a list (per example)
     of ``num_samples`` trace confidences (floats, see trace_confidences); or (completions,
     confidences, extras) with extras a list (per example) of dicts merged into its row (e.g. the
-    hint text, per-token confidences). This is the one evaluator: the trainer (Trainer.evaluate)
-    and tools/evaluate.py both call it, with their own generate_fn.
+    hint text, per-token confidences "token_confidences", the samples' "scores"). It is called
+    with an empty list of examples when this host has no more problems but others have (multihost).
   score_fn(completions, answers) -> float [M]: accuracy of each completion against its gold answer
-    (a completion counts as correct when its score >= correct_threshold).
-  examples: Example objects or dicts with problem_id, problem, answer and optionally level.
+    (a completion counts as correct when its score >= correct_threshold). None: the extras of
+    generate_fn carry each example's "scores" (a sampler that scored its groups already).
+  examples: Example objects or dicts with problem_id, problem, answer and optionally level; with
+    multihost, all hosts' problems (each host samples its share, see host_share).
   num_samples: samples per example (default k; must be >= k). batch_size: examples per
-    generate_fn call (default all at once).
+    generate_fn call on this host (default all at once).
   answer_fn(completion) -> the extracted answer or None: adds majority voting, ``maj@{n}``; with
     confidences also ``conf_maj@{n}`` (confidence_filtered_vote keeping ``keep_frac``).
   check_fn(example, hint_text, completion) -> (valid, answer_right): the task's trace checker
     (procedural tasks; see chains_check). Adds ``valid_pass@1`` (answer right AND every written
     step valid: the primary metric, no chance floor) and ``answer_pass@1`` (the answer alone) to
     the metrics, and "valid" to the rows. Without it ``answer_pass@1`` is pass@1 of score_fn.
-  gather_fn(array) -> the array concatenated over hosts (rows stay per host; the metrics are
-    over all hosts' problems). None: this process holds every problem.
+    hint_is_context: the row's "hint" is context the completion continues (prompt placement: the
+    checker reads hint + completion); False: the completion holds the hint already (response placement).
+  multihost: split the examples into contiguous host shares (which may differ by one), make the
+    largest share's number of generate_fn calls on every host (generate_fn issues collectives), and
+    aggregate the metrics over every host's problems (rows gathered with their counts). The rows
+    returned are this host's. False: this process holds every problem.
+  deepconf: DeepConf online (jaxghpo/deepconf.py: DeepConfOnline, or None: off). Needs generate_fn
+    extras with "token_confidences" and a generate_fn that takes stop=(thresholds float32 [b],
+    window) and then returns extras with "stopped" (bool per sample); each chunk draws
+    num_samples - warmup_traces more samples that stop at their problem's threshold. Adds
+    deepconf/* metrics (deepconf.summarize) and a "deepconf" record to each row. vote_fn: what a
+    completion votes for there (default answer_fn).
 
   Returns (metrics, rows). metrics: "pass@1", f"pass@{k}", f"avg@{n}", "num_problems", and the same
   per level as "pass@1/level_3" etc. (levels < 0, i.e. unknown, get no per-level keys).
   rows: one JSON-able dict per example (problem_id, level, problem, answer, hint_ratio,
-  completions, scores, and confidences / answers / voted answer when available).
+  completions, scores, correct, and the generate_fn's extras, validity, confidences, answers and
+  voted answers when available).
   """
+  from jaxghpo.curriculum import multihost as mh
   n = int(k if num_samples is None else num_samples)
   if n < k:
     raise ValueError(f"num_samples={n} is below k={k}: pass@{k} needs at least k samples per problem")
-  examples = list(examples)
-  batch_size = len(examples) if batch_size is None else int(batch_size)
+  examples = host_share(examples) if multihost else list(examples)
+  batch_size = max(len(examples) if batch_size is None else int(batch_size), 1)
+  calls = -(-len(examples) // batch_size)
+  if multihost:
+    calls = -(-mh.agreed_max(len(examples)) // batch_size)
+  vote_fn = vote_fn or answer_fn
   rows: list[dict] = []
-  for start in range(0, len(examples), max(batch_size, 1)):
+  for start in range(0, calls * batch_size, batch_size):
     chunk = examples[start:start + batch_size]
     out = generate_fn(chunk, hint_ratio, n)
     out = out if isinstance(out, tuple) else (out,)
@@ -289,19 +325,27 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
                        f"examples; expected {n} per example")
     answers = [str(_field(ex, "answer")) for ex in chunk]
     flat = [c for cs in completions for c in cs]
-    scores = np.asarray(score_fn(flat, [a for a in answers for _ in range(n)]), np.float64)
+    if score_fn is not None:
+      scores = np.asarray(score_fn(flat, [a for a in answers for _ in range(n)]), np.float64)
+    elif extras is not None and all("scores" in e for e in extras):
+      scores = np.asarray([s for e in extras for s in e["scores"]], np.float64)
+    else:
+      raise ValueError("evaluate needs score_fn, or generate_fn extras that carry each example's \"scores\"")
     if scores.shape != (len(flat),):
-      raise ValueError(f"score_fn returned shape {scores.shape}; expected ({len(flat)},)")
+      raise ValueError(f"the scores have shape {scores.shape}; expected ({len(flat)},)")
+    chunk_rows = []
     for i, ex in enumerate(chunk):
       ex_scores = scores[i * n:(i + 1) * n]
       row = {"problem_id": int(_field(ex, "problem_id")), "level": int(_field(ex, "level", -1)),
              "problem": str(_field(ex, "problem")), "answer": answers[i], "hint_ratio": float(hint_ratio),
-             "completions": list(completions[i]), "scores": ex_scores.tolist(),
-             "correct": [bool(s >= correct_threshold) for s in ex_scores]}
+             "completions": list(completions[i])}
       if extras is not None:
         row.update(extras[i])
+      row["scores"] = ex_scores.tolist()
+      row["correct"] = [bool(s >= correct_threshold) for s in ex_scores]
       if check_fn is not None:
-        checks = [check_fn(ex, row.get("hint", ""), c) for c in completions[i]]
+        hint = row.get("hint", "") if hint_is_context else ""
+        checks = [check_fn(ex, hint, c) for c in completions[i]]
         row["valid"] = [bool(v) for v, _ in checks]
         row["answer_right"] = [bool(a) for _, a in checks]
       if confidences is not None:
@@ -313,15 +357,103 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
         if confidences is not None:
           voted = confidence_filtered_vote(extracted, row["confidences"], keep_frac)
           row["conf_maj_correct"] = _voted_correct(voted, extracted, row["correct"])
-      rows.append(_jsonable(row))
-  if gather_fn is None:
-    return aggregate(rows, k), rows
+      chunk_rows.append(row)
+    if deepconf is not None:
+      _deepconf_online(generate_fn, chunk, chunk_rows, hint_ratio, n, deepconf, vote_fn, score_fn,
+                       correct_threshold)
+    rows.extend(_jsonable(row) for row in chunk_rows)
   # Every host's problems: the per-sample flags travel, the texts stay where they were sampled.
-  keys = ["correct"] + [key for key in ("valid", "answer_right") if rows and key in rows[0]]
-  levels = gather_fn(np.asarray([int(r["level"]) for r in rows], np.int64))
-  flags = {key: gather_fn(np.asarray([r[key] for r in rows], bool).reshape(len(rows), n)) for key in keys}
-  merged = [{"level": int(lv), **{key: flags[key][i].tolist() for key in keys}} for i, lv in enumerate(levels)]
-  return aggregate(merged, k), rows
+  keys = ["correct"] + [key for key in ("valid", "answer_right") if check_fn is not None]
+  arrays = {"level": np.asarray([int(r["level"]) for r in rows], np.int64)}
+  arrays.update({key: np.asarray([r[key] for r in rows], bool).reshape(len(rows), n) for key in keys})
+  if deepconf is not None:
+    from jaxghpo import deepconf as dc_lib
+    arrays["deepconf"] = np.asarray([[float(r["deepconf"][name]) for name in dc_lib.RECORD_NUMBERS] for r in rows],
+                                    np.float64).reshape(len(rows), len(dc_lib.RECORD_NUMBERS))
+  if multihost:
+    arrays = mh.allgather_rows(arrays)
+  merged = [{"level": int(lv), **{key: arrays[key][i].tolist() for key in keys}}
+            for i, lv in enumerate(arrays["level"])]
+  if answer_fn is not None and not multihost:  # votes are per row (not gathered)
+    for m, r in zip(merged, rows):
+      m.update({key: r[key] for key in ("maj_correct", "conf_maj_correct") if key in r})
+  metrics = aggregate(merged, k)
+  if deepconf is not None:
+    from jaxghpo import deepconf as dc_lib
+    records = [dict(zip(dc_lib.RECORD_NUMBERS, values)) for values in arrays["deepconf"]]
+    metrics.update({f"deepconf/{key}": v for key, v in dc_lib.summarize(records).items()})
+  return metrics, rows
+
+
+def _deepconf_online(generate_fn, chunk, rows, hint_ratio, n, dc, vote_fn, score_fn, correct_threshold) -> None:
+  """DeepConf online for one chunk: thresholds from each problem's first dc.warmup_traces samples, n -
+  warmup_traces more samples per problem that stop in the sampler, and row["deepconf"] comparing the
+  online vote with the offline confidence-filtered vote over the row's n full samples (a collective
+  call of generate_fn also when the chunk is empty)."""
+  from jaxghpo import deepconf as dc_lib
+  if any("token_confidences" not in r for r in rows):
+    raise ValueError("deepconf needs generate_fn extras with per-token confidences (\"token_confidences\")")
+  conf = [[np.asarray(c, np.float64) for c in r["token_confidences"]] for r in rows]
+  lengths = [np.asarray([len(c) for c in cs]) for cs in conf]
+  conf_RxN = np.zeros((len(rows) * n, max((len(c) for cs in conf for c in cs), default=0)))
+  for r, c in enumerate(c for cs in conf for c in cs):
+    conf_RxN[r, :len(c)] = c
+  thresholds = dc_lib.warmup_thresholds(conf_RxN, np.concatenate(lengths or [np.zeros(0, int)]), n, dc)
+  m = n - dc.warmup_traces
+  out = generate_fn(chunk, hint_ratio, m, stop=(thresholds, dc.window))
+  completions, _, extras = (tuple(out) + (None, None))[:3]
+  answers = [str(_field(ex, "answer")) for ex in chunk]
+  flat = [c for cs in completions for c in cs]
+  if score_fn is not None:
+    scores = np.asarray(score_fn(flat, [a for a in answers for _ in range(m)]), np.float64).reshape(len(chunk), m)
+  else:
+    scores = np.asarray([e["scores"] for e in extras], np.float64).reshape(len(chunk), m)
+  vote = vote_fn or (lambda text: text)
+  for i, row in enumerate(rows):
+    on_lengths = np.asarray([len(c) for c in extras[i]["token_confidences"]])
+    row["deepconf"] = dc_lib.problem_record(
+        dc, offline_answers=[vote(t) for t in row["completions"]], offline_correct=row["correct"],
+        offline_conf_N=conf[i], offline_lengths=lengths[i], online_answers=[vote(t) for t in completions[i]],
+        online_correct=(scores[i] >= correct_threshold).tolist(), online_stopped=list(extras[i]["stopped"]),
+        online_lengths=on_lengths, threshold=float(thresholds[i]))
+
+
+def group_generate(group_sampler, params, rng, *, width: int, temperature: float) -> Callable:
+  """generate_fn for `evaluate` from a rollout.groups.GroupSampler (the trainer's evaluation sampler).
+
+  Each call samples one group per problem in `width` rows per host (the rows past the chunk
+  inactive), at hint ratio `hint_ratio` and `temperature`, with a new key split from `rng`; it keeps
+  the first num_samples of the group's samples and returns (completions, None, extras) with extras
+  hint, scores (the sampler's accuracy) and, when the sampler returns confidences, token_confidences
+  (per sample, up to its length; 4 decimals) and stopped (DeepConf online, with stop=(thresholds, window)).
+  """
+  key = [rng]
+
+  def generate(chunk, hint_ratio, n, stop=None):
+    key[0], sub = _split_key(key[0])
+    thresholds, window = (None, 1) if stop is None else stop
+    g = group_sampler(params, chunk, np.full(len(chunk), hint_ratio, np.float32), sub, width=width,
+                      temperature=temperature, stop_threshold=thresholds, stop_window=window)
+    completions, extras = [], []
+    for i in range(len(chunk)):
+      completions.append([str(t) for t in g.completions[i, :n]])
+      extra = {"hint": str(g.hint_text[i]), "scores": [float(a) for a in g.accuracy[i, :n]]}
+      if g.confidence is not None:  # DeepConf: per-token confidence of each completion, up to its length
+        extra["token_confidences"] = [np.round(g.confidence[i, j, :int(g.lengths[i, j])], 4).tolist()
+                                      for j in range(n)]
+      if stop is not None:
+        extra["stopped"] = [bool(x) for x in g.stopped[i, :n]]
+      extras.append(extra)
+    return completions, None, extras
+
+  return generate
+
+
+def _split_key(rng):
+  """(rng, key): jax.random.split of a key (jax imported here: the metrics above are numpy only)."""
+  import jax
+  rng, key = jax.random.split(rng)
+  return rng, key
 
 
 def chains_check(example, hint_text: str, completion: str) -> tuple[bool, bool]:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxghpo import models, parallel, rewards
+from jaxghpo import derived, models, parallel, rewards
 from jaxghpo.data import files as files_lib
 from jaxghpo.data import tokenizer as tok_lib
 from jaxghpo.data.example import Example
@@ -85,7 +85,7 @@ def load_problems(config: ml_collections.ConfigDict) -> Problems:
   if d.source == "task":
     task = get_task(d.task)
     weights = {int(k): float(v) for k, v in d.train_levels.items()}
-    train = task.generate("train", int(d.num_train), int(config.seed), levels=weights)
+    train = task.generate("train", int(d.num_train), derived.seed(config, "train_problems"), levels=weights)
     # The fixed evaluation set: the same problems for every arm and seed (evaluation.fixed_level_set).
     from jaxghpo import evaluation
     eval_sets, eval_reports = {}, {}
@@ -185,15 +185,12 @@ def validate(config, num_devices: int, num_processes: int) -> None:
   for key in ("num_steps", "checkpoint_every_steps", "seed"):
     if key not in config:
       raise ValueError(f"config.{key} is missing; every config needs num_steps, checkpoint_every_steps, seed")
-  if config.hints.placement != config.rl.hint_placement:
-    raise ValueError(f"config.hints.placement={config.hints.placement!r} and config.rl.hint_placement="
-                     f"{config.rl.hint_placement!r} disagree; set both to the same placement")
+  derived.check_not_set(config)
 
 
 def validate_values(config) -> None:
   """Ranges of single values that would otherwise fail only later (a division by zero after the first
   evaluation, a sampler error at the first sample, a run that cannot learn); each error names the key."""
-  from jaxghpo import curriculum, rl
   from jaxghpo.curriculum import hints as hints_lib
   from jaxghpo.data import templates
   c = config
@@ -253,8 +250,10 @@ def validate_values(config) -> None:
   except ValueError:
     ratios = [-1.0]
   need(all(0.0 <= x <= 1.0 for x in ratios), "eval.hint_ratios", "must be comma-separated numbers in [0, 1]")
-  curriculum.resolve_config(c.curriculum)  # its own named errors
-  rl.resolve_config(c.rl)
+  if c.mode == "rl":
+    derived.derive(c)  # the module configs' own named errors, and derived keys that were set
+  else:
+    derived.curriculum_config(c)
 
 
 def _float_leaves(c, prefix: str = ""):
@@ -392,13 +391,15 @@ class Setup:
   ref_logprobs: object       # batch -> ref logprobs [R, T] (kl_coef != 0), else None
   rollout: object            # rollout.groups.GroupSampler for training (P, P/2, P/4 buckets)
   eval_rollout: object       # rollout.groups.GroupSampler for evaluation (its own sizes, confidences)
+  deepconf: object = None    # deepconf.DeepConfOnline of config.eval.deepconf (None: not enabled)
 
 
 def setup(config) -> Setup:
   """Checks the config and builds the mesh, policy, data, scheduler, train step and samplers."""
-  from jaxghpo import curriculum, rl
+  from jaxghpo import curriculum, deepconf, rl
   from jaxghpo.data import pipeline as pipeline_lib
   from jaxghpo.rollout import groups as groups_lib
+  from jaxghpo.rollout import penalties
   from flax import nnx
 
   validate(config, jax.device_count(), jax.process_count())
@@ -409,13 +410,11 @@ def setup(config) -> Setup:
   score = reward_fn(config, problems)
   P = int(config.data.prompts_per_step)
   pipeline = pipeline_lib.make_pipeline(problems.train, batch_size_per_process=P // jax.process_count(),
-                                        seed=int(config.seed), shuffle=True)
-  cur = curriculum.resolve_config(config.curriculum)
-  cur.total_steps = int(config.num_steps)
-  scheduler = curriculum.HintScheduler(cur)
+                                        seed=derived.seed(config, "data_order"), shuffle=True)
+  modules = derived.derive(config)  # the module configs with their derived keys (seeds, total_steps, temperature)
+  scheduler = curriculum.HintScheduler(modules.curriculum)
 
-  rl_cfg = rl.resolve_config(config.rl)
-  rl_cfg.temperature = float(config.rollout.temperature) or 1.0
+  rl_cfg = modules.rl
   graphdef, params = nnx.split(model)
   param_shardings = parallel.param_shardings(params, mesh)
   optimizer = rl.make_optimizer(rl_cfg, int(config.num_steps) * int(rl_cfg.ppo_epochs))
@@ -427,15 +426,18 @@ def setup(config) -> Setup:
     logprob_fn = rl.make_logprob_fn(graphdef, rl_cfg, mesh, param_shardings)
     ref_logprobs = lambda batch: logprob_fn(ref_params, batch)  # noqa: E731
 
+  # TIP (config.rollout.tip_*): the thought-switch penalty of training rollouts and of evaluation (or None).
+  tip = {where: penalties.from_config(config.rollout, tokenizer, where) for where in ("train", "eval")}
   rollout = groups_lib.GroupSampler(model, mesh, tokenizer, score, config, P=P,
                                     max_prompt_len=int(config.rollout.max_prompt_len),
-                                    max_new_tokens=int(config.rollout.max_new_tokens))
+                                    max_new_tokens=int(config.rollout.max_new_tokens), penalty=tip["train"])
   # Evaluation reaches longer (out-of-distribution) chains than training: its own sizes; it also returns
-  # DeepConf token confidences (for confidence-filtered voting in the report).
+  # DeepConf token confidences (confidence-filtered voting in the report, DeepConf online stopping).
   eval_rollout = groups_lib.GroupSampler(
       model, mesh, tokenizer, score, config, P=P,
       max_prompt_len=int(config.eval.get("max_prompt_len", 0) or config.rollout.max_prompt_len),
       max_new_tokens=int(config.eval.get("max_new_tokens", 0) or config.rollout.max_new_tokens),
-      divisors=(1,), return_confidence=True)
+      divisors=(1,), return_confidence=True, penalty=tip["eval"])
   return Setup(mesh, model, model_cfg, tokenizer, problems, pipeline, scheduler, rl_cfg, graphdef, params,
-               param_shardings, optimizer, opt_state, train_step, ref_logprobs, rollout, eval_rollout)
+               param_shardings, optimizer, opt_state, train_step, ref_logprobs, rollout, eval_rollout,
+               deepconf.from_config(config.eval, int(config.eval.num_samples)))

@@ -99,7 +99,7 @@ def run(config, workdir: str) -> dict:
   import json
   import time
 
-  from jaxghpo import experiment
+  from jaxghpo import derived, experiment
   from jaxghpo.data import tokenizer as tok_lib
   from jaxghpo.data.tasks import get_task
 
@@ -110,7 +110,7 @@ def run(config, workdir: str) -> dict:
     fields = dict(c.random_model)
     cfg = models.ModelConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, **fields)
-    model = models.init_model(cfg, seed=int(config.seed))
+    model = models.init_model(cfg, seed=derived.seed(config, "policy_init"))
   else:
     mesh = experiment.make_mesh(config)
     model, cfg, tokenizer = experiment.load_policy(config, mesh)
@@ -121,14 +121,14 @@ def run(config, workdir: str) -> dict:
   hinted_len = 0
   if config.data.source == "task":
     task = get_task(config.data.task)
-    draw = lambda step, lv: task.generate("train", int(c.batch_size), int(config.seed) * 1_000_003 + step,
+    draw = lambda step, lv: task.generate("train", int(c.batch_size), derived.seed(config, "sft") * 1_000_003 + step,
                                           levels=lv)
     if hinted:
       hinted_len = max(task.problem_len(l) + task.solution_len(l) + 3 for l in hinted)
       hinted_len = -(-hinted_len // 8) * 8
   else:
     problems = experiment.load_problems(config).train
-    order = np.random.default_rng(int(config.seed)).permutation(len(problems))
+    order = np.random.default_rng(derived.seed(config, "data_order")).permutation(len(problems))
     draw = lambda step, lv: [problems[order[(step * int(c.batch_size) + i) % len(problems)]]
                              for i in range(int(c.batch_size))]
   steps = int(config.num_steps)
@@ -138,7 +138,7 @@ def run(config, workdir: str) -> dict:
   graphdef, params = nnx.split(model)
   opt_state = optimizer.init(params)
   step_fn = make_sft_step(graphdef, optimizer)
-  rng = np.random.default_rng(int(config.seed))
+  rng = np.random.default_rng(derived.seed(config, "sft"))
   t0 = time.time()
   log_rows = []
   for step in range(1, steps + 1):

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import curriculum, diagnostics, evaluation, experiment, faults, models, parallel, paths, rl
+from jaxghpo import (curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, models, parallel,
+                     paths, rl)
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -60,7 +61,7 @@ class Trainer:
     self.params, self.opt_state = s.params, s.opt_state
     self.P = int(config.data.prompts_per_step)  # problems per step, all hosts
     self.G = int(config.rollout.group_size)
-    self.rng = jax.random.key(int(config.seed))
+    self.rng = jax.random.key(derived.seed(config, "train_rng"))
     self.checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
     self.skip_guard = faults.SkipGuard(config, before_stop=self.checkpointer.wait)
     self.deferred = DeferredMetrics()
@@ -207,40 +208,20 @@ class Trainer:
   def eval_split(self, examples, ratio, temperature, k, step):
     """pass@1, pass@k and avg@k of `examples` (over all hosts) with hint `ratio`; and this host's rows.
 
-    The problems are split over hosts in contiguous shares that may differ by one; every host runs the
-    same number of sampler calls (the largest share's), a shorter share with inactive rows."""
-    n_proc, h = jax.process_count(), jax.process_index()
-    bounds = np.linspace(0, len(examples), n_proc + 1).round().astype(int)
-    mine = examples[bounds[h]:bounds[h + 1]]
-    per_call = self.P // n_proc
-    calls = -(-multihost.agreed_max(len(mine)) // per_call)
-    rows = []
-    check = evaluation.chains_check if self.config.data.source == "task" else None
-    rng = jax.random.fold_in(jax.random.key(int(self.config.seed) + 17), step)
-    for start in range(0, calls * per_call, per_call):
-      chunk = mine[start:start + per_call]
-      rng, key = jax.random.split(rng)
-      g = self.setup.eval_rollout(self.params, chunk, np.full(len(chunk), ratio, np.float32), key,
-                                  width=per_call, temperature=temperature)
-      for i, ex in enumerate(chunk):
-        row = {"problem_id": int(ex.problem_id), "level": int(ex.level), "problem": ex.problem,
-               "answer": ex.answer, "hint": g.hint_text[i], "completions": list(g.completions[i, :k]),
-               "correct": (g.accuracy[i, :k] > 0).tolist()}
-        if check is not None:  # the task's trace checker: valid_pass@1 (every written step valid)
-          hint = g.hint_text[i] if self.config.hints.placement == "prompt" else ""  # else in the completion
-          checks = [check(ex, hint, text) for text in row["completions"]]
-          row["valid"] = [bool(v) for v, _ in checks]
-          row["answer_right"] = [bool(a) for _, a in checks]
-        if g.confidence is not None:  # DeepConf: per-token confidence of each completion, up to its length
-          row["token_confidences"] = [np.round(g.confidence[i, j, :int(g.lengths[i, j])], 4).tolist()
-                                      for j in range(k)]
-        rows.append(row)
-    keys = ["correct"] + (["valid", "answer_right"] if check is not None else [])
-    flags = {key: np.asarray([r[key] for r in rows], bool).reshape(len(rows), k) for key in keys}
-    gathered = multihost.allgather_rows({**flags, "level": np.asarray([r["level"] for r in rows], np.int64)})
-    metrics = evaluation.aggregate([{"level": int(lv), **{key: gathered[key][i].tolist() for key in keys}}
-                                    for i, lv in enumerate(gathered["level"])], k)
-    return metrics, rows
+    evaluation.evaluate (the one evaluator) on the evaluation GroupSampler: the problems are split over
+    hosts in contiguous shares that may differ by one; every host runs the same number of sampler calls
+    (the largest share's), a shorter share with inactive rows. Sampled evaluation (temperature > 0) with
+    config.eval.deepconf.enabled also runs DeepConf online (metrics deepconf/*)."""
+    s, c = self.setup, self.config
+    per_call = self.P // jax.process_count()
+    rng = jax.random.fold_in(jax.random.key(derived.seed(c, "eval_sampling")), step)
+    generate = evaluation.group_generate(s.eval_rollout, self.params, rng, width=per_call, temperature=temperature)
+    task = c.data.source == "task"
+    return evaluation.evaluate(
+        generate, examples, k=k, num_samples=k, batch_size=per_call, hint_ratio=ratio,
+        check_fn=evaluation.chains_check if task else None, hint_is_context=c.hints.placement == "prompt",
+        multihost=True, deepconf=s.deepconf if temperature > 0 else None,
+        vote_fn=deepconf.answer_fn(c.data.style, s.problems.extract_answer))
 
   # ------------------------------------------------------------------------------------ the loop
   def write(self, ready, extra=None) -> None:

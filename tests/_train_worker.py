@@ -39,6 +39,8 @@ from tests.train_fixtures import tiny_config  # noqa: E402
 NUM_STEPS = 3
 config = tiny_config(model_dir, num_steps=NUM_STEPS, checkpoint_every_steps=3, **{"mesh.shape": (1, -1, 1)})
 config.data.prompts_per_step = 4
+config.eval.deepconf.enabled = True  # online stopping with per-host thresholds: its metrics must match too
+config.eval.deepconf.warmup_traces = 1  # of eval.num_samples = 2
 if scripted:
   config.eval.num_problems = 3  # per level: hosts evaluate unequal shares (2 and 1 problems)
 if refills:

@@ -64,7 +64,7 @@ def test_7b_configs_are_the_papers_ghpo(name):
   assert c.curriculum.mode == "ghpo" and tuple(c.curriculum.ladder) == (0.25, 0.5, 0.75)
   assert c.curriculum.cold_start_steps == 20
   assert dict(c.rewards.weights) == {"math": 1.0, "format": 0.5} and c.rewards.accuracy == "math"
-  assert c.data.style == "boxed" and c.hints.placement == c.rl.hint_placement == "prompt"
+  assert c.data.style == "boxed" and c.hints.placement == "prompt"
   assert c.data.source == "files"
   assert c.model.dtype == "bfloat16" and c.model.param_dtype == "float32"
   # Filled in on the command line; the keys must exist (the config is locked against unknown keys).

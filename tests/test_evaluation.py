@@ -176,24 +176,60 @@ def test_evaluate_without_confidences_and_with_dict_examples():
 
 
 # --------------------------------------------------------------- valid pass@1 and the fixed set
-def test_valid_and_answer_pass_with_the_chains_checker_and_a_gather():
+def test_valid_and_answer_pass_with_the_chains_checker_and_a_gather(monkeypatch):
+  """Host 0 of two holds the first 2 of 3 problems (unequal shares), host 1 the last: host 0 makes the
+  largest share's calls, and the metrics are over all 3 problems (rows gathered with their counts)."""
+  import jax
+  from jaxghpo.curriculum import multihost
   from jaxghpo.data.tasks import chains
-  exs = [chains.make_example("k+3-5+2="), chains.make_example("a+1=")]
+  exs = [chains.make_example("k+3-5+2="), chains.make_example("a+1="), chains.make_example("b+1=")]
   outs = {exs[0].problem: ["k+3=n-5+2;n-5=i+2;i+2=k", "k+3=n-5+2;n-5=k", "k+3=n-5+2;n-5=i+2;i+2=z", "x"],
-          exs[1].problem: ["a+1=b", "a+1=b", "b", "a+1=c"]}
-  gen = lambda chunk, ratio, n: ([outs[e.problem] for e in chunk], None, [{"hint": ""} for _ in chunk])
+          exs[1].problem: ["a+1=b", "a+1=b", "b", "a+1=c"], exs[2].problem: ["b+1=c"] * 4}
+  calls = []
+  gen = lambda chunk, ratio, n: (calls.append(len(chunk)) or [outs[e.problem] for e in chunk], None,
+                                 [{"hint": ""} for _ in chunk])
   score = lambda texts, answers: [float(chains.extract_answer(t) == a) for t, a in zip(texts, answers)]
+  other_host = {"level": np.array([1]), "correct": np.ones((1, 4), bool), "valid": np.ones((1, 4), bool),
+                "answer_right": np.ones((1, 4), bool)}
   gathered = []
-  gather = lambda x: (gathered.append(x.shape), np.concatenate([x, x]))[1]  # two hosts with the same rows
-  m, rows = ev.evaluate(gen, exs, k=1, num_samples=4, score_fn=score, check_fn=ev.chains_check, gather_fn=gather)
-  # level 3: 1 valid of 4, answers right 2 of 4 (the early "k" is a lucky shortcut); level 1: 2 valid, 3 right
+
+  def allgather_rows(arrays):
+    gathered.append({k: v.shape for k, v in arrays.items()})
+    return {k: np.concatenate([v, other_host[k]]) for k, v in arrays.items()}
+
+  monkeypatch.setattr(multihost, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  monkeypatch.setattr(multihost, "agreed_max", lambda x: max(int(x), 1))
+  monkeypatch.setattr(multihost, "allgather_rows", allgather_rows)
+  m, rows = ev.evaluate(gen, exs, k=1, num_samples=4, batch_size=1, score_fn=score, check_fn=ev.chains_check,
+                        multihost=True)
+  assert calls == [1, 1] and len(rows) == 2  # host 0's share: problems 0 and 1
+  # level 3: 1 valid of 4, answers right 2 of 4 (the early "k" is a lucky shortcut); level 1: host 0's
+  # problem 2 valid, 3 right, host 1's 4 of 4
   assert m["valid_pass@1/level_3"] == 0.25 and m["answer_pass@1/level_3"] == 0.5
-  assert m["valid_pass@1/level_1"] == 0.5 and m["answer_pass@1/level_1"] == 0.75
-  assert m["valid_pass@1"] == pytest.approx(0.375) and m["num_problems"] == 4  # both "hosts" counted
-  assert rows[0]["valid"] == [True, False, False, False] and rows[1]["hint"] == "" and len(rows) == 2
-  assert gathered == [(2,), (2, 4), (2, 4), (2, 4)]
+  assert m["valid_pass@1/level_1"] == 0.75 and m["answer_pass@1/level_1"] == 0.875
+  assert m["num_problems"] == 3  # both hosts counted
+  assert rows[0]["valid"] == [True, False, False, False] and rows[1]["hint"] == ""
+  assert gathered == [{"level": (2,), "correct": (2, 4), "valid": (2, 4), "answer_right": (2, 4)}]
   # A hint's steps count as written: the completion continues it.
   assert ev.chains_check(exs[0], "k+3=n-5+2;", "n-5=i+2;i+2=k") == (True, True)
+
+
+def test_more_calls_than_problems_and_scores_from_the_sampler(monkeypatch):
+  """A host with fewer problems than the agreed calls still calls generate_fn (collectives), with an
+  empty chunk; without score_fn the extras' scores are the samples' correctness."""
+  from jaxghpo.curriculum import multihost
+  calls = []
+
+  def gen(chunk, ratio, n):
+    calls.append(len(chunk))
+    return [["x"] * n for _ in chunk], None, [{"scores": [1.0, 0.0]} for _ in chunk]
+
+  monkeypatch.setattr(multihost, "agreed_max", lambda x: 3)
+  m, rows = ev.evaluate(gen, _examples()[:1], k=1, num_samples=2, batch_size=1, multihost=True)
+  assert calls == [1, 0, 0] and rows[0]["correct"] == [True, False] and m["pass@1"] == 0.5
+  with pytest.raises(ValueError, match="scores"):
+    ev.evaluate(lambda chunk, r, n: [["x"] * n for _ in chunk], _examples()[:1], k=1)
 
 
 def test_fixed_eval_set_is_fixed_and_prefix_stable():

@@ -84,7 +84,7 @@ def test_skip_drops_and_counts_them_and_nothing_kept_fails_at_sampling(tmp_path,
     texts = groups.hint_texts(problems.train, np.full(len(problems.train), ratio), unit=config.hints.unit,
                               corruption="none", tokenizer=tok, rng=np.random.default_rng(0))
     groups.render(problems.train, texts, placement=config.hints.placement, style=config.data.style,
-                  tokenizer=tok, max_prompt_len=64, marker_tokens=0)
+                  tokenizer=tok, max_prompt_len=64)
 
 
 def test_data_report_names_skips_duplicates_and_conflicting_answers(tmp_path, tok):

@@ -220,7 +220,7 @@ def test_moving_a_token_into_the_mask_changes_the_loss():
 
 
 def test_hint_nll_term_on_response_hint_tokens():
-  cfg = make_cfg(hint_placement="response", hint_nll_coef=0.5)
+  cfg = make_cfg(hint_nll_coef=0.5)
   # Row: [hint, hint, response, response]; the hint tokens have p = 0.5 and 0.25.
   logp = jnp.log(jnp.array([[0.5, 0.25, 0.8, 0.9]]))
   mask = jnp.array([[False, False, True, True]])
@@ -233,7 +233,7 @@ def test_hint_nll_term_on_response_hint_tokens():
   grad = run_grad(cfg, logp, logp, jnp.array([1.0]), mask, hint_mask=hint)
   np.testing.assert_allclose(grad[0, :2], [-0.5 / 2, -0.5 / 2], rtol=1e-6)  # -coef / #hint tokens each
   # Off by default: the metric is reported, the loss does not change.
-  loss0, m0 = run_loss(make_cfg(hint_placement="response"), logp, logp, jnp.array([1.0]), mask, hint_mask=hint)
+  loss0, m0 = run_loss(make_cfg(), logp, logp, jnp.array([1.0]), mask, hint_mask=hint)
   np.testing.assert_allclose(loss0, -1.0, rtol=1e-6)
   np.testing.assert_allclose(m0["hint_nll"], nll, rtol=1e-6)
 
@@ -257,8 +257,8 @@ def test_no_loss_tokens_gives_zero_loss_not_nan():
 def test_config_validation_names_the_keys():
   with pytest.raises(KeyError, match="clip_hgih"):
     rl.resolve_config({"clip_hgih": 0.3})
-  with pytest.raises(ValueError, match="hint_nll_coef=0.1 needs hint_placement='response'"):
-    rl.resolve_config({"hint_nll_coef": 0.1})
+  with pytest.raises(KeyError, match="hint_placement"):  # where hints go is config.hints.placement only
+    rl.resolve_config({"hint_placement": "response"})
   with pytest.raises(ValueError, match="loss_agg='mean'"):
     rl.resolve_config({"loss_agg": "mean"})
   with pytest.raises(ValueError, match="clip_c=0.5"):

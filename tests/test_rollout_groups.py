@@ -92,7 +92,7 @@ def grad_fn():
   shardings = parallel.param_shardings(params, mesh)
 
   def make(coef):
-    cfg = rl.resolve_config(dict(hint_placement="response", hint_nll_coef=coef))
+    cfg = rl.resolve_config(dict(hint_nll_coef=coef))
     return rl.make_grad_fn(graphdef, cfg, mesh, shardings, {"xla_backend_optimization_level": 0})
   return params, make
 

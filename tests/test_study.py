@@ -60,7 +60,7 @@ def test_plan_builds_every_arm_at_an_equal_budget():
   assert dict(by[("grpo", 0)].rewards.weights) == {"exact": 1.0}
   assert by[("anneal", 0)].curriculum.anneal_steps == smoke_steps
   assert by[("ghpo_steps", 0)].curriculum.ladder_kind == "steps" and by[("ghpo", 0)].curriculum.ladder_kind == "ratios"
-  assert by[("ghpo_response", 0)].hints.placement == by[("ghpo_response", 0)].rl.hint_placement == "response"
+  assert by[("ghpo_response", 0)].hints.placement == "response"
   assert by[("uft", 0)].rl.hint_nll_coef > 0 and by[("uft", 0)].curriculum.anneal_random
   assert {c.arms for c in by.values()} == {""}  # one run per (arm, seed), never the side-by-side mode
   assert by[("adaptive", 1)].seed == 1 and by[("adaptive", 1)].model.path == "/some/policy"

@@ -175,7 +175,7 @@ def test_filter_refills_groups_without_signal(policy, tmp_path):
 def test_response_hints_trained_by_likelihood(policy, tmp_path):
   """hints.placement=response with rl.hint_nll_coef > 0 (UFT): the forced hints of the retried groups are
   trained by their negative log-likelihood, reported as hint_nll."""
-  cfg = tiny_config(policy, **{"hints.placement": "response", "rl.hint_placement": "response",
+  cfg = tiny_config(policy, **{"hints.placement": "response",
                                "rl.hint_nll_coef": 1.0})
   trainer = train.Trainer(cfg, str(tmp_path / "run"))
   trainer.restore()

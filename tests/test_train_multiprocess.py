@@ -45,6 +45,7 @@ def test_two_processes_match_one(tmp_path):
   assert state[0] == json.load(open(os.path.join(one, "scheduler_p0.json")))
   assert not os.path.exists(os.path.join(two, "metrics_p1.jsonl"))
   a, b = _rows(one), _rows(two)
+  assert any(k.endswith("deepconf/tokens_saved_frac") for k in a[-1])
   assert [r["step"] for r in a] == [r["step"] for r in b]
   for ra, rb in zip(a, b):
     assert ra.keys() == rb.keys()

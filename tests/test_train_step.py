@@ -98,8 +98,7 @@ def grad_fns(setup):
   """Gradient functions of the whole batch at once and in 4 micro-batches (KL, entropy and the hint
   NLL term all on, so every part of the loss is covered)."""
   mesh, graphdef, _, shardings = setup
-  kw = dict(loss_agg="seq-mean-token-mean", kl_coef=0.1, entropy_coef=0.01, hint_placement="response",
-            hint_nll_coef=0.3)
+  kw = dict(loss_agg="seq-mean-token-mean", kl_coef=0.1, entropy_coef=0.01, hint_nll_coef=0.3)
   whole = rl.make_grad_fn(graphdef, rl.resolve_config(dict(micro_batches=1, **kw)), mesh, shardings, FAST_COMPILE)
   micro = rl.make_grad_fn(graphdef, rl.resolve_config(dict(micro_batches=4, **kw)), mesh, shardings, FAST_COMPILE)
   return whole, micro

@@ -86,7 +86,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from jaxghpo import models, parallel, rl  # noqa: E402
+from jaxghpo import derived, models, parallel, rl  # noqa: E402
 from jaxghpo.rl import losses as rl_losses  # noqa: E402
 
 # Live copies per element, fitted to XLA's buffer assignment on CPU (see the module docstring).
@@ -287,7 +287,7 @@ def estimate(config, model_cfg: models.ModelConfig, mesh_shape) -> MemoryEstimat
   model_cfg = run_model_config(config, model_cfg)
   mesh_shape = tuple(int(x) for x in mesh_shape)
   d, f, t = mesh_shape
-  rl_cfg = rl.resolve_config(config.rl)
+  rl_cfg = derived.rl_config(config)
   P, G = int(config.data.prompts_per_step), int(config.rollout.group_size)
   M = int(rl_cfg.micro_batches)
   rows = _rows_per_device(P * G, d * f)
@@ -402,7 +402,7 @@ def compile_train_step(config, model_cfg: models.ModelConfig, mesh_shape, compil
   graphdef, state = nnx.split(models.abstract_model(model_cfg))
   shardings = parallel.param_shardings(state, mesh)
   params = _abstract(state, shardings)
-  rl_cfg = rl.resolve_config(config.rl)
+  rl_cfg = derived.rl_config(config)
   optimizer = rl.make_optimizer(rl_cfg, max(int(config.num_steps) * int(rl_cfg.ppo_epochs), 1))
   opt_state = _abstract(jax.eval_shape(optimizer.init, params),
                         rl.optimizer_shardings(optimizer, params, shardings, mesh))

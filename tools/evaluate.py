@@ -32,9 +32,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxghpo import evaluation, experiment  # noqa: E402
+from jaxghpo.parallel import hosts  # noqa: E402
+
+from jaxghpo import deepconf, evaluation, experiment  # noqa: E402
 from jaxghpo.data.tasks import get_task  # noqa: E402
-from jaxghpo.rollout import Sampler  # noqa: E402
+from jaxghpo.rollout import Sampler, penalties  # noqa: E402
 from jaxghpo.rollout import groups  # noqa: E402
 from study import load_config  # noqa: E402  (tools/: one loader of config files for the tools)
 
@@ -51,30 +53,49 @@ def eval_sets(config, num_problems: int) -> dict[str, list]:
 
 
 def make_generate(config, model, tokenizer, mesh, sets, *, num_samples: int, batch: int, seed: int):
-  """generate_fn(examples, hint_ratio, n) for evaluation.evaluate: one fixed-shape Sampler, T = 1."""
+  """generate_fn(examples, hint_ratio, n, stop=None) for evaluation.evaluate: one fixed-shape Sampler of
+  `batch` problems (all processes), T = 1, decoding with config.rollout's TIP penalty for evaluation;
+  with config.eval.deepconf.enabled it returns token confidences and takes DeepConf's stop=(thresholds,
+  window)."""
   task = get_task(config.data.task)
   longest_prompt = max(len(groups.render([ex], [""], placement="prompt", style=config.data.style,
-                                         tokenizer=tokenizer, max_prompt_len=10**6, marker_tokens=0)[0][0])
+                                         tokenizer=tokenizer, max_prompt_len=10**6)[0][0])
                        for exs in sets.values() for ex in exs[:8])
   max_level = max(ex.level for exs in sets.values() for ex in exs)
   max_prompt = -(-longest_prompt // 8) * 8
   max_new = -(-(task.solution_len(max_level) + 2) // 8) * 8  # a whole trace of the longest level + EOS
+  confidence = bool(config.eval.deepconf.enabled)
   sampler = Sampler(model, batch_size=batch, max_prompt_len=max_prompt, max_new_tokens=max_new,
-                    num_samples=num_samples, mesh=mesh)
+                    num_samples=num_samples, mesh=mesh, return_confidence=confidence)
+  penalty = penalties.from_config(config.rollout, tokenizer, "eval")
   params = nnx.state(model)
   key = [jax.random.key(seed)]
 
-  def generate(chunk, hint_ratio, n):
-    assert hint_ratio == 0.0 and n == num_samples
+  def generate(chunk, hint_ratio, n, stop=None):
+    assert hint_ratio == 0.0 and n <= num_samples
     prompts, _, _ = groups.render(chunk, [""] * len(chunk), placement="prompt", style=config.data.style,
-                                  tokenizer=tokenizer, max_prompt_len=max_prompt, marker_tokens=0)
+                                  tokenizer=tokenizer, max_prompt_len=max_prompt)
     key[0], sub = jax.random.split(key[0])
+    thresholds, window = (None, 1) if stop is None else stop
     out = sampler(params, prompts, rng=sub, temperature=1.0, top_p=1.0, top_k=0,
-                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id or 0)
+                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id or 0, penalty=penalty,
+                  stop_threshold=thresholds, stop_window=window)
     rows = len(chunk) * num_samples
-    tokens, lengths = np.asarray(out.tokens)[:rows], np.asarray(out.lengths)[:rows]
+    tokens, lengths = hosts.local_rows(out.tokens)[:rows], hosts.local_rows(out.lengths)[:rows]
     texts = groups.decode(tokenizer, tokens, lengths, tokenizer.eos_token_id)
-    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(chunk))]
+    conf = hosts.local_rows(out.confidence)[:rows] if confidence else None
+    stopped = hosts.local_rows(out.stopped)[:rows] if stop is not None else None
+    completions, extras = [], []
+    for i in range(len(chunk)):
+      picked = range(i * num_samples, i * num_samples + n)
+      completions.append([texts[r] for r in picked])
+      extra = {"hint": ""}
+      if conf is not None:
+        extra["token_confidences"] = [np.round(conf[r, :int(lengths[r])], 4).tolist() for r in picked]
+      if stopped is not None:
+        extra["stopped"] = [bool(stopped[r]) for r in picked]
+      extras.append(extra)
+    return completions, None, extras
 
   return generate
 
@@ -106,22 +127,27 @@ def main(argv=None) -> dict:
   mesh = experiment.make_mesh(config)
   model, _, tokenizer = experiment.load_policy(config, mesh)
   sets = eval_sets(config, args.num_problems)
-  generate = make_generate(config, model, tokenizer, mesh, sets, num_samples=num_samples,
-                           batch=min(args.batch, args.num_problems), seed=args.seed)
+  batch = min(args.batch, args.num_problems)  # problems per sampler call, all processes together
+  generate = make_generate(config, model, tokenizer, mesh, sets, num_samples=num_samples, batch=batch,
+                           seed=args.seed)
+  dc = deepconf.from_config(config.eval, num_samples)
   result = {"valid_pass@1": {}, "answer_pass@1": {}, "shortcut_rate": {}, "num_problems": args.num_problems,
             "num_samples": num_samples}
   score = lambda texts, answers: np.asarray(
       [float(get_task(config.data.task).extract_answer(t) == a) for t, a in zip(texts, answers)])
   for key, exs in sets.items():
+    # Each process samples its share of the problems, batch / process_count per call; metrics are over all.
     metrics, rows = evaluation.evaluate(generate, exs, k=1, num_samples=num_samples,
-                                        batch_size=min(args.batch, args.num_problems), score_fn=score,
-                                        check_fn=evaluation.chains_check)
+                                        batch_size=batch // jax.process_count(), score_fn=score,
+                                        check_fn=evaluation.chains_check, multihost=True, deepconf=dc,
+                                        vote_fn=get_task(config.data.task).extract_answer)
     result["valid_pass@1"][key] = metrics["valid_pass@1"]
     result["answer_pass@1"][key] = metrics["answer_pass@1"]
+    rows = [row for share in hosts.allgather_json(rows) for row in share]  # every process's, in order
     result["shortcut_rate"][key] = shortcut_rate(rows)
     print(f"{key:>10}: valid pass@1 {metrics['valid_pass@1']:.4f}  answer pass@1 {metrics['answer_pass@1']:.4f}"
           f"  ({len(exs)} problems x {num_samples}, {time.time() - t0:.0f}s)", flush=True)
-    if args.out:
+    if args.out and jax.process_index() == 0:
       evaluation.write_rows(os.path.join(args.out, f"{key.replace(':', '_')}.jsonl"), rows)
   print(json.dumps(result), flush=True)
   return result

@@ -23,7 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
   # | "adaptive" (per-problem ratio from running pass rates) | "anneal" (ratio decays over training).
   c.mode = "none"
   c.seed = 0  # keys the random hint draws of "anneal" (a counter-based hash, see counter_rng.py)
-  c.total_steps = 0  # the trainer fills this from config.num_steps; "anneal" uses it when anneal_steps == 0
+  c.total_steps = 0  # a run derives it from config.num_steps (jaxghpo/derived.py); "anneal" uses it when anneal_steps == 0
 
   # A sample succeeds when its accuracy reward is > difficulty_threshold; a group is difficult
   # when none of its samples succeeds (GHPO: every accuracy reward <= 0).

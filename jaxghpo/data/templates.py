@@ -59,11 +59,16 @@ class Rendered:
   hint_ids: token ids forced as the start of the response ("response" placement; () otherwise).
   prompt_text: the prompt as text (prompt_ids encode it).
   hint_text: the forced response prefix as text (hint_ids encode it; "" for "prompt" placement).
+  hint_span: (start, end), the tokens prompt_ids[start:end] that encode the hint inside the prompt
+    ("prompt" placement; an empty span (n, n) at the prompt's end otherwise). Exact: found from the
+    tokenizer's character offsets of the rendered text, so a chat template's tokens around the user
+    message (the assistant header, a marker after the hint) are never in it.
   """
   prompt_ids: tuple[int, ...]
   hint_ids: tuple[int, ...]
   prompt_text: str
   hint_text: str = ""
+  hint_span: tuple[int, int] = (0, 0)
 
 
 def _check(placement: str, style: str) -> None:
@@ -91,28 +96,75 @@ def _math_prompt(user_text: str, style: str, tokenizer) -> tuple[str, bool]:
   return PLAIN_MATH_TEMPLATE.format(instruction=instruction, user=user_text), True
 
 
-def render_text(example: Example, hint_text: str, placement: str, tokenizer, style: str
-                ) -> tuple[str, bool, str]:
-  """(prompt text, whether encoding it adds the tokenizer's special tokens, forced response prefix).
+def _hint_chars(text: str, user_text: str, hint_text: str) -> tuple[int, int]:
+  """Character span [start, end) of the hint in the rendered prompt `text`; the hint ends `user_text`,
+  the user message, which the chat template wrote somewhere in `text` (possibly with trailing
+  whitespace trimmed, as some templates do)."""
+  for user, hint in ((user_text, hint_text), (user_text.strip(), hint_text.rstrip())):
+    at = text.rfind(user) if hint else -1
+    if at >= 0:
+      end = at + len(user)
+      return end - len(hint), end
+  raise ValueError("the tokenizer's chat template changed the user message, so the hint cannot be found "
+                   "in the rendered prompt; use a template that writes message content unchanged")
 
-  What `render` encodes; apart so that many prompts can be encoded in one batched tokenizer call.
+
+def _token_span(tokenizer, text: str, add_special: bool, chars: tuple[int, int], prompt_ids) -> tuple[int, int]:
+  """The tokens of prompt_ids (= encode(text)) that cover characters [chars[0], chars[1]) of text: every
+  token that overlaps them (a token straddling an edge of the hint is counted as hint)."""
+  start_c, end_c = chars
+  try:
+    enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+  except (NotImplementedError, TypeError, ValueError):  # slow tokenizers have no offsets
+    offsets = None
+  if offsets is not None and list(enc["input_ids"]) == list(prompt_ids):
+    inside = [i for i, (a, b) in enumerate(offsets) if b > a and a < end_c and b > start_c]
+    if inside:
+      return inside[0], inside[-1] + 1
+  # No offsets: the hint's edges must be token edges, which encoding the text up to each edge shows.
+  before = tokenizer.encode(text[:start_c], add_special_tokens=add_special)
+  upto = tokenizer.encode(text[:end_c], add_special_tokens=add_special)
+  if list(prompt_ids[:len(before)]) != list(before) or list(prompt_ids[:len(upto)]) != list(upto):
+    raise ValueError(f"cannot place the hint's tokens in the prompt: tokenizer {type(tokenizer).__name__} "
+                     "gives no character offsets and merges tokens across the hint's edges; use a fast tokenizer")
+  return len(before), len(upto)
+
+
+def _layout(example: Example, hint_text: str, placement: str, tokenizer, style: str
+            ) -> tuple[str, bool, str, tuple[int, int]]:
+  """(prompt text, whether encoding it adds the tokenizer's special tokens, forced response prefix,
+  character span [start, end) of an in-prompt hint in the text ((0, 0) without one)).
+
+  What `render` encodes and where its hint is.
   """
   _check(placement, style)
   in_prompt = placement == "prompt" and bool(hint_text)
   if style == "plain":
     text = (tokenizer.bos_token or "") + example.problem
+    chars = (len(text), len(text) + len(hint_text)) if in_prompt else (0, 0)
     if in_prompt:
       text += hint_text + HINT_MARKER
     add_special = False  # the BOS (if any) is written into the text above
   else:
     user_text = example.problem + (GHPO_HINT_SENTENCE + hint_text if in_prompt else "")
     text, add_special = _math_prompt(user_text, style, tokenizer)
+    chars = _hint_chars(text, user_text, hint_text) if in_prompt else (0, 0)
   prefix = ""
   if placement == "response" and hint_text:
     prefix = hint_text
     if style == "think_answer" and not _think_opened(text):
       prefix = THINK_OPEN + hint_text
-  return text, add_special, prefix
+  return text, add_special, prefix, chars
+
+
+def render_text(example: Example, hint_text: str, placement: str, tokenizer, style: str
+                ) -> tuple[str, bool, str]:
+  """(prompt text, whether encoding it adds the tokenizer's special tokens, forced response prefix).
+
+  What `render` encodes; apart so that many prompts can be encoded in one batched tokenizer call.
+  """
+  return _layout(example, hint_text, placement, tokenizer, style)[:3]
 
 
 def render(example: Example, hint_text: str, placement: str, tokenizer, style: str) -> Rendered:
@@ -120,11 +172,15 @@ def render(example: Example, hint_text: str, placement: str, tokenizer, style: s
 
   tokenizer: an HF tokenizer (the chains task's, or a real model's).
   """
-  text, add_special, prefix = render_text(example, hint_text, placement, tokenizer, style)
+  text, add_special, prefix, chars = _layout(example, hint_text, placement, tokenizer, style)
   prompt_ids = tokenizer.encode(text, add_special_tokens=add_special)
   hint_ids = tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+  span = (len(prompt_ids), len(prompt_ids))
+  if placement == "prompt" and hint_text:
+    span = _token_span(tokenizer, text, add_special, chars, prompt_ids)
   return Rendered(prompt_ids=tuple(int(i) for i in prompt_ids),
-                  hint_ids=tuple(int(i) for i in hint_ids), prompt_text=text, hint_text=prefix)
+                  hint_ids=tuple(int(i) for i in hint_ids), prompt_text=text, hint_text=prefix,
+                  hint_span=tuple(int(i) for i in span))
 
 
 def target_text(example: Example, hint_text: str, placement: str, style: str, *,

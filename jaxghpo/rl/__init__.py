@@ -11,7 +11,6 @@
 from jaxghpo.rl.advantages import ESTIMATORS, group_advantages, register_estimator
 from jaxghpo.rl.batch import HINT, PAD, PROMPT, RESPONSE, RLBatch, make_batch
 from jaxghpo.rl.config import (
-    HINT_PLACEMENTS,
     KL_ESTIMATORS,
     LOSS_AGG_MODES,
     default_config,
@@ -45,7 +44,7 @@ from jaxghpo.rl.train_step import (
 )
 
 __all__ = [
-    "ESTIMATORS", "HINT", "HINT_PLACEMENTS", "KL_ESTIMATORS", "LOSS_AGG_MODES", "PAD", "PROMPT", "RESPONSE",
+    "ESTIMATORS", "HINT", "KL_ESTIMATORS", "LOSS_AGG_MODES", "PAD", "PROMPT", "RESPONSE",
     "RLBatch", "TrainStep", "batch_logprobs", "default_config", "finalize", "group_advantages",
     "init_opt_state", "kl_penalty", "loss_and_grads", "loss_counts", "make_batch", "make_grad_fn",
     "make_logprob_fn", "make_lr_schedule", "make_optimizer", "make_train_step", "merge_terms",

@@ -11,7 +11,6 @@ from jaxghpo.rl.advantages import ESTIMATORS
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
-HINT_PLACEMENTS = ("prompt", "response")
 LR_SCHEDULES = ("warmup_cosine", "warmup_constant", "constant")
 
 
@@ -40,16 +39,15 @@ def default_config() -> ml_collections.ConfigDict:
   # 0 = the batch's response length (max_new_tokens).
   c.loss_norm_len = 0
 
-  # Where hint (trace-prefix) tokens sit: "prompt" (GHPO: inside the prompt, context only) or
-  # "response" (LUFFY / QuestA: the first tokens of the response, which the model continues).
-  # The trainer lays batches out accordingly (rl.make_batch: prompt_hint= or response_hint_len=); the
-  # segment ids then carry the placement into the step. Hint tokens never enter the policy-gradient
-  # loss, the KL or the entropy. With "response", hint_nll_coef > 0 adds a separate negative
-  # log-likelihood term on them (UFT), reported as metric hint_nll either way.
-  c.hint_placement = "prompt"
+  # Hint tokens (where they sit is config.hints.placement; the trainer lays batches out accordingly:
+  # rl.make_batch prompt_hint= or response_hint_len=, and the segment ids carry it into the step) never
+  # enter the policy-gradient loss, the KL or the entropy. With response-placed hints, hint_nll_coef > 0
+  # adds a separate negative log-likelihood term on them (UFT), reported as metric hint_nll either way
+  # (jaxghpo/derived.py checks that hint_nll_coef > 0 comes with hints.placement="response").
   c.hint_nll_coef = 0.0
 
-  # Logprobs are log_softmax(logits / temperature): the sampler's temperature.
+  # Logprobs are log_softmax(logits / temperature): the sampler's temperature. In a run it is derived
+  # from config.rollout.temperature (jaxghpo/derived.py) and is not a key of the experiment config.
   c.temperature = 1.0
 
   # Train step: gradient accumulation over micro_batches (the batch size must divide), ppo_epochs
@@ -119,13 +117,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     fail(f"loss_agg={c.loss_agg!r} is not one of {LOSS_AGG_MODES}")
   if c.loss_norm_len < 0:
     fail(f"loss_norm_len={c.loss_norm_len} must be >= 0 (0 = the batch's response length)")
-  if c.hint_placement not in HINT_PLACEMENTS:
-    fail(f"hint_placement={c.hint_placement!r} is not one of {HINT_PLACEMENTS}")
   if c.hint_nll_coef < 0:
     fail(f"hint_nll_coef={c.hint_nll_coef} must be >= 0")
-  if c.hint_nll_coef > 0 and c.hint_placement != "response":
-    fail(f"hint_nll_coef={c.hint_nll_coef} needs hint_placement='response' (hint tokens in the prompt are "
-         f"context, not targets); got hint_placement={c.hint_placement!r}")
   if c.temperature <= 0:
     fail(f"temperature={c.temperature} must be > 0 (greedy sampling has no logprob ratio; train at the "
          "sampling temperature, e.g. 1.0)")

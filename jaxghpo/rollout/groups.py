@@ -24,11 +24,12 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from jaxghpo import rl
+from jaxghpo import derived, rl
 from jaxghpo.curriculum import hints as hints_lib
 from jaxghpo.data import templates
 from jaxghpo.data.example import Example
 from jaxghpo.parallel import hosts
+from jaxghpo.rollout import penalties
 from jaxghpo.rollout.sampler import Sampler
 
 
@@ -46,6 +47,7 @@ class Groups:
   completions: np.ndarray   # object [B, G]: decoded texts (forced hint prefix included, "response" placement)
   hint_text: np.ndarray     # object [B]: the hint as cut ("" for none)
   confidence: np.ndarray | None = None  # float32 [B, G, N]: DeepConf token confidence (evaluation)
+  stopped: np.ndarray | None = None     # bool [B, G]: ended by DeepConf online stopping (with confidence)
 
 
 def hint_texts(examples: Sequence[Example], ratios: np.ndarray, *, unit: str, corruption: str, tokenizer,
@@ -77,13 +79,13 @@ def hint_texts(examples: Sequence[Example], ratios: np.ndarray, *, unit: str, co
 
 
 def render(examples: Sequence[Example], hint_text: Sequence[str], *, placement: str, style: str, tokenizer,
-           max_prompt_len: int, marker_tokens: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+           max_prompt_len: int) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
   """(sampler prompts, hint_start int [B], hint_tokens int [B]) for `examples` with their hints.
 
   A sampler prompt is the prompt, plus the forced hint prefix for the "response" placement; its hint
-  tokens are [hint_start, hint_start + hint_tokens). "prompt" placement: the hint text's tokens, which
-  the plain style's hint marker (marker_tokens) follows (a best-effort span, only ever kept out of
-  losses); "response" placement: the forced prefix at the very end.
+  tokens are [hint_start, hint_start + hint_tokens). "prompt" placement: the renderer's exact span of
+  the hint inside the prompt (templates.Rendered.hint_span: never the marker after it or a chat
+  template's assistant header); "response" placement: the forced prefix at the very end.
   """
   prompts, hint_start, hint_tokens = [], [], []
   for ex, hint in zip(examples, hint_text):
@@ -94,10 +96,10 @@ def render(examples: Sequence[Example], hint_text: Sequence[str], *, placement: 
                        f"tokens > config.rollout.max_prompt_len={max_prompt_len}; raise max_prompt_len "
                        "(it must hold the longest prompt plus the longest hint)")
     prompts.append(ids)
-    if placement == "prompt" and hint:
-      n = len(tokenizer.encode(hint, add_special_tokens=False))
-      hint_start.append(max(len(ids) - marker_tokens - n, 0))
-      hint_tokens.append(n)
+    if placement == "prompt":
+      start, end = r.hint_span  # (n, n) without a hint
+      hint_start.append(start)
+      hint_tokens.append(end - start)
     else:
       hint_start.append(len(r.prompt_ids))
       hint_tokens.append(len(r.hint_ids))
@@ -133,18 +135,18 @@ class GroupSampler:
 
   score(completions, answers, problems=, contexts=) -> (total float32 [R], accuracy float32 [R]); contexts
   are the prompt-side hints the completions continue (response-placed hints are in the completions).
+  penalty: the TIP thought-switch penalty every call decodes with (penalties.from_config; None: off).
   """
 
   def __init__(self, model, mesh, tokenizer, score: Callable, config, *, P: int, max_prompt_len: int,
-               max_new_tokens: int, divisors=(1, 2, 4), return_confidence: bool = False):
+               max_new_tokens: int, divisors=(1, 2, 4), return_confidence: bool = False,
+               penalty: penalties.ThoughtSwitchPenalty | None = None):
     self.config, self.tokenizer, self.score = config, tokenizer, score
     self.G = int(config.rollout.group_size)
     self.eos_id = tokenizer.eos_token_id
     self.pad_id = tokenizer.pad_token_id or 0
     self.max_prompt_len = int(max_prompt_len)
-    # Tokens of the in-prompt hint marker that follows a hint (plain style): the hint span ends before it.
-    self.marker_tokens = (len(tokenizer.encode(templates.HINT_MARKER, add_special_tokens=False))
-                          if config.data.style == "plain" else 0)
+    self.penalty = penalty
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     n_proc = jax.process_count()
     sizes = []
@@ -157,33 +159,38 @@ class GroupSampler:
                      for p in sizes}
 
   def __call__(self, params, examples: Sequence[Example], ratios, rng, *, width: int | None = None,
-               temperature: float | None = None, timer: dict | None = None) -> Groups:
+               temperature: float | None = None, timer: dict | None = None, stop_threshold=None,
+               stop_window: int = 1) -> Groups:
     """Groups for `examples` (this host's) at hint `ratios` float32 [B]; width >= B (default B) problems
-    per host are sampled, the rows past B inactive. timer["reward_s"] accumulates the scoring time."""
+    per host are sampled, the rows past B inactive. timer["reward_s"] accumulates the scoring time.
+    stop_threshold float32 [B], stop_window: DeepConf online stopping (Sampler; needs return_confidence)."""
     c = self.config
     G, n_proc = self.G, jax.process_count()
     width = len(examples) if width is None else int(width)
-    hint_rng = np.random.default_rng([int(c.seed), int(jax.random.randint(rng, (), 0, 2**31 - 1))])
+    hint_rng = np.random.default_rng([derived.seed(c, "hint_corruption"),
+                                      int(jax.random.randint(rng, (), 0, 2**31 - 1))])
     texts = hint_texts(examples, ratios, unit=c.hints.unit, corruption=c.hints.corruption,
                        tokenizer=self.tokenizer, rng=hint_rng)
     prompts, hint_start, hint_tokens = render(examples, texts, placement=c.hints.placement, style=c.data.style,
-                                            tokenizer=self.tokenizer, max_prompt_len=self.max_prompt_len,
-                                            marker_tokens=self.marker_tokens)
-    parts = {"prompt_ids": [], "prompt_valid": [], "tokens": [], "logprobs": [], "lengths": [], "confidence": []}
+                                              tokenizer=self.tokenizer, max_prompt_len=self.max_prompt_len)
+    parts = {"prompt_ids": [], "prompt_valid": [], "tokens": [], "logprobs": [], "lengths": [], "confidence": [],
+             "stopped": []}
     start = 0
     while start < width:
       # Buckets are global sizes; this host brings its share of each call (maybe fewer rows, maybe none).
       bucket = min((p for p in self.samplers if p // n_proc >= width - start), default=max(self.samplers))
       chunk = prompts[start:start + bucket // n_proc]
       rng, key = jax.random.split(rng)
+      stops = None if stop_threshold is None else np.asarray(stop_threshold, np.float32)[start:start + len(chunk)]
       out = self.samplers[bucket](params, chunk, rng=key,
                                   temperature=c.rollout.temperature if temperature is None else temperature,
                                   top_p=c.rollout.top_p, top_k=c.rollout.top_k, eos_id=self.eos_id,
-                                  pad_id=self.pad_id)
+                                  pad_id=self.pad_id, penalty=self.penalty, stop_threshold=stops,
+                                  stop_window=stop_window)
       b = len(chunk)
       parts["prompt_ids"].append(out.prompt_ids[:b])
       parts["prompt_valid"].append(out.prompt_valid[:b])
-      for name in ("tokens", "logprobs", "lengths", "confidence"):
+      for name in ("tokens", "logprobs", "lengths", "confidence", "stopped"):
         value = getattr(out, name)
         if value is not None:
           parts[name].append(hosts.local_rows(value)[:b * G])
@@ -203,7 +210,7 @@ class GroupSampler:
       total = accuracy = np.zeros(0, np.float32)
     if timer is not None:
       timer["reward_s"] = timer.get("reward_s", 0.0) + time.perf_counter() - t0
-    confidence = arrays.get("confidence")
+    confidence, stopped = arrays.get("confidence"), arrays.get("stopped")
     return Groups(
         prompt_ids=arrays["prompt_ids"], prompt_valid=arrays["prompt_valid"],
         hint_mask=hint_mask(arrays["prompt_valid"], hint_start, hint_tokens),
@@ -211,7 +218,8 @@ class GroupSampler:
         lengths=arrays["lengths"].reshape(B, G),
         rewards=np.asarray(total, np.float32).reshape(B, G), accuracy=np.asarray(accuracy, np.float32).reshape(B, G),
         completions=np.asarray(completions, object).reshape(B, G), hint_text=np.asarray(texts, object).reshape(B),
-        confidence=None if confidence is None else confidence.reshape(B, G, N))
+        confidence=None if confidence is None else confidence.reshape(B, G, N),
+        stopped=None if stopped is None else stopped.reshape(B, G))
 
 
 def to_batch(groups: Groups, adv_BxG: np.ndarray, keep_B: np.ndarray, *, train_hint: bool) -> rl.RLBatch:

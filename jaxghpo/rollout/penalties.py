@@ -56,3 +56,54 @@ def apply_thought_switch_penalty(logits_BxV, tokens_since_switch_B, switch_V, al
 def update_tokens_since_switch(tokens_since_switch_B, token_B, switch_V):
   """Counter after choosing ``token_B``: 0 after a switch token, else one more."""
   return jnp.where(switch_V[token_B] > 0, 0, tokens_since_switch_B + 1).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- from a run's config
+TIP_APPLY = ("eval", "train", "both")
+
+
+def switch_token_ids(tokenizer, phrases) -> tuple[int, ...]:
+  """The thought-switch token ids of `phrases` (a comma-separated string or a list) in `tokenizer`.
+
+  Each phrase is encoded as written and after a space (how it appears mid-text for byte-level BPE
+  tokenizers); the first token of each encoding that is neither whitespace alone nor a special token
+  (such as <unk>) is a switch token (a phrase that is one token in the model's vocabulary, as
+  "Alternatively" is in Qwen's, gives exactly that token). Sorted, without repeats.
+  """
+  if isinstance(phrases, str):
+    phrases = phrases.split(",")
+  ids = set()
+  special = set(getattr(tokenizer, "all_special_ids", ()) or ())  # <unk> for a space a vocabulary lacks, ...
+  for phrase in (p.strip() for p in phrases):
+    if not phrase:
+      continue
+    for text in (phrase, " " + phrase):
+      for token in tokenizer.encode(text, add_special_tokens=False):
+        if token not in special and tokenizer.decode([token]).strip():
+          ids.add(int(token))
+          break
+  return tuple(sorted(ids))
+
+
+def from_config(rollout_cfg, tokenizer, where: str) -> ThoughtSwitchPenalty | None:
+  """The TIP penalty of a run's config.rollout for sampling `where` ("eval" or "train"); None when off.
+
+  Keys: tip_penalty (alpha, logit units; 0 = off), tip_window (beta, tokens), tip_phrases (comma-separated
+  switch phrases, tokenised with the run's tokenizer by switch_token_ids) and tip_apply ("eval" | "train"
+  | "both": which sampling uses it).
+  """
+  if where not in ("eval", "train"):
+    raise ValueError(f"where={where!r} is not 'eval' or 'train'")
+  alpha, beta = float(rollout_cfg.tip_penalty), int(rollout_cfg.tip_window)
+  apply, phrases = str(rollout_cfg.tip_apply), rollout_cfg.tip_phrases
+  if apply not in TIP_APPLY:
+    raise ValueError(f"config.rollout.tip_apply={apply!r} is not one of {TIP_APPLY}")
+  if alpha < 0 or beta < 0:
+    raise ValueError(f"config.rollout.tip_penalty={alpha} and config.rollout.tip_window={beta} must be >= 0")
+  ids = switch_token_ids(tokenizer, phrases)
+  if alpha > 0 and not ids:
+    raise ValueError(f"config.rollout.tip_penalty={alpha} but config.rollout.tip_phrases={phrases!r} gives no "
+                     "token; name the switch phrases, e.g. 'Alternatively,Wait'")
+  if alpha == 0 or beta == 0 or apply not in (where, "both"):
+    return None
+  return ThoughtSwitchPenalty(token_ids=ids, alpha=alpha, beta=beta)

@@ -18,6 +18,9 @@ Outputs (:class:`SampleOutput`):
   confidence float32 [R, N] or None: DeepConf ``-mean(top-k logprobs)``, 0 after the end.
   prompt_ids int32 [B, Lp], prompt_valid bool [B, Lp]: numpy, this process's rows of the left-padded prompts
     the sampler ran on (the trainer's batch reuses them instead of padding a second time).
+  stopped bool [R] or None: rows ended by DeepConf online stopping (with confidence and a stop threshold:
+    a row ends, without EOS, once the mean confidence of its last ``stop_window`` tokens falls below its
+    prompt's threshold; see jaxghpo/deepconf.py).
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class SampleOutput:
   decode_steps: jax.Array | None = None  # int32 []: tokens chosen per row (< N when all rows ended early)
   prompt_ids: np.ndarray | None = None    # int32 [B_local, Lp] host copy: this process's left-padded prompts
   prompt_valid: np.ndarray | None = None  # bool [B_local, Lp]
+  stopped: jax.Array | None = None  # bool [R]: ended by DeepConf online stopping (with confidence)
 
 
 @struct.dataclass
@@ -56,7 +60,8 @@ class _RowState:
   logprobs: jax.Array      # float32 [R, N]
   confidence: jax.Array | None  # float32 [R, N]
   lengths: jax.Array       # int32 [R]: tokens written so far
-  done: jax.Array          # bool [R]: produced EOS (or inactive filler row)
+  done: jax.Array          # bool [R]: produced EOS (or inactive filler row, or stopped)
+  stopped: jax.Array       # bool [R]: ended by DeepConf online stopping
   since_switch: jax.Array  # int32 [R]: tokens since the last thought-switch token (TIP)
 
 
@@ -224,6 +229,7 @@ class Sampler:
     temperature, top_k, top_p = controls["temperature"], controls["top_k"], controls["top_p"]
     is_eos_V, pad_id = controls["is_eos_V"], controls["pad_id"]
     switch_V, alpha, beta = controls["switch_V"], controls["alpha"], controls["beta"]
+    stop_R, stop_window = rows(controls["stop_threshold_B"]), controls["stop_window"]
 
     def choose(t, logits_RxV, rows_state: _RowState):
       """Chooses token t of every row and records it; rows that have ended write pad."""
@@ -233,15 +239,20 @@ class Sampler:
       logp_RxV = filters.log_probs(logits_RxV, temperature)
       logp_R = jnp.take_along_axis(logp_RxV, token_R[:, None], axis=1)[:, 0]
       live = ~st.done
-      confidence = st.confidence
+      confidence, stop = st.confidence, jnp.zeros_like(live)
       if confidence is not None:
         conf_R = filters.deepconf_confidence(logp_RxV, self.confidence_k)
         confidence = confidence.at[:, t].set(jnp.where(live, conf_R, 0.0))
+        # DeepConf online: the mean confidence of the last stop_window tokens (once there are that many).
+        in_window_N = (jnp.arange(N) <= t) & (jnp.arange(N) > t - stop_window)
+        window_R = jnp.sum(jnp.where(in_window_N[None, :], confidence, 0.0), axis=1) / stop_window
+        stop = live & (t + 1 >= stop_window) & (window_R < stop_R) & ~is_eos_V[token_R]
       new = _RowState(tokens=st.tokens.at[:, t].set(jnp.where(live, token_R, pad_id)),
                       logprobs=st.logprobs.at[:, t].set(jnp.where(live, logp_R, 0.0)),
                       confidence=confidence,
                       lengths=st.lengths + live.astype(jnp.int32),
-                      done=st.done | is_eos_V[token_R],
+                      done=st.done | is_eos_V[token_R] | stop,
+                      stopped=st.stopped | stop,
                       since_switch=penalties.update_tokens_since_switch(st.since_switch, token_R, switch_V))
       return new, token_R
 
@@ -250,7 +261,8 @@ class Sampler:
         tokens=self._constrain(jnp.full((R, N), pad_id, jnp.int32), batch2),
         logprobs=self._constrain(jnp.zeros((R, N), jnp.float32), batch2),
         confidence=self._constrain(jnp.zeros((R, N), jnp.float32), batch2) if self.return_confidence else None,
-        lengths=jnp.zeros((R,), jnp.int32), done=done_R, since_switch=jnp.zeros((R,), jnp.int32))
+        lengths=jnp.zeros((R,), jnp.int32), done=done_R, stopped=jnp.zeros((R,), bool),
+        since_switch=jnp.zeros((R,), jnp.int32))
 
     def cond(carry):
       t, _, _, rows_state = carry
@@ -269,13 +281,15 @@ class Sampler:
 
     steps, _, cache, final = jax.lax.while_loop(cond, body, (jnp.int32(0), logits_RxV, cache, init))
     out = SampleOutput(tokens=final.tokens, logprobs=final.logprobs, lengths=final.lengths,
-                       confidence=final.confidence, decode_steps=steps)
+                       confidence=final.confidence, decode_steps=steps,
+                       stopped=final.stopped if self.return_confidence else None)
     return out, (cache if self.donate_cache else None)
 
   # ---- the call --------------------------------------------------------------------------------------
   def __call__(self, params, prompts: Sequence[Sequence[int]], *, rng, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, eos_id=None, pad_id: int = 0,
-               penalty: penalties.ThoughtSwitchPenalty | None = None) -> SampleOutput:
+               penalty: penalties.ThoughtSwitchPenalty | None = None, stop_threshold=None,
+               stop_window: int = 1) -> SampleOutput:
     """Samples ``num_samples`` continuations of each prompt.
 
     params: the model (nnx.Module) or its state from ``nnx.split(model)`` (same structure as at build).
@@ -283,10 +297,15 @@ class Sampler:
     rng: a JAX PRNG key (or an int seed). temperature 0 is greedy.
     eos_id: None, an id, or a list of ids that end a row. pad_id: written after the end.
     penalty: the TIP thought-switch penalty (off by default).
+    stop_threshold: DeepConf online stopping (needs return_confidence): float32 [len(prompts)], one
+      threshold per prompt (or a float for all); a row ends once the mean confidence of its last
+      ``stop_window`` tokens is below its prompt's threshold (SampleOutput.stopped). None: off. Both are
+      traced inputs: turning stopping on or off, or changing them, compiles nothing.
     Rows beyond ``len(prompts) * num_samples`` are inactive: length 0, all pad.
     """
     (args, kwargs), local = self._arguments(params, prompts, rng=rng, temperature=temperature, top_p=top_p,
-                                            top_k=top_k, eos_id=eos_id, pad_id=pad_id, penalty=penalty)
+                                            top_k=top_k, eos_id=eos_id, pad_id=pad_id, penalty=penalty,
+                                            stop_threshold=stop_threshold, stop_window=stop_window)
     out, cache = self._fn(*args, **kwargs)
     if self.donate_cache:
       self._cache = cache
@@ -313,8 +332,19 @@ class Sampler:
     local = _pad_prompts(prompts, self.batch_size // n, self.max_prompt_len, pad_id)
     return tuple(hosts.allgather(x) for x in local), local
 
+  def _stop_thresholds(self, stop_threshold, num_prompts: int) -> np.ndarray:
+    """float32 [B] (global): each prompt's DeepConf stop threshold; -inf (never stops) when off."""
+    n = jax.process_count()
+    local = np.full((self.batch_size // n,), -np.inf, np.float32)
+    if stop_threshold is not None:
+      if not self.return_confidence:
+        raise ValueError("stop_threshold (DeepConf online stopping) needs a Sampler built with return_confidence=True")
+      values = np.broadcast_to(np.asarray(stop_threshold, np.float32), (num_prompts,))
+      local[:num_prompts] = values
+    return local if n == 1 else hosts.allgather(local)
+
   def _arguments(self, params, prompts, *, rng, temperature=0.0, top_p=1.0, top_k=0, eos_id=None, pad_id=0,
-                 penalty=None):
+                 penalty=None, stop_threshold=None, stop_window=1):
     """Checks the inputs and turns them into the jitted function's fixed-shape (sharded) arguments."""
     if isinstance(params, nnx.Module):
       params = nnx.split(params)[1]
@@ -326,8 +356,12 @@ class Sampler:
       rng = jax.random.key(rng)
     V = self.cfg.vocab_size
     (ids, valid, active), local = self._global_prompts(prompts, int(pad_id))
+    if int(stop_window) < 1:
+      raise ValueError(f"stop_window={stop_window} must be >= 1 tokens")
     controls = {"temperature": np.float32(temperature), "top_p": np.float32(top_p), "top_k": np.int32(top_k),
                 "is_eos_V": _eos_mask(eos_id, V), "pad_id": np.int32(pad_id),
+                "stop_threshold_B": self._stop_thresholds(stop_threshold, len(prompts)),
+                "stop_window": np.int32(stop_window),
                 **(penalty or penalties.ThoughtSwitchPenalty()).arrays(V)}
     # The key travels as raw data (its implementation is part of the traced program) and the controls as
     # numpy values, so that neither is tied to one device (several processes share one mesh).

@@ -1,0 +1,103 @@
+"""Keys computed from other keys, in one place, once: a run reads them from here and nowhere else.
+
+An experiment config (configs/base.py) holds what a researcher chooses. A few settings of the modules
+follow from those choices and are not keys of the experiment config, so that no command line can set
+them to disagree with what they follow from:
+
+  curriculum.seed         from config.seed (the "anneal" arm's random hint lengths change with the seed)
+  curriculum.total_steps  from config.num_steps
+  rl.temperature          from config.rollout.temperature (the loss recomputes the sampler's logprobs)
+  the seeds of every random stream of a run (training problems, data order, hint
+  corruption, evaluation sampling, SFT), from config.seed through `seed()`.
+
+`derive(config)` returns the resolved module configs with these filled; it fails when an experiment
+config sets a derived key itself (the value would be silently replaced otherwise).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from jaxghpo import curriculum, rl
+
+# Where a derived key comes from: (section, key) -> the experiment key it follows.
+DERIVED_KEYS = {
+    ("curriculum", "seed"): "seed",
+    ("curriculum", "total_steps"): "num_steps",
+    ("rl", "temperature"): "rollout.temperature",
+}
+
+# Every random stream of a run, each keyed by config.seed and its own offset, so that streams differ from
+# one another and all of them change with the seed. The offsets are the values runs used before this
+# table existed (evaluation sampled with seed + 17), so a seed keeps meaning the same draws. The
+# procedural task's evaluation problems are no stream: they are the fixed set of
+# evaluation.fixed_level_set, the same for every seed.
+SEED_OFFSETS = {
+    "train_problems": 0,      # the procedural task's training problems
+    "data_order": 0,          # the pipeline's shuffle
+    "eval_sampling": 17,      # evaluation's sampling keys
+    "policy_init": 0,         # a random policy (sft with model.path="random")
+    "train_rng": 0,           # the RL loop's JAX key (sampling, train step)
+    "hint_corruption": 0,     # which other problem / which shuffle a corrupted hint takes
+    "curriculum": 0,          # the scheduler's counter-based draws ("anneal" with anneal_random)
+    "sft": 0,                 # SFT's example draws and hint choices
+}
+
+
+def seed(config, stream: str) -> int:
+  """The seed of one random stream of the run: config.seed + SEED_OFFSETS[stream]."""
+  if stream not in SEED_OFFSETS:
+    raise KeyError(f"unknown random stream {stream!r}; streams: {sorted(SEED_OFFSETS)} (add it to "
+                   "jaxghpo/derived.py SEED_OFFSETS)")
+  return int(config.seed) + SEED_OFFSETS[stream]
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+  """The module configs of a run, resolved (defaults filled, validated) with the derived keys set."""
+  rl: ml_collections.ConfigDict
+  curriculum: ml_collections.ConfigDict
+
+
+def check_not_set(config) -> None:
+  """Fails when the experiment config sets a key that is derived (naming it and what it follows)."""
+  for (section, key), source in DERIVED_KEYS.items():
+    if section in config and key in config[section]:
+      raise ValueError(f"config.{section}.{key} is derived from config.{source} (jaxghpo/derived.py) and "
+                       f"cannot be set; set config.{source} instead and remove config.{section}.{key}")
+
+
+def validate(config) -> None:
+  """Checks between sections that the module configs cannot see on their own."""
+  if float(config.rl.get("hint_nll_coef", 0.0)) > 0 and config.hints.placement != "response":
+    raise ValueError(f"config.rl.hint_nll_coef={config.rl.hint_nll_coef} needs config.hints.placement="
+                     f"'response' (hint tokens in the prompt are context, not targets); got "
+                     f"config.hints.placement={config.hints.placement!r}")
+  if float(config.rollout.temperature) <= 0:
+    raise ValueError(f"config.rollout.temperature={config.rollout.temperature} must be > 0 for RL: the loss "
+                     "recomputes logprobs at the sampling temperature (greedy sampling has no ratio)")
+
+
+def rl_config(config) -> ml_collections.ConfigDict:
+  """config.rl resolved, with temperature = config.rollout.temperature."""
+  check_not_set(config)
+  validate(config)
+  out = rl.resolve_config(config.rl)
+  out.temperature = float(config.rollout.temperature)
+  rl.validate_config(out)
+  return out
+
+
+def curriculum_config(config) -> ml_collections.ConfigDict:
+  """config.curriculum resolved, with seed from config.seed and total_steps = config.num_steps."""
+  check_not_set(config)
+  given = config.curriculum.to_dict()
+  given["seed"] = seed(config, "curriculum")
+  given["total_steps"] = int(config.num_steps)
+  return curriculum.resolve_config(given)
+
+
+def derive(config) -> Derived:
+  """The run's module configs with every derived key filled (see the module docstring)."""
+  return Derived(rl=rl_config(config), curriculum=curriculum_config(config))
