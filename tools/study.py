@@ -412,7 +412,7 @@ def comparisons(summaries: Sequence[Mapping], arms: Sequence[str]) -> dict[str, 
   base = {r["seed"]: report.per_problem_valid(r["workdir"], PRIMARY_SPLIT) for r in runs[BASELINE]}
   out = {}
   for arm in arms:
-    if arm == BASELINE:
+    if arm == BASELINE or arm not in runs:  # an arm without finished runs has nothing to compare
       continue
     a_rows, b_rows = [], []
     for r in runs[arm]:
