@@ -73,7 +73,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.hints = ml_collections.ConfigDict()
   c.hints.unit = "steps"  # "steps" | "tokens" | "chars" (GHPO's original cut)
   c.hints.placement = "prompt"  # "prompt" (GHPO) | "response" (LUFFY / QuestA)
-  c.hints.corruption = "none"  # "none" | "other" (another problem's trace) | "shuffle" (steps shuffled)
+  # "none" | "other" (another problem's trace) | "shuffle" (steps shuffled) | "garble" (all but the last
+  # hint step garbled)
+  c.hints.corruption = "none"
 
   # Rewards: kind -> weight; `accuracy` names the kind that decides difficulty (GHPO: accuracy only).
   c.rewards = rewards.default_config()

@@ -17,6 +17,8 @@ GHPO = {"curriculum.mode": "ghpo", "curriculum.ladder": (0.25, 0.5, 0.75), "curr
 RESPONSE = {"hints.placement": "response"}
 ARMS: dict[str, dict[str, Any]] = {
     "grpo": {"curriculum.mode": "none", "hints.corruption": "none"},
+    # GRPO rewarded for a valid trace (every step right), not for the answer alone: shortcuts earn nothing.
+    "grpo_valid": {"curriculum.mode": "none", "hints.corruption": "none", "rewards.weights": {"valid_trace": 1.0}},
     "filter": {"curriculum.mode": "filter", "hints.corruption": "none"},
     "ghpo": dict(GHPO),
     "ghpo_steps": {**GHPO, "curriculum.ladder_kind": "steps"},
@@ -28,11 +30,14 @@ ARMS: dict[str, dict[str, Any]] = {
             **RESPONSE, "rl.hint_nll_coef": 1.0},
     "ghpo_other": {**GHPO, "hints.corruption": "other"},
     "ghpo_shuffle": {**GHPO, "hints.corruption": "shuffle"},
+    "ghpo_garble": {**GHPO, "hints.corruption": "garble"},
 }
-ARM_LABELS = {"grpo": "GRPO (no hints)", "filter": "DAPO filter", "ghpo": "GHPO 0.25/0.5/0.75",
+ARM_LABELS = {"grpo": "GRPO (no hints)", "grpo_valid": "GRPO, valid-trace reward", "filter": "DAPO filter",
+              "ghpo": "GHPO 0.25/0.5/0.75",
               "ghpo_steps": "GHPO step ladder", "ghpo_response": "GHPO, hint as response prefix",
               "adaptive": "adaptive", "anneal": "anneal", "uft": "UFT (anneal + hint NLL)",
-              "ghpo_other": "GHPO, other problem's trace", "ghpo_shuffle": "GHPO, shuffled steps"}
+              "ghpo_other": "GHPO, other problem's trace", "ghpo_shuffle": "GHPO, shuffled steps",
+              "ghpo_garble": "GHPO, earlier hint lines garbled"}
 
 
 def parse_arms(text: str) -> list[str]:

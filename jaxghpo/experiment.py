@@ -49,6 +49,7 @@ class Problems:
   extract_answer: object  # completion -> answer string, for the exact-match reward (None: math-verify)
   load_report: object = None  # list[files.LoadReport] of `train`, one per source (file or task), in order
   eval_reports: dict = dataclasses.field(default_factory=dict)  # eval set name -> files.LoadReport
+  check_trace: object = None  # (problem, written trace) -> bool: every step valid (a task's checker), or None
 
 
 def _task_report(name: str, examples) -> files_lib.LoadReport:
@@ -96,8 +97,9 @@ def load_problems(config: ml_collections.ConfigDict) -> Problems:
         eval_sets[name] = [ex for level in levels
                            for ex in evaluation.fixed_level_set(task, split, level, int(e.num_problems))]
         eval_reports[name] = _task_report(f"task:{d.task}/{name}", eval_sets[name])
+    check = getattr(task, "check_completion", None)
     return Problems(train, eval_sets, task.extract_answer, [_task_report(f"task:{d.task}/train", train)],
-                    eval_reports)
+                    eval_reports, check_trace=None if check is None else (lambda p, text: check(p, text)[0]))
   if d.source == "files":
     paths = [p for p in str(d.files).split(",") if p.strip()]
     if not paths:
@@ -144,13 +146,18 @@ def make_mesh(config):
 
 
 def reward_fn(config, problems: Problems):
-  """(completions, answers) -> (total float32 [B], accuracy float32 [B])."""
+  """(completions, answers, problems=, contexts=) -> (total float32 [B], accuracy float32 [B]).
+
+  problems / contexts (optional, B items): each completion's problem text and the prompt-side hint it
+  continues, for reward kinds that check the written trace (rewards "valid_trace")."""
   kwargs = {}
   if problems.extract_answer is not None:
     kwargs["extract"] = problems.extract_answer
+  if problems.check_trace is not None:
+    kwargs["check_trace"] = problems.check_trace
 
-  def score(completions, answers):
-    total, accuracy, _ = rewards.combine(config.rewards, completions, answers, **kwargs)
+  def score(completions, answers, **context):
+    total, accuracy, _ = rewards.combine(config.rewards, completions, answers, **kwargs, **context)
     return total, accuracy
 
   return score
@@ -211,7 +218,12 @@ def validate_values(config) -> None:
   need(c.data.style in templates.STYLES, "data.style", f"must be one of {templates.STYLES}")
   need(c.hints.placement in templates.PLACEMENTS, "hints.placement", f"must be one of {templates.PLACEMENTS}")
   need(c.hints.unit in hints_lib.UNITS, "hints.unit", f"must be one of {hints_lib.UNITS}")
-  need(c.hints.corruption in ("none", "other", "shuffle"), "hints.corruption", "must be none, other or shuffle")
+  need(c.hints.corruption in ("none", "other", "shuffle", "garble"), "hints.corruption",
+       "must be none, other, shuffle or garble")
+  uses_trace = "valid_trace" in c.rewards.weights or c.rewards.accuracy == "valid_trace"
+  need(not uses_trace or (c.data.source == "task" and c.data.task == "chains"), "rewards.weights",
+       "the valid_trace reward checks a written trace with a task's checker: it needs data.source='task', "
+       "data.task='chains' (use 'exact' or 'math' for other data)")
   r = c.rollout
   need(int(r.max_prompt_len) >= 1, "rollout.max_prompt_len", "must be >= 1")
   need(int(r.max_new_tokens) >= 1, "rollout.max_new_tokens", "must be >= 1")
@@ -273,7 +285,7 @@ def check_prompt_room(config, problems: Problems, tokenizer) -> None:
   fit (or renders to no token at all) stops the run here, naming file:line and the numbers, with
   config.data.on_bad_row="error"; with "skip" it is dropped and counted under prompt_too_long in the
   load report. So no prompt fails at sampling. `problems` is changed in place.
-  (Hint corruptions "other"/"shuffle" put other text of the same step count in the hint: not bounded here.)
+  (Hint corruptions "other"/"shuffle"/"garble" put other text of the same step count in the hint: not bounded here.)
   """
   from jaxghpo import curriculum
   from jaxghpo.data import prompt_room

@@ -118,7 +118,7 @@ def runs(answers) -> list[tuple[int, int]]:
 
 
 def scripted_reward_fn(cfg, problems):
-  def score(completions, answers):
+  def score(completions, answers, **context):
     correct = np.zeros(len(answers), np.float32)
     for start, stop in runs(answers):
       kind, problem_id = answers[start].split(TAG)[1].split(":")
@@ -142,8 +142,8 @@ def logged_reward_fn(cfg, problems):
   """The real reward (tags taken off the answers); logs each problem's count of right samples."""
   score = real_reward_fn(cfg, problems)
 
-  def logged(completions, answers):
-    total, accuracy = score(completions, [a.split(TAG)[0] for a in answers])
+  def logged(completions, answers, **context):
+    total, accuracy = score(completions, [a.split(TAG)[0] for a in answers], **context)
     acc = np.asarray(accuracy) > 0
     for start, stop in runs(answers):
       kind, problem_id = answers[start].split(TAG)[1].split(":")

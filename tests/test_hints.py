@@ -131,6 +131,21 @@ def test_corrupt_shuffle():
   assert hints.corrupt_shuffle(steps, 9, np.random.default_rng(0), step_sep=";").count(";") == 4
 
 
+def test_corrupt_garble_keeps_the_last_hint_line_true():
+  steps = ("k+3=n-5+2", "n-5=i+2", "i+2=q+1", "q+1=k", "k")
+  for seed in range(20):
+    hint = hints.corrupt_garble(steps, 3, np.random.default_rng(seed), step_sep=";")
+    parts = hint.split(";")
+    assert parts[-1] == "" and len(parts) == 4
+    assert parts[2] == "i+2=q+1"                      # the state to continue from is true
+    for garbled, true in zip(parts[:2], steps[:2]):   # the lines before it are the same characters, reordered
+      assert sorted(garbled) == sorted(true) and garbled != true
+  assert hints.corrupt_garble(steps, 1, np.random.default_rng(0), step_sep=";") == "k+3=n-5+2;"  # nothing before it
+  assert hints.corrupt_garble(steps, 0, np.random.default_rng(0), step_sep=";") == ""
+  assert hints.corrupt_garble(steps, 9, np.random.default_rng(0), step_sep=";").split(";")[3] == "q+1=k"  # n-1 at most
+  assert hints.garble_line("aaa", np.random.default_rng(0)) == "aaa"  # nothing to reorder
+
+
 def test_pick_other():
   ids = np.array([10, 11, 12, 13, 13, 14])
   levels = np.array([1, 1, 2, 2, 2, 3])

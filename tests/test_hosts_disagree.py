@@ -3,7 +3,8 @@
 host takes its own path through the GHPO retry rounds. Every run must finish, and match a one-process
 run over the concatenated batch:
 
-- greedy rollouts (temperature 0): every metric. A sampled token then depends only on its prompt and
+- greedy rollouts (top-k 1 at temperature 1: RL refuses temperature 0, since the loss recomputes
+  logprobs at the sampling temperature): every metric. A sampled token then depends only on its prompt and
   the parameters, not on where its row sits in a sampler call, so the hosts' padded retry calls
   (each host's rows first, then inactive ones) produce the tokens the one process produces;
 - sampled rollouts (temperature 1): the metrics made of outcomes (rewards, accuracy, pass rates,
@@ -30,11 +31,12 @@ OUTCOME_KEYS = ("reward_mean", "accuracy_mean", "pass_rate", "retried_groups", "
                 "hint_ratio_mean/hard")
 
 
-def _overrides(temperature: float) -> dict:
+def _overrides(greedy: bool) -> dict:
   # Data parallel (parameters replicated): a decoding step then needs no parameter gathers over hosts,
   # which keep a 2-process CPU run's rollouts 10x slower than one process's with fsdp.
   return {"num_steps": STEPS, "checkpoint_every_steps": STEPS, "data.prompts_per_step": P,
-          "rollout.group_size": G, "rollout.temperature": temperature, "rollout.max_new_tokens": 12,
+          "rollout.group_size": G, "rollout.temperature": 1.0, "rollout.top_k": 1 if greedy else 0,
+          "rollout.max_new_tokens": 12,
           "mesh.shape": [-1, 1, 1], "export_at_end": False}
 
 
@@ -43,9 +45,9 @@ def model_dir(tmp_path_factory):
   return make_tiny_policy(str(tmp_path_factory.mktemp("policy")))
 
 
-def _check_against_one(tmp_path, model_dir, num_processes, devices, seed, temperature):
+def _check_against_one(tmp_path, model_dir, num_processes, devices, seed, greedy):
   plans = hh.disagreeing_plans(P, G, num_processes, STEPS, seed=seed)
-  spec = dict(model_dir=model_dir, plans=plans, overrides=_overrides(temperature))
+  spec = dict(model_dir=model_dir, plans=plans, overrides=_overrides(greedy))
   one, many = str(tmp_path / "one"), str(tmp_path / "many")
   hh.run(many, num_processes, devices, **spec)
   hh.run(one, 1, num_processes * devices, **spec)
@@ -65,19 +67,19 @@ def _check_against_one(tmp_path, model_dir, num_processes, devices, seed, temper
   assert not os.path.exists(os.path.join(many, "metrics_p1.jsonl"))
   a, b = hh.rows(one), hh.rows(many)
   assert [r["step"] for r in b] == list(range(STEPS + 1))
-  hh.assert_rows_equal(a, b, keys=None if temperature == 0 else OUTCOME_KEYS)
+  hh.assert_rows_equal(a, b, keys=None if greedy else OUTCOME_KEYS)
   # The evaluation files hold every host's problems, as the one process's do.
   assert hh.eval_problem_ids(many) == hh.eval_problem_ids(one)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_two_hosts_of_four_devices_disagree_greedy(tmp_path, model_dir, seed):
-  _check_against_one(tmp_path, model_dir, num_processes=2, devices=4, seed=seed, temperature=0.0)
+  _check_against_one(tmp_path, model_dir, num_processes=2, devices=4, seed=seed, greedy=True)
 
 
 def test_two_hosts_of_four_devices_disagree_sampled(tmp_path, model_dir):
-  _check_against_one(tmp_path, model_dir, num_processes=2, devices=4, seed=2, temperature=1.0)
+  _check_against_one(tmp_path, model_dir, num_processes=2, devices=4, seed=2, greedy=False)
 
 
 def test_four_hosts_of_one_device_disagree_greedy(tmp_path, model_dir):
-  _check_against_one(tmp_path, model_dir, num_processes=4, devices=1, seed=3, temperature=0.0)
+  _check_against_one(tmp_path, model_dir, num_processes=4, devices=1, seed=3, greedy=True)

@@ -24,7 +24,8 @@ P, G, STEPS, N, DEVICES = 8, 4, 4, 2, 2
 
 def _spec(model_dir, checkpoint_every, **extra):
   overrides = {"num_steps": STEPS, "checkpoint_every_steps": checkpoint_every, "data.prompts_per_step": P,
-               "rollout.group_size": G, "rollout.temperature": 0.0, "rollout.max_new_tokens": 12,
+               "rollout.group_size": G, "rollout.temperature": 1.0, "rollout.top_k": 1,  # greedy
+               "rollout.max_new_tokens": 12,
                "mesh.shape": [-1, 1, 1], "export_at_end": False}
   return dict(model_dir=model_dir, plans=hh.disagreeing_plans(P, G, N, STEPS, seed=5), overrides=overrides, **extra)
 

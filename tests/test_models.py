@@ -132,25 +132,26 @@ def test_unsupported_architecture(tmp_path):
     models.from_pretrained(path)
 
 
-def test_missing_tensor_names_tensor_and_file(tmp_path):
+def _model_with_tensors(tmp_path, edit) -> str:
+  """A saved tiny qwen2 whose safetensors file was rewritten with edit(tensors) -> tensors."""
   from jaxghpo.models.safetensors_io import SafetensorsFile, save_file
   path = str(tmp_path / "m")
   make_hf_model("qwen2", path)
   f = SafetensorsFile(os.path.join(path, "model.safetensors"))
-  tensors = {k: np.array(f.get(k)) for k in f.keys() if k != "model.layers.1.mlp.up_proj.weight"}
-  save_file(tensors, os.path.join(path, "model.safetensors"))
+  save_file(edit({k: np.array(f.get(k)) for k in f.keys()}), os.path.join(path, "model.safetensors"))
+  return path
+
+
+def test_missing_tensor_names_tensor_and_file(tmp_path):
+  gone = "model.layers.1.mlp.up_proj.weight"
+  path = _model_with_tensors(tmp_path, lambda t: {k: v for k, v in t.items() if k != gone})
   with pytest.raises(SafetensorsError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*missing.*model\.safetensors"):
     models.from_pretrained(path)
 
 
 def test_extra_tensor_is_an_error(tmp_path):
-  from jaxghpo.models.safetensors_io import SafetensorsFile, save_file
-  path = str(tmp_path / "m")
-  make_hf_model("qwen2", path)
-  f = SafetensorsFile(os.path.join(path, "model.safetensors"))
-  tensors = {k: np.array(f.get(k)) for k in f.keys()}
-  tensors["model.layers.7.mlp.up_proj.weight"] = np.zeros((2, 2), np.float32)
-  save_file(tensors, os.path.join(path, "model.safetensors"))
+  extra = {"model.layers.7.mlp.up_proj.weight": np.zeros((2, 2), np.float32)}
+  path = _model_with_tensors(tmp_path, lambda t: {**t, **extra})
   with pytest.raises(SafetensorsError, match=r"model\.layers\.7\.mlp\.up_proj\.weight"):
     models.from_pretrained(path)
 
@@ -166,13 +167,7 @@ def test_truncated_file_is_an_error(tmp_path):
 
 
 def test_dtype_mismatch_is_an_error(tmp_path):
-  from jaxghpo.models.safetensors_io import SafetensorsFile, save_file
-  path = str(tmp_path / "m")
-  make_hf_model("qwen2", path)
-  f = SafetensorsFile(os.path.join(path, "model.safetensors"))
-  tensors = {k: np.array(f.get(k)) for k in f.keys()}
-  tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.int32)
-  save_file(tensors, os.path.join(path, "model.safetensors"))
+  path = _model_with_tensors(tmp_path, lambda t: {**t, "model.norm.weight": t["model.norm.weight"].astype(np.int32)})
   with pytest.raises(SafetensorsError, match=r"model\.norm\.weight.*I32.*float"):
     models.from_pretrained(path)
   with pytest.raises(ValueError, match="dtype"):

@@ -54,6 +54,10 @@ def test_plan_builds_every_arm_at_an_equal_budget():
   assert tuple(by[("ghpo", 2)].curriculum.ladder) == (0.25, 0.5, 0.75)
   assert (by[("ghpo_other", 0)].curriculum.mode, by[("ghpo_other", 0)].hints.corruption) == ("ghpo", "other")
   assert by[("ghpo_shuffle", 0)].hints.corruption == "shuffle" and by[("ghpo", 0)].hints.corruption == "none"
+  assert by[("ghpo_garble", 0)].hints.corruption == "garble"
+  valid = by[("grpo_valid", 0)]
+  assert dict(valid.rewards.weights) == {"valid_trace": 1.0} and valid.curriculum.mode == "none"
+  assert dict(by[("grpo", 0)].rewards.weights) == {"exact": 1.0}
   assert by[("anneal", 0)].curriculum.anneal_steps == smoke_steps
   assert by[("ghpo_steps", 0)].curriculum.ladder_kind == "steps" and by[("ghpo", 0)].curriculum.ladder_kind == "ratios"
   assert by[("ghpo_response", 0)].hints.placement == "response"

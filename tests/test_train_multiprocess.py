@@ -30,19 +30,30 @@ def _run(n, workdir, model_dir, devices, *extra):
         p.wait()
 
 
+def _one_and_two(tmp_path, *extra):
+  """(one, two): workdirs of the same run on 1 process x 4 devices and on 2 x 2, whose two hosts ended with
+  the same scheduler statistics."""
+  model_dir = make_tiny_policy(str(tmp_path / "policy"))
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  _run(1, one, model_dir, 4, *extra)
+  _run(2, two, model_dir, 2, *extra)
+  assert _scheduler(two, 0) == _scheduler(two, 1), "the two hosts' scheduler statistics differ"
+  return one, two
+
+
+def _scheduler(workdir, process):
+  with open(os.path.join(workdir, f"scheduler_p{process}.json")) as f:
+    return json.load(f)
+
+
 def _rows(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in f]
 
 
 def test_two_processes_match_one(tmp_path):
-  model_dir = make_tiny_policy(str(tmp_path / "policy"))
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  _run(1, one, model_dir, devices=4)
-  _run(2, two, model_dir, devices=2)
-  state = [json.load(open(os.path.join(two, f"scheduler_p{i}.json"))) for i in range(2)]
-  assert state[0] == state[1], "the two hosts' scheduler statistics differ"
-  assert state[0] == json.load(open(os.path.join(one, "scheduler_p0.json")))
+  one, two = _one_and_two(tmp_path)
+  assert _scheduler(two, 0) == _scheduler(one, 0)
   assert not os.path.exists(os.path.join(two, "metrics_p1.jsonl"))
   a, b = _rows(one), _rows(two)
   assert any(k.endswith("deepconf/tokens_saved_frac") for k in a[-1])
@@ -68,13 +79,8 @@ def test_disagreeing_hosts_finish_and_match_one_process(tmp_path):
   """Host 0's groups all fail while host 1's all succeed, then the reverse: one host climbs the whole
   GHPO ladder while the other has nothing to retry. Every sampler call, retry round and allgather must
   still be issued by both hosts alike (before the one host loop, the hosts deadlocked or Gloo failed)."""
-  model_dir = make_tiny_policy(str(tmp_path / "policy"))
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  _run(1, one, model_dir, 4, "scripted")
-  _run(2, two, model_dir, 2, "scripted")
-  state = [json.load(open(os.path.join(two, f"scheduler_p{i}.json"))) for i in range(2)]
-  assert state[0] == state[1], "the two hosts' scheduler statistics differ"
-  assert state[0] == json.load(open(os.path.join(one, "scheduler_p0.json")))
+  one, two = _one_and_two(tmp_path, "scripted")
+  assert _scheduler(two, 0) == _scheduler(one, 0)
   a, b = _rows(one), _rows(two)
   # Evaluation with unequal host shares (3 problems per level on 2 hosts): every problem counted once,
   # each sampled in the row it has in the 1-process call, so the metrics are equal.
@@ -100,12 +106,7 @@ def test_filter_refills_on_one_host_only(tmp_path):
   A host fills its dropped slots from its own share of the refill batch, a 1-process run from the head
   of the whole refill batch: the refilled problems (and so the scheduler's table) are the same only when
   process 0 is the host that refills. The counts below are fixed by the script and equal anyway."""
-  model_dir = make_tiny_policy(str(tmp_path / "policy"))
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  _run(1, one, model_dir, 4, "scripted_filter")
-  _run(2, two, model_dir, 2, "scripted_filter")
-  state = [json.load(open(os.path.join(two, f"scheduler_p{i}.json"))) for i in range(2)]
-  assert state[0] == state[1], "the two hosts' scheduler statistics differ"
+  one, two = _one_and_two(tmp_path, "scripted_filter")
   a, b = _rows(one)[1:], _rows(two)[1:]
   assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
   for ra, rb in zip(a, b):

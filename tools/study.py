@@ -5,10 +5,11 @@
     python tools/study.py --out runs/study --arms grpo,ghpo --seeds 0,1,2,3,4
     python tools/study.py --out runs/study --report_only      # the table and plots from finished runs
 
-Arms (jaxghpo/arms.py, ARMS): GRPO (no hints), DAPO-style filter, GHPO (paper ladder 0.25/0.5/0.75),
-GHPO with the step ladder (one rung per remaining step), GHPO with the hint as a response prefix,
-adaptive, annealed hints, UFT (annealed Binomial hint length + hint NLL, response placement), and
-GHPO with corrupted hints (another problem's trace; shuffled steps). Each (arm, seed) is one run of
+Arms (jaxghpo/arms.py, ARMS): GRPO (no hints), GRPO rewarded for a valid trace, DAPO-style filter,
+GHPO (paper ladder 0.25/0.5/0.75), GHPO with the step ladder (one rung per remaining step), GHPO with
+the hint as a response prefix, adaptive, annealed hints, UFT (annealed Binomial hint length + hint
+NLL, response placement), and GHPO with corrupted hints (another problem's trace; shuffled steps;
+every hint line but the last garbled). Each (arm, seed) is one run of
 jaxghpo.train.run in OUT/ARM/seedS, in this process, one after another; a run that already finished
 is skipped, an interrupted one resumes from its checkpoint. Compiled programs are kept in
 OUT/.jax_cache, so only the first run pays for compilation.
@@ -55,7 +56,7 @@ import numpy as np  # noqa: E402
 
 from jaxghpo import report  # noqa: E402
 
-from jaxghpo.arms import ARM_LABELS, ARMS, set_dotted  # noqa: E402,F401  (the arms live with the trainer)
+from jaxghpo.arms import ARM_LABELS, ARMS, parse_arms, set_dotted  # noqa: E402,F401  (the arms live with the trainer)
 
 BASELINE = "grpo"
 # The one pre-declared primary comparison: unhinted valid pass@1 on the hard levels after training,
@@ -182,14 +183,6 @@ def parse_ints(text: str) -> list[int]:
   if not values:
     raise ValueError(f"--seeds {text!r}: give at least one seed, e.g. 0,1,2")
   return values
-
-
-def parse_arms(text: str) -> list[str]:
-  arms = [a.strip() for a in str(text).split(",") if a.strip()]
-  unknown = [a for a in arms if a not in ARMS]
-  if unknown or not arms:
-    raise ValueError(f"--arms {text!r}: unknown arms {unknown}; choose from {list(ARMS)}")
-  return arms
 
 
 # ------------------------------------------------------------------------------------ running
@@ -344,6 +337,17 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
       lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cell([r.get(key) for r in runs[arm]], key)
                                                           for key, _ in metrics) + " |")
     lines.append("")
+  levels = level_keys(summaries)
+  if levels:
+    lines += ["## Per level: valid pass@1 without hints after training (ops: the operator-offset split)", "",
+              "| arm | " + " | ".join(label for _, label in levels) + " |",
+              "| --- | " + " | ".join("---:" for _ in levels) + " |",
+              "| base policy (before) | " + " | ".join(
+                  cell([s.get(key.replace("/after/", "/before/")) for s in summaries], key) for key, _ in levels) + " |"]
+    for arm in arms:
+      lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cell([r.get(key) for r in runs[arm]], key)
+                                                          for key, _ in levels) + " |")
+    lines.append("")
   needed = t_interval([s.get(NEEDED) for s in summaries])[0]
   if needed is not None:
     lines += [f"Shortcut rate: fraction of completions to hard problems (no hint, sampled, after training) that give "
@@ -384,7 +388,7 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
     lines += ["", f"This invocation took {report.fmt_seconds(elapsed_s)} (runs already finished were skipped)."]
   lines += ["", "![hard pass@1 against generated tokens](study_hard_pass.png)",
             "![signal yield](study_signal_yield.png)", "![valid signal yield](study_valid_signal_yield.png)", "![hint ratio](study_hint_ratio.png)",
-            "![shortcut rate](study_shortcut.png)", ""]
+            "![shortcut rate](study_shortcut.png)", "![per level](study_levels.png)", ""]
   return "\n".join(lines)
 
 
@@ -408,7 +412,7 @@ def comparisons(summaries: Sequence[Mapping], arms: Sequence[str]) -> dict[str, 
   base = {r["seed"]: report.per_problem_valid(r["workdir"], PRIMARY_SPLIT) for r in runs[BASELINE]}
   out = {}
   for arm in arms:
-    if arm == BASELINE:
+    if arm == BASELINE or arm not in runs:  # an arm without finished runs has nothing to compare
       continue
     a_rows, b_rows = [], []
     for r in runs[arm]:
@@ -448,6 +452,21 @@ def primary_markdown(summaries: Sequence[Mapping], arms: Sequence[str]) -> list[
 def _present(metrics, summaries):
   """The metrics some run has a value for (a split or greedy decoding the config does not evaluate is left out)."""
   return tuple((key, label) for key, label in metrics if any(s.get(key) is not None for s in summaries))
+
+
+def level_keys(summaries: Sequence[Mapping], when: str = "after") -> list[tuple[str, str]]:
+  """(summary key, column label) of valid pass@1 (answer pass@1 where no run has a trace checker) per level
+  of every evaluated split, in level order, the operator-offset split last ("ops L3")."""
+  metric = "valid_pass@1" if any(k.startswith("valid_pass@1/") for s in summaries for k in s) else "pass@1"
+  found = {}
+  for s in summaries:
+    for key in s:
+      parts = key.split("/")
+      if (len(parts) == 5 and parts[0] == metric and parts[2] == "sampled" and parts[3] == when
+              and parts[4].startswith("level_")):
+        level = int(parts[4][len("level_"):])
+        found[key] = ((parts[1] == "ood_ops", level), f"{'ops ' if parts[1] == 'ood_ops' else ''}L{level}")
+  return [(key, label) for key, (_, label) in sorted(found.items(), key=lambda kv: kv[1][0])]
 
 
 def _signed(values) -> str:
@@ -562,6 +581,22 @@ def plots(out: str, summaries: Sequence[Mapping], settings: Mapping) -> list[str
   ax.set_xticks(xs)
   ax.set_xticklabels([ARM_LABELS[a] for a in arms], rotation=20, ha="right", fontsize=7)
   save(fig, ax, "study_shortcut.png")
+
+  # Valid pass@1 per level after training (mean over seeds), the base policy dashed.
+  levels = level_keys(summaries)
+  if levels:
+    fig, ax = new_fig("valid pass@1 without hint, per level, after training (mean over seeds)", "level",
+                      "valid pass@1", size=(8, 4.2))
+    xs = np.arange(len(levels))
+    base = [t_interval([s.get(key.replace("/after/", "/before/")) for s in summaries])[0] for key, _ in levels]
+    ax.plot(xs, [np.nan if b is None else b for b in base], "k--", marker="o", label="base policy (before)")
+    for arm in arms:
+      means = [t_interval([r.get(key) for r in runs[arm]])[0] for key, _ in levels]
+      ax.plot(xs, [np.nan if m is None else m for m in means], color=colors[arm], marker=".", label=ARM_LABELS[arm])
+    ax.set_xticks(xs)
+    ax.set_xticklabels([label for _, label in levels], fontsize=8)
+    ax.set_ylim(-0.03, 1.03)
+    save(fig, ax, "study_levels.png")
   return paths
 
 

@@ -10,6 +10,8 @@ import math
 
 import ml_collections
 
+from jaxghpo import sections
+
 MODES = ("none", "filter", "ghpo", "adaptive", "anneal")
 HINTLESS_MODES = ("none", "filter")  # modes whose scheduler never puts a hint in a prompt
 ANNEAL_SCHEDULES = ("linear", "cosine")
@@ -88,15 +90,8 @@ def resolve_config(cfg) -> ml_collections.ConfigDict:
     KeyError: `cfg` has a key the scheduler does not know (named, with the known keys).
     ValueError: a value is out of range or keys conflict (the keys are named).
   """
-  out = default_config()
-  given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
-  unknown = sorted(set(given) - set(out.keys()))
-  if unknown:
-    raise KeyError(f"curriculum config has unknown key(s) {unknown}; known keys: {sorted(out.keys())}")
-  for key, value in given.items():
-    if key == "ladder":
-      value = tuple(float(v) for v in value)
-    out[key] = value
+  out = sections.override(default_config(), cfg, "curriculum config",
+                          convert={"ladder": lambda v: tuple(float(x) for x in v)})
   validate_config(out)
   return out
 

@@ -15,8 +15,9 @@ Units:
   "chars"   GHPO's original cut, solution[:floor(ratio * n_chars)], with no repair (for comparison).
 
 Corrupted hints for the scaffolding ablation: `corrupt_other` (another problem's trace prefix of a
-similar length, the other problem picked with `pick_other`) and `corrupt_shuffle` (the true prefix
-with its steps in a shuffled order).
+similar length, the other problem picked with `pick_other`), `corrupt_shuffle` (the true prefix
+with its steps in a shuffled order) and `corrupt_garble` (the true prefix with every step but its
+last garbled: the last hint line, the state the model continues from, stays true).
 """
 from __future__ import annotations
 
@@ -171,6 +172,30 @@ def corrupt_shuffle(steps: Sequence[str], n_hint_steps: int, rng: np.random.Gene
     else:  # vanishingly unlikely; a rotation moves some step since not all steps are equal
       shuffled = prefix[1:] + prefix[:1]
   return step_sep.join(shuffled) + step_sep
+
+
+def garble_line(line: str, rng: np.random.Generator) -> str:
+  """The characters of `line` in a random order that differs from it (unless all are equal)."""
+  chars = list(line)
+  if len(set(chars)) < 2:
+    return line
+  for _ in range(64):
+    out = "".join(chars[i] for i in rng.permutation(len(chars)))
+    if out != line:
+      return out
+  return line[1:] + line[:1]  # a rotation differs, since not all characters are equal
+
+
+def corrupt_garble(steps: Sequence[str], n_hint_steps: int, rng: np.random.Generator, *,
+                   step_sep: str = "\n") -> str:
+  """A half-wrong hint: the true first `n_hint_steps` steps (at most n-1), every one but the last
+  with its characters permuted (garble_line). The last hint line is the true state to continue from,
+  so the ablation asks whether a hint helps through that line alone or through the steps before it."""
+  k = min(int(n_hint_steps), len(steps) - 1)
+  if k <= 0:
+    return ""
+  prefix = [garble_line(step, rng) for step in steps[:k - 1]] + [steps[k - 1]]
+  return step_sep.join(prefix) + step_sep
 
 
 def pick_other(problem_ids: Sequence[int], levels: Sequence[int],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxghpo import sections
 from jaxghpo.rl.advantages import ESTIMATORS
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
@@ -83,13 +84,7 @@ def resolve_config(cfg=None) -> ml_collections.ConfigDict:
     KeyError: `cfg` has a key the RL config does not know (named, with the known keys).
     ValueError: a value is out of range or keys conflict (the keys are named).
   """
-  out = default_config()
-  given = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
-  unknown = sorted(set(given) - set(out.keys()))
-  if unknown:
-    raise KeyError(f"rl config has unknown key(s) {unknown}; known keys: {sorted(out.keys())}")
-  for key, value in given.items():
-    out[key] = value
+  out = sections.override(default_config(), cfg, "rl config")
   validate_config(out)
   return out
 

@@ -68,11 +68,13 @@ def hint_texts(examples: Sequence[Example], ratios: np.ndarray, *, unit: str, co
     n_steps = hints_lib.num_hint_steps(ex.steps, ratio)
     if corruption == "shuffle":
       out.append(hints_lib.corrupt_shuffle(ex.steps, n_steps, rng, step_sep=ex.step_sep))
+    elif corruption == "garble":
+      out.append(hints_lib.corrupt_garble(ex.steps, n_steps, rng, step_sep=ex.step_sep))
     elif corruption == "other":
       other = examples[int(others[i])] if others is not None else ex
       out.append(hints_lib.corrupt_other(other.steps, n_steps, step_sep=ex.step_sep))
     else:
-      raise ValueError(f"config.hints.corruption={corruption!r} is not one of none, other, shuffle")
+      raise ValueError(f"config.hints.corruption={corruption!r} is not one of none, other, shuffle, garble")
   return out
 
 
@@ -131,7 +133,8 @@ class GroupSampler:
   host uses the smallest bucket that holds them (chunks of the largest otherwise); `width` is the
   agreed maximum over hosts, so every host makes the same sampler calls whatever its own count.
 
-  score(completions, answers) -> (total float32 [R], accuracy float32 [R]).
+  score(completions, answers, problems=, contexts=) -> (total float32 [R], accuracy float32 [R]); contexts
+  are the prompt-side hints the completions continue (response-placed hints are in the completions).
   penalty: the TIP thought-switch penalty every call decodes with (penalties.from_config; None: off).
   """
 
@@ -200,7 +203,9 @@ class GroupSampler:
       completions = [texts[i // G] + text for i, text in enumerate(completions)]
     t0 = time.perf_counter()
     if B:
-      total, accuracy = self.score(completions, [ex.answer for ex in examples for _ in range(G)])
+      contexts = [texts[i // G] if c.hints.placement == "prompt" else "" for i in range(B * G)]
+      total, accuracy = self.score(completions, [ex.answer for ex in examples for _ in range(G)],
+                                   problems=[ex.problem for ex in examples for _ in range(G)], contexts=contexts)
     else:
       total = accuracy = np.zeros(0, np.float32)
     if timer is not None:
