@@ -102,6 +102,22 @@ def test_remat_policies_give_the_same_gradients(micro_batches):
     CFG.replace(remat="everything")
 
 
+def test_block_ordering_by_barrier_gives_the_same_gradients(monkeypatch):
+  """Off CPU the backward's order is kept by optimization barriers instead of a data dependency
+  (transformer.in_turn): the same gradients either way, and the same as without remat."""
+  from jaxghpo.models import transformer
+  batch = _batch()
+  rl_cfg = rl.resolve_config(dict(entropy_coef=0.01, micro_batches=1))
+  fn, params = _grad_fn(CFG.replace(remat="none"), rl_cfg)
+  want = fn(params, batch)[0]
+  by_data = _grad_fn(CFG.replace(remat="full"), rl_cfg)[0](params, batch)[0]
+  monkeypatch.setattr(transformer, "order_by_data", lambda: False)
+  by_barrier = _grad_fn(CFG.replace(remat="full"), rl_cfg)[0](params, batch)[0]
+  for a, b, c in zip(jax.tree.leaves(by_data), jax.tree.leaves(by_barrier), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, c, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(b, c, atol=1e-6, rtol=1e-5)
+
+
 REMAT_PEAK_SCRIPT = """
 import sys, json
 sys.path.insert(0, "tools")

@@ -117,14 +117,14 @@ class Transformer(nnx.Module):
 
 def remat_block(block, policy, x, positions, mask, inv_freq, segment_ids):
   """block(x, ...)'s output under jax.checkpoint(policy): the backward pass recomputes what the policy did
-  not save, and starts that recomputation only once the block's output cotangent exists
-  (`recompute_after_cotangent`).
+  not save, in this block's turn only (`recompute_after_cotangent`).
 
-  Why the ordering: without it nothing ties a block's recomputation to its place in the backward pass (it
-  depends only on the block's saved input), and XLA:CPU's sequential scheduler ran every block's
-  recomputation before the first block's backward, so every layer's activations were live at once:
-  the Qwen2.5-0.5B-shaped update (16 rows x 560 tokens, remat full, one micro-batch) compiled to 34.0 GB
-  of temporaries, growing 1.2 GB a layer (tools/bench_update_memory.py; BENCHMARKS.md).
+  Why the ordering: nothing else ties a block's backward work to its place in the backward pass. XLA:CPU's
+  sequential scheduler ran the activation-gradient chain through every layer first and every layer's
+  weight-gradient dots afterwards, so all layers' recomputed activations were live at once: the
+  Qwen2.5-0.5B-shaped update (16 rows x 560 tokens, remat full, one micro-batch) compiled to 34.0 GB of
+  temporaries, 1.2 GB more per layer; 4.85 GB with the ordering and the step's lax.cond skip
+  (tools/bench_update_memory.py; BENCHMARKS.md).
   """
   graphdef, state = nnx.split(block)
 
@@ -148,14 +148,19 @@ def _zero_cotangent(x):
 
 def recompute_after_cotangent(fn):
   """fn(params, x, consts) -> out with the same value and gradients (w.r.t. params and x; consts get none),
-  whose backward pass runs fn's pullback only after the cotangent of `out` exists.
+  whose backward work happens in its turn: it starts once the cotangent of `out` exists, and the cotangent
+  it passes down exists only once its params' gradients do.
 
   fn is normally jax.checkpoint'ed: its pullback then recomputes the unsaved activations. The forward saves
   the pullback's residuals (what the policy keeps: the block's input, and the matmuls' outputs under
-  dots_saveable); the backward makes every residual other than the params depend on the incoming
-  cotangent (`after`), so no recomputation of a layer can start before the backward pass reaches it,
-  whatever the scheduler. An optimization_barrier would say the same on TPU/GPU, but XLA:CPU deletes
-  barriers (OptimizationBarrierExpander) before it schedules, so the order is a data dependency here.
+  dots_saveable). The backward (1) makes every residual other than the params depend on the incoming
+  cotangent, so no recomputation is hoisted ahead of its layer, and (2) makes the outgoing input cotangent
+  depend on the weight gradients, so the layer below waits for this layer's weight-gradient dots and
+  their operands (recomputed activations) die in this layer's turn. (2) is what lowered XLA:CPU's peak;
+  (1) alone changed nothing there but keeps a scheduler from hoisting recomputations. Both go through
+  `in_turn`: on CPU an exact 0 computed from the arrays waited for (`cotangent_token`), because XLA:CPU
+  deletes optimization barriers (OptimizationBarrierExpander) before it schedules; elsewhere an
+  optimization_barrier (a token from a sharded array would cost a collective per layer).
   """
   is_param = []  # per pullback residual leaf: one of the params (set when fwd is traced)
 
@@ -172,15 +177,29 @@ def recompute_after_cotangent(fn):
   def bwd(res, g):
     pullback, consts = res
     leaves, treedef = jax.tree.flatten(pullback)
-    token = cotangent_token(g)
-    leaves = [leaf if param else after(leaf, token) for leaf, param in zip(leaves, is_param)]
+    saved = in_turn([leaf for leaf, param in zip(leaves, is_param) if not param], g)
+    leaves = [leaf if param else saved.pop(0) for leaf, param in zip(leaves, is_param)]
     d_params, d_x = jax.tree.unflatten(treedef, leaves)(g)
-    # and the layer below starts only once this layer's weight gradients exist
-    d_x = after(d_x, sum(cotangent_token(leaf) for leaf in jax.tree.leaves(d_params)))
+    d_x = in_turn(d_x, d_params)  # the layer below starts once this layer's weight gradients exist
     return d_params, d_x, jax.tree.map(_zero_cotangent, consts)
 
   wrapped.defvjp(fwd, bwd)
   return wrapped
+
+
+def order_by_data() -> bool:
+  """True on CPU: `in_turn` orders by a data dependency there (XLA:CPU drops optimization barriers before
+  scheduling); elsewhere an optimization_barrier, which needs no collective for sharded arrays."""
+  return jax.default_backend() == "cpu"
+
+
+def in_turn(values, deps):
+  """`values` unchanged, but available only once every array of `deps` exists."""
+  if order_by_data():
+    token = sum(cotangent_token(d) for d in jax.tree.leaves(deps))
+    return jax.tree.map(lambda v: after(v, token), values)
+  values, _ = jax.lax.optimization_barrier((values, deps))
+  return values
 
 
 def cotangent_token(g):
