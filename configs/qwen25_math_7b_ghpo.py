@@ -45,12 +45,14 @@ Memory per device (python tools/estimate_memory.py --config=configs/qwen25_math_
     peak (max of the two)                                      42.04 GB of 95 GB per device (44%)
 
 Compiled (not run) on 32 fake CPU devices with `--compile` (splash in Pallas interpret mode, XLA:CPU's
-sequential scheduler; 3 to 18 minutes on 2 cores, with the load): train step 69.04 GB per device
-(2.86 GB of arguments, 66.17 GB of temporaries), 73% of a v5p chip; sampler 5.98 GB. The compiled number is above the estimate:
-XLA:CPU's scheduler keeps several layers' recomputed activations live when the optimizer reads the
-gradients (measured on small models; not on TPU, whose scheduler is memory-aware), so read it as an upper
-bound. Before these changes (xla attention, no remat, full-vocabulary logits) the same slice held only
-one sequence per device per micro-batch (66.9 GB estimated, 64 micro-batches).
+sequential scheduler; 2 to 18 minutes on 2 cores, with the load): train step 49.34 GB per device
+(2.86 GB of arguments, 46.47 GB of temporaries), 52% of a v5p chip; sampler 5.98 GB. Before each
+rematerialised block's backward work was tied to its turn (models.transformer.recompute_after_cotangent)
+and the skipped update became a lax.cond, XLA:CPU kept several layers' recomputed activations live and
+the step compiled to 69.04 GB (73%). The compiled number is still 7 GB above the estimate (not
+analysed); TPU's scheduler is memory-aware, so read the CPU number as an upper bound. Before these changes
+(xla attention, no remat, full-vocabulary logits) the same slice held only one sequence per device per
+micro-batch (66.9 GB estimated, 64 micro-batches).
 
 Run (every host, through tools/launch_tpu.sh). The model and data are read from local paths on every
 host (a copy on each host's disk or a gcsfuse mount; no hub downloads). The workdir must be shared by

@@ -77,7 +77,8 @@ def main(args) -> dict:
                               rl.optimizer_shardings(optimizer, abstract, shardings, mesh),
                               jax.eval_shape(optimizer.init, abstract))
   t0 = time.time()
-  compiled = em.CompiledMemory.of(step.lower(abstract, opt_abstract, batch, jax.random.key(0)).compile())
+  executable = step.lower(abstract, opt_abstract, batch, jax.random.key(0)).compile()
+  compiled = em.CompiledMemory.of(executable)
   out = {"model_params": cfg.num_params(), "rows": B, "tokens_per_row": P + N, "micro_batches": args.micro_batches,
          "remat": args.remat, "attention": args.attention, "compiled_bytes": compiled.total,
          "compiled_temp_bytes": compiled.temporaries, "compile_seconds": round(time.time() - t0, 1)}
@@ -89,12 +90,15 @@ def main(args) -> dict:
     del model
     opt_state = rl.init_opt_state(optimizer, params, shardings, mesh)
     t0 = time.time()
-    params, opt_state, metrics = step(params, opt_state, batch, jax.random.key(0))
+    as_compiled = lambda tree, like: jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(tree))
+    params, opt_state = as_compiled(params, abstract), as_compiled(opt_state, opt_abstract)
+    with jax.set_mesh(mesh):  # the executable compiled above: no second compilation
+      params, opt_state, metrics = executable(params, opt_state, batch, jax.random.key(0))
     loss = float(metrics["loss"])  # waits for the update
-    out["update_seconds_incl_compile"] = round(time.time() - t0, 1)
+    out["update_seconds"] = round(time.time() - t0, 1)
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out["loss"] = loss
-    print(f"update: {out['update_seconds_incl_compile']} s (with compiling), peak resident "
+    print(f"update: {out['update_seconds']} s, peak resident "
           f"{out['peak_rss_bytes'] / 1e9:.2f} GB, loss {loss:.4f}", flush=True)
   print(json.dumps(out))
   return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from jaxghpo.models.config import ModelConfig
@@ -115,16 +116,105 @@ class Transformer(nnx.Module):
 
 
 def remat_block(block, policy, x, positions, mask, inv_freq, segment_ids):
-  """block(x, ...)'s output under nnx.remat(policy): the backward pass recomputes what the policy did not save.
+  """block(x, ...)'s output under jax.checkpoint(policy): the backward pass recomputes what the policy did
+  not save, in this block's turn only (`recompute_after_cotangent`).
 
-  Measured on XLA:CPU (8 layers, 4 rows x 256 tokens, remat full): the gradients' temporaries are flat in
-  depth (26.7 MB at 4 layers, 27.9 MB at 8) with the sequential scheduler
-  (--xla_cpu_enable_concurrency_optimized_scheduler=false); with XLA:CPU's default scheduler remat saves
-  almost nothing (151 MB against 159 MB), which is why tools/estimate_memory.py --compile sets that flag.
+  Why the ordering: nothing else ties a block's backward work to its place in the backward pass. XLA:CPU's
+  sequential scheduler ran the activation-gradient chain through every layer first and every layer's
+  weight-gradient dots afterwards, so all layers' recomputed activations were live at once: the
+  Qwen2.5-0.5B-shaped update (16 rows x 560 tokens, remat full, one micro-batch) compiled to 34.0 GB of
+  temporaries, 1.2 GB more per layer; 4.85 GB with the ordering and the step's lax.cond skip
+  (tools/bench_update_memory.py; BENCHMARKS.md).
   """
-  def run(block, x):
-    return block(x, positions, mask, inv_freq, segment_ids=segment_ids)[0]
-  return nnx.remat(run, policy=policy, prevent_cse=True)(block, x)
+  graphdef, state = nnx.split(block)
+
+  def run(state, x, consts):
+    positions, mask, inv_freq, segment_ids = consts
+    return nnx.merge(graphdef, state)(x, positions, mask, inv_freq, segment_ids=segment_ids)[0]
+
+  fn = jax.checkpoint(run, policy=policy, prevent_cse=True)
+  return recompute_after_cotangent(fn)(state, x, (positions, mask, inv_freq, segment_ids))
+
+
+def _zero_cotangent(x):
+  """The cotangent of an input that has none: float0 zeros for integer/bool arrays, zeros otherwise."""
+  if x is None:
+    return None
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    return jnp.zeros_like(x)
+  return np.zeros(x.shape, jax.dtypes.float0)
+
+
+def recompute_after_cotangent(fn):
+  """fn(params, x, consts) -> out with the same value and gradients (w.r.t. params and x; consts get none),
+  whose backward work happens in its turn: it starts once the cotangent of `out` exists, and the cotangent
+  it passes down exists only once its params' gradients do.
+
+  fn is normally jax.checkpoint'ed: its pullback then recomputes the unsaved activations. The forward saves
+  the pullback's residuals (what the policy keeps: the block's input, and the matmuls' outputs under
+  dots_saveable). The backward (1) makes every residual other than the params depend on the incoming
+  cotangent, so no recomputation is hoisted ahead of its layer, and (2) makes the outgoing input cotangent
+  depend on the weight gradients, so the layer below waits for this layer's weight-gradient dots and
+  their operands (recomputed activations) die in this layer's turn. (2) is what lowered XLA:CPU's peak;
+  (1) alone changed nothing there but keeps a scheduler from hoisting recomputations. Both go through
+  `in_turn`: on CPU an exact 0 computed from the arrays waited for (`cotangent_token`), because XLA:CPU
+  deletes optimization barriers (OptimizationBarrierExpander) before it schedules; elsewhere an
+  optimization_barrier (a token from a sharded array would cost a collective per layer).
+  """
+  is_param = []  # per pullback residual leaf: one of the params (set when fwd is traced)
+
+  @jax.custom_vjp
+  def wrapped(params, x, consts):
+    return fn(params, x, consts)
+
+  def fwd(params, x, consts):
+    out, pullback = jax.vjp(lambda p, h: fn(p, h, consts), params, x)
+    param_ids = {id(leaf) for leaf in jax.tree.leaves(params)}
+    is_param[:] = [id(leaf) in param_ids for leaf in jax.tree.leaves(pullback)]
+    return out, (pullback, consts)
+
+  def bwd(res, g):
+    pullback, consts = res
+    leaves, treedef = jax.tree.flatten(pullback)
+    saved = in_turn([leaf for leaf, param in zip(leaves, is_param) if not param], g)
+    leaves = [leaf if param else saved.pop(0) for leaf, param in zip(leaves, is_param)]
+    d_params, d_x = jax.tree.unflatten(treedef, leaves)(g)
+    d_x = in_turn(d_x, d_params)  # the layer below starts once this layer's weight gradients exist
+    return d_params, d_x, jax.tree.map(_zero_cotangent, consts)
+
+  wrapped.defvjp(fwd, bwd)
+  return wrapped
+
+
+def order_by_data() -> bool:
+  """True on CPU: `in_turn` orders by a data dependency there (XLA:CPU drops optimization barriers before
+  scheduling); elsewhere an optimization_barrier, which needs no collective for sharded arrays."""
+  return jax.default_backend() == "cpu"
+
+
+def in_turn(values, deps):
+  """`values` unchanged, but available only once every array of `deps` exists."""
+  if order_by_data():
+    token = sum(cotangent_token(d) for d in jax.tree.leaves(deps))
+    return jax.tree.map(lambda v: after(v, token), values)
+  values, _ = jax.lax.optimization_barrier((values, deps))
+  return values
+
+
+def cotangent_token(g):
+  """A float32 scalar 0 computed from one element of `g`: a data dependency on g that XLA cannot fold away
+  (0 * v is not simplified for floats); exactly 0 even when g is NaN or inf."""
+  g0 = g.reshape(-1)[0].astype(jnp.float32)
+  return 0.0 * jnp.where(jnp.abs(g0) < 1.0, g0, 0.0)
+
+
+def after(x, token):
+  """x unchanged (x + 0), but computed only once `token` exists; non-float arrays are returned as they are."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    return x
+  return x + token.astype(x.dtype)
 
 
 def remat_policy(name: str):

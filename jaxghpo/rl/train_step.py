@@ -160,11 +160,25 @@ def _all_finite(tree):
   return functools.reduce(jnp.logical_and, leaves, jnp.asarray(True))
 
 
+def _apply_update(optimizer, params, opt_state, grads):
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def _keep(params, opt_state, grads):
+  del grads
+  return params, opt_state
+
+
 def train_step(params, opt_state, batch: RLBatch, rng, *, graphdef, cfg, optimizer, batch_sharding=None):
   """The pure step (un-jitted). `rng` is reserved for stochastic extensions; the step is deterministic.
 
   Metrics are averaged over the cfg.ppo_epochs updates (ratio_max/min: extremes; skipped_updates:
   the count of updates skipped for a non-finite loss or gradient). grad_norm is before clipping.
+
+  The skip is a lax.cond, not a jnp.where of new and old values: with the where, XLA:CPU kept the new
+  params and moments as temporaries beside the old ones (about 3 x the params more at the step's peak;
+  159.5 against 136.5 MB on an 8-layer test model), while the cond's update writes them in place.
   """
   del rng
   if cfg.recompute_old_logp:
@@ -175,11 +189,8 @@ def train_step(params, opt_state, batch: RLBatch, rng, *, graphdef, cfg, optimiz
     grads, (sums, counts) = loss_and_grads(graphdef, params, batch, cfg, batch_sharding)
     loss, metrics = finalize(sums, counts, cfg)
     finite = jnp.isfinite(loss) & _all_finite(grads)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jnp.where(finite, new, old)  # never write NaN into params
-    params = jax.tree.map(keep, new_params, params)
-    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    params, opt_state = jax.lax.cond(finite, functools.partial(_apply_update, optimizer), _keep,
+                                     params, opt_state, grads)  # never write NaN into params
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["skipped_updates"] = jnp.logical_not(finite).astype(jnp.float32)
     return (params, opt_state), metrics
