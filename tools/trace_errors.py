@@ -1,0 +1,91 @@
+"""Right answers with invalid traces, by what the first wrong line got wrong (letter chains).
+
+Reads a study's evaluation rows (`OUT/ARM/seedN/eval/SPLIT_stepNNNNNN_hint0.00_sampled.jsonl`, the
+evaluation after training) and, for every completion whose answer is right but whose trace is not
+valid, compares its lines with the unique valid trace (`chains.solve`) and classifies the first line
+that differs:
+
+  letter   the new letter is wrong
+  restate  the line restates the wrong letter or operation on its left side
+  tail     the copied tail of remaining operations is wrong (an operation changed, dropped, added)
+  extra    more lines than the problem needs
+  short    fewer lines than the problem needs (an early answer that happens to be right)
+  malformed  the line has no single '='
+
+    python tools/trace_errors.py --out runs/study --arms grpo,ghpo --split hard
+"""
+import argparse
+import collections
+import glob
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from jaxghpo.data.tasks import chains  # noqa: E402
+
+KINDS = ("letter", "restate", "tail", "extra", "short", "malformed")
+
+
+def first_error(problem: str, completion: str) -> tuple[str, int]:
+  """(kind, line index) of the first line of `completion` that differs from the valid trace."""
+  want = chains.solve(problem)
+  lines = completion.split(";")
+  for i, line in enumerate(lines):
+    if i >= len(want):
+      return "extra", i
+    if line == want[i]:
+      continue
+    got_parts, want_parts = line.split("="), want[i].split("=")
+    if len(got_parts) != 2:
+      return "malformed", i
+    if got_parts[0] != want_parts[0]:
+      return "restate", i
+    if got_parts[1][:1] != want_parts[1][:1]:
+      return "letter", i
+    return "tail", i
+  return ("short", len(lines)) if len(lines) < len(want) else ("valid", -1)
+
+
+def after_training_files(run_dir: str, split: str) -> list[str]:
+  files = sorted(glob.glob(os.path.join(run_dir, "eval", f"{split}_step*_hint0.00_sampled.jsonl")))
+  return files[-1:] if len(files) > 1 else []  # the last evaluation, if there was one after step 0
+
+
+def count(out: str, arm: str, split: str) -> dict:
+  kinds, completions, runs = collections.Counter(), 0, 0
+  for run_dir in sorted(glob.glob(os.path.join(out, arm, "seed*"))):
+    for path in after_training_files(run_dir, split):
+      runs += 1
+      with open(path) as f:
+        for line in f:
+          row = json.loads(line)
+          for text, right, valid in zip(row["completions"], row["answer_right"], row["valid"]):
+            completions += 1
+            if right and not valid:
+              kinds[first_error(row["problem"], text)[0]] += 1
+  return {"arm": arm, "runs": runs, "completions": completions,
+          "right_but_invalid": sum(kinds.values()), **{k: kinds.get(k, 0) for k in KINDS}}
+
+
+def main(argv=None) -> list[dict]:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", required=True, help="the study directory (tools/study.py --out)")
+  p.add_argument("--arms", required=True, help="comma-separated arm names")
+  p.add_argument("--split", default="hard")
+  args = p.parse_args(argv)
+  results = [count(args.out, arm, args.split) for arm in args.arms.split(",")]
+  print("| arm | runs | completions | right but invalid | " + " | ".join(KINDS) + " |")
+  print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in KINDS) + " |")
+  for r in results:
+    share = r["right_but_invalid"] / max(r["completions"], 1)
+    print(f"| {r['arm']} | {r['runs']} | {r['completions']} | {r['right_but_invalid']} ({share:.3f}) | "
+          + " | ".join(str(r[k]) for k in KINDS) + " |")
+  print(json.dumps(results))
+  return results
+
+
+if __name__ == "__main__":
+  main()
