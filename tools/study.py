@@ -500,12 +500,15 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 def plots(out: str, summaries: Sequence[Mapping], settings: Mapping) -> list[str]:
   """The study's PNG plots; returns their paths."""
+  import matplotlib
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
   runs = by_arm(summaries)
   arms = [a for a in settings["arms"] if a in runs]
-  colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+  # One colour per arm of this study (ARMS has more arms than a 10-colour cycle; up to 20 stay distinct).
+  palette = [f"C{i}" for i in range(10)] if len(arms) <= 10 else list(matplotlib.colormaps["tab20"].colors)
+  colors = {arm: palette[i % len(palette)] for i, arm in enumerate(arms)}
   metrics = {(arm, r["seed"]): report.read_metrics(r["workdir"]) for arm in arms for r in runs[arm]}
   paths = []
 
