@@ -34,3 +34,14 @@ def test_counts_only_right_answers_with_invalid_traces_after_training(tmp_path):
   [result] = trace_errors.main(["--out", str(tmp_path), "--arms", "ghpo"])
   assert result["runs"] == 1 and result["completions"] == 3
   assert result["right_but_invalid"] == 1 and result["tail"] == 1 and result["short"] == 0
+
+
+def test_by_step_reports_every_evaluation(tmp_path):
+  tail_error = VALID.replace("p+1-2", "p+1+2", 1)
+  eval_dir = tmp_path / "grpo" / "seed0" / "eval"
+  eval_dir.mkdir(parents=True)
+  for step, texts, valid in ((0, [VALID, VALID], [True, True]), (5, [VALID, tail_error], [True, False])):
+    row = {"problem": PROBLEM, "completions": texts, "answer_right": [True, True], "valid": valid}
+    (eval_dir / f"hard_step{step:06d}_hint0.00_sampled.jsonl").write_text(json.dumps(row) + "\n")
+  rows = trace_errors.main(["--out", str(tmp_path), "--arms", "grpo", "--by_step"])
+  assert [(r["step"], r["valid_pass@1"], r["tail"]) for r in rows] == [(0, 1.0, 0.0), (5, 0.5, 0.5)]

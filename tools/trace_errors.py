@@ -13,6 +13,7 @@ that differs:
   malformed  the line has no single '='
 
     python tools/trace_errors.py --out runs/study --arms grpo,ghpo --split hard
+    python tools/trace_errors.py --out runs/curves --arms grpo,ghpo --by_step   # every evaluation of every run
 """
 import argparse
 import collections
@@ -54,18 +55,40 @@ def after_training_files(run_dir: str, split: str) -> list[str]:
   return files[-1:] if len(files) > 1 else []  # the last evaluation, if there was one after step 0
 
 
+def _classify(path: str, kinds: collections.Counter) -> tuple[int, int]:
+  """Adds the file's right-but-invalid completions to `kinds`; returns (completions, valid ones)."""
+  completions = valid_count = 0
+  with open(path) as f:
+    for line in f:
+      row = json.loads(line)
+      for text, right, valid in zip(row["completions"], row["answer_right"], row["valid"]):
+        completions += 1
+        valid_count += bool(valid)
+        if right and not valid:
+          kinds[first_error(row["problem"], text)[0]] += 1
+  return completions, valid_count
+
+
+def by_step(out: str, arm: str, split: str) -> list[dict]:
+  """Per run and evaluation step: valid pass@1 and the share of completions with each error kind."""
+  rows = []
+  for run_dir in sorted(glob.glob(os.path.join(out, arm, "seed*"))):
+    for path in sorted(glob.glob(os.path.join(run_dir, "eval", f"{split}_step*_hint0.00_sampled.jsonl"))):
+      kinds = collections.Counter()
+      completions, valid_count = _classify(path, kinds)
+      step = int(os.path.basename(path).split("_step")[1].split("_")[0])
+      rows.append({"arm": arm, "run": os.path.basename(run_dir), "step": step,
+                   "valid_pass@1": valid_count / max(completions, 1),
+                   **{k: kinds.get(k, 0) / max(completions, 1) for k in KINDS}})
+  return rows
+
+
 def count(out: str, arm: str, split: str) -> dict:
   kinds, completions, runs = collections.Counter(), 0, 0
   for run_dir in sorted(glob.glob(os.path.join(out, arm, "seed*"))):
     for path in after_training_files(run_dir, split):
       runs += 1
-      with open(path) as f:
-        for line in f:
-          row = json.loads(line)
-          for text, right, valid in zip(row["completions"], row["answer_right"], row["valid"]):
-            completions += 1
-            if right and not valid:
-              kinds[first_error(row["problem"], text)[0]] += 1
+      completions += _classify(path, kinds)[0]
   return {"arm": arm, "runs": runs, "completions": completions,
           "right_but_invalid": sum(kinds.values()), **{k: kinds.get(k, 0) for k in KINDS}}
 
@@ -75,7 +98,17 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--out", required=True, help="the study directory (tools/study.py --out)")
   p.add_argument("--arms", required=True, help="comma-separated arm names")
   p.add_argument("--split", default="hard")
+  p.add_argument("--by_step", action="store_true", help="every evaluation of every run (shares of completions)")
   args = p.parse_args(argv)
+  if args.by_step:
+    rows = [r for arm in args.arms.split(",") for r in by_step(args.out, arm, args.split)]
+    print("| arm | run | step | valid pass@1 | " + " | ".join(KINDS) + " |")
+    print("| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in KINDS) + " |")
+    for r in rows:
+      print(f"| {r['arm']} | {r['run']} | {r['step']} | {r['valid_pass@1']:.3f} | "
+            + " | ".join(f"{r[k]:.3f}" for k in KINDS) + " |")
+    print(json.dumps(rows))
+    return rows
   results = [count(args.out, arm, args.split) for arm in args.arms.split(",")]
   print("| arm | runs | completions | right but invalid | " + " | ".join(KINDS) + " |")
   print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in KINDS) + " |")
