@@ -310,9 +310,8 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
     raise ValueError(f"num_samples={n} is below k={k}: pass@{k} needs at least k samples per problem")
   examples = host_share(examples) if multihost else list(examples)
   batch_size = max(len(examples) if batch_size is None else int(batch_size), 1)
-  calls = -(-len(examples) // batch_size)
-  if multihost:
-    calls = -(-mh.agreed_max(len(examples)) // batch_size)
+  # With several hosts, every host makes the largest share's number of calls (generate_fn is collective).
+  calls = -(-(mh.agreed_max(len(examples)) if multihost else len(examples)) // batch_size)
   vote_fn = vote_fn or answer_fn
   rows: list[dict] = []
   for start in range(0, calls * batch_size, batch_size):
@@ -324,15 +323,7 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
       raise ValueError(f"generate_fn returned {[len(c) for c in completions]} completions for {len(chunk)} "
                        f"examples; expected {n} per example")
     answers = [str(_field(ex, "answer")) for ex in chunk]
-    flat = [c for cs in completions for c in cs]
-    if score_fn is not None:
-      scores = np.asarray(score_fn(flat, [a for a in answers for _ in range(n)]), np.float64)
-    elif extras is not None and all("scores" in e for e in extras):
-      scores = np.asarray([s for e in extras for s in e["scores"]], np.float64)
-    else:
-      raise ValueError("evaluate needs score_fn, or generate_fn extras that carry each example's \"scores\"")
-    if scores.shape != (len(flat),):
-      raise ValueError(f"the scores have shape {scores.shape}; expected ({len(flat)},)")
+    scores = _sample_scores(score_fn, completions, answers, extras, n)
     chunk_rows = []
     for i, ex in enumerate(chunk):
       ex_scores = scores[i * n:(i + 1) * n]
@@ -385,6 +376,21 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
   return metrics, rows
 
 
+def _sample_scores(score_fn, completions, answers, extras, n: int) -> np.ndarray:
+  """float64 [len(completions) * n]: the accuracy of each of the n samples of every example, from
+  score_fn(completions, answers), or else from generate_fn extras that carry each example's "scores"."""
+  flat = [c for cs in completions for c in cs]
+  if score_fn is not None:
+    scores = np.asarray(score_fn(flat, [a for a in answers for _ in range(n)]), np.float64)
+  elif extras is not None and all("scores" in e for e in extras):
+    scores = np.asarray([s for e in extras for s in e["scores"]], np.float64)
+  else:
+    raise ValueError("evaluate needs score_fn, or generate_fn extras that carry each example's \"scores\"")
+  if scores.shape != (len(flat),):
+    raise ValueError(f"the scores have shape {scores.shape}; expected ({len(flat)},)")
+  return scores
+
+
 def _deepconf_online(generate_fn, chunk, rows, hint_ratio, n, dc, vote_fn, score_fn, correct_threshold) -> None:
   """DeepConf online for one chunk: thresholds from each problem's first dc.warmup_traces samples, n -
   warmup_traces more samples per problem that stop in the sampler, and row["deepconf"] comparing the
@@ -403,11 +409,7 @@ def _deepconf_online(generate_fn, chunk, rows, hint_ratio, n, dc, vote_fn, score
   out = generate_fn(chunk, hint_ratio, m, stop=(thresholds, dc.window))
   completions, _, extras = (tuple(out) + (None, None))[:3]
   answers = [str(_field(ex, "answer")) for ex in chunk]
-  flat = [c for cs in completions for c in cs]
-  if score_fn is not None:
-    scores = np.asarray(score_fn(flat, [a for a in answers for _ in range(m)]), np.float64).reshape(len(chunk), m)
-  else:
-    scores = np.asarray([e["scores"] for e in extras], np.float64).reshape(len(chunk), m)
+  scores = _sample_scores(score_fn, completions, answers, extras, m).reshape(len(chunk), m)
   vote = vote_fn or (lambda text: text)
   for i, row in enumerate(rows):
     on_lengths = np.asarray([len(c) for c in extras[i]["token_confidences"]])
