@@ -9,6 +9,8 @@ the ratio is taken against the fastest of them.
   python tools/bench_sampler.py                       # hidden 256, 4 layers, batch 64, prompt 32, 64 new
   python tools/bench_sampler.py --hidden 64 --layers 2 --repeats 2
   python tools/bench_sampler.py --devices 2           # our sampler data-parallel over 2 host devices
+  python tools/bench_sampler.py --deepconf_window 16  # evaluation's path: token confidences and DeepConf
+                                                      # online stopping over 16-token windows (never firing)
 """
 from __future__ import annotations
 
@@ -50,6 +52,10 @@ def parse_args():
   p.add_argument("--tunix_python", default=os.environ.get("TUNIX_PYTHON", ""),
                  help="python of a virtual environment with google-tunix: also time Tunix's sampler "
                       "(tools/tunix_side.py) on the same weights and prompts; empty skips it")
+  p.add_argument("--deepconf_window", type=int, default=0,
+                 help="> 0: our sampler returns token confidences and tests DeepConf online stopping over windows "
+                      "of this many tokens at every step, with a threshold that never stops a row (the cost of "
+                      "evaluation's path); 0: the training sampler's path")
   p.add_argument("--profile", action="store_true",
                  help="also trace two of our greedy calls and print where the time goes, by XLA op kind")
   return p.parse_args()
@@ -103,16 +109,18 @@ def make_ours(model, args):
     parallel.shard_model(model, mesh)
   kw = {} if args.donate is None else {"donate_cache": bool(args.donate)}
   return rollout.Sampler(model, batch_size=args.batch, max_prompt_len=args.prompt, max_new_tokens=args.new,
-                         mesh=mesh, **kw)
+                         mesh=mesh, return_confidence=args.deepconf_window > 0, **kw)
 
 
 def bench_ours(sampler, model, prompts, args, mode):
   temperature, top_k, top_p = MODES[mode]
   seed = iter(range(10**6))
+  # Confidences are >= 0, so a threshold of -1 tests the window at every step and never stops a row.
+  stop = dict(stop_threshold=-1.0, stop_window=args.deepconf_window) if args.deepconf_window > 0 else {}
 
   def run():
     out = sampler(model, prompts, rng=jax.random.key(next(seed)), temperature=temperature, top_k=top_k,
-                  top_p=top_p, eos_id=None)
+                  top_p=top_p, eos_id=None, **stop)
     lengths = np.asarray(out.lengths)  # waits for the device
     assert (lengths == args.new).all(), lengths
   return best_of(run, args.repeats)
@@ -172,6 +180,7 @@ def main(args):
   print(f"qwen2 hidden {args.hidden}, {args.layers} layers, heads {args.heads}/{args.kv_heads}, mlp {args.mlp}, "
         f"vocab {args.vocab}; batch {args.batch}, prompt {args.prompt}, {args.new} new tokens (EOS off)\n"
         f"ours: {args.dtype}, donate_cache={sampler.donate_cache}, devices={args.devices}, "
+        f"deepconf_window={args.deepconf_window}, "
         "cache layout=models.KVCache (k [B,KV,hd,S], v [B,KV,S,hd]); "
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__}; "
         f"{os.cpu_count()} CPUs (affinity {len(os.sched_getaffinity(0))}); best of {args.repeats}")
