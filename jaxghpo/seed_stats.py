@@ -101,7 +101,7 @@ def t_quantile(p: float, df: float) -> float:
 
 
 def t_two_sided_p(t: float, df: float) -> float:
-  return min(1.0, 2.0 * t_cdf(-abs(t), df))
+  return float(min(1.0, 2.0 * t_cdf(-abs(t), float(df))))
 
 
 def _normal_cdf(x: np.ndarray) -> np.ndarray:
