@@ -9,8 +9,9 @@ Two arms, one number per seed each (e.g. unhinted valid pass@1 on the hard level
 - `power` / `detectable_difference` / `seeds_needed`: exact power of the two-sided t-test (noncentral t,
   by quadrature over the chi distribution), the difference detectable at 80% power, the seeds needed;
 - `seed_correlation`: Pearson correlation of two arms' per-seed values (what pairing can buy);
-- `p_floor` and `format_p`: no p-value is printed below 1/2^n for n seeds, the smallest p any exact test
-  over n paired seeds could give (a t p below it rests on the normal model alone and is shown as "< floor").
+- `p_floor` and `format_p`: no p-value is printed below 1/2^n for n paired seeds (1 / the number of label
+  splits unpaired), below what any exact test over those seeds could give (a t p below it rests on the
+  normal model alone and is shown as "< floor").
 
 Pure Python + numpy (no scipy): the Student t CDF is the regularized incomplete beta function
 (continued fraction), its quantile found by bisection.
@@ -264,8 +265,13 @@ def label_permutation_floor(n_a: int, n_b: int) -> float:
 
 
 def p_floor(n: int) -> float:
-  """The smallest p-value printed for a comparison over n seeds: 1/2^n."""
+  """The smallest p-value printed for a comparison over n paired seeds: 1/2^n."""
   return 1.0 / (1 << n)
+
+
+def unpaired_p_floor(n_a: int, n_b: int) -> float:
+  """The smallest p-value printed for an unpaired comparison: 1 over the number of label splits."""
+  return 1.0 / math.comb(n_a + n_b, n_b)
 
 
 def _ceil_sig(x: float, digits: int = 3) -> float:
@@ -275,12 +281,11 @@ def _ceil_sig(x: float, digits: int = 3) -> float:
   return math.ceil(x * scale - 1e-9) / scale
 
 
-def format_p(p: float | None, n: int) -> str:
-  """p to 3 significant digits, rounded up (never reads smaller than it is); below the floor 1/2^n for n
-  seeds, "< floor" (rounded up) instead of the number."""
+def format_p(p: float | None, floor: float) -> str:
+  """p to 3 significant digits, rounded up (never reads smaller than it is); below `floor` (p_floor or
+  unpaired_p_floor: what the seed count allows), "< floor" (rounded up) instead of the number."""
   if p is None or not math.isfinite(p):
     return "-"
-  floor = p_floor(n)
   if p < floor:
     return f"< {_ceil_sig(floor):.3g}"
   return f"{_ceil_sig(p):.3g}"
@@ -330,7 +335,7 @@ def compare_seeds(a_by_seed: Mapping[int, float], b_by_seed: Mapping[int, float]
     # An unpaired difference of two seeds has variance 2 x the per-arm variance (equal arms assumed).
     sd = math.sqrt(2.0 * (np.var(a, ddof=1) + np.var(b, ddof=1)) / 2.0)
     n = min(len(a), len(b))
-  out["p_print_floor"] = p_floor(out["n"])
+  out["p_print_floor"] = p_floor(out["n"]) if out["paired"] else unpaired_p_floor(out["n_a"], out["n_b"])
   out["sd_difference"] = float(sd)
   out["detectable_80"] = detectable_difference(sd, n, paired=out["paired"])
   out["power_difference"] = power_difference

@@ -91,10 +91,11 @@ def test_against_scipy_where_installed():
 
 
 def test_format_p_never_below_the_seed_floor():
-  assert S.format_p(0.0, 5) == S.format_p(0.001, 5) == "< 0.0313"  # 1/32 rounded up
-  assert S.format_p(0.0625, 5) == "0.0625" and S.format_p(0.035569, 5) == "0.0356" and S.format_p(1.0, 5) == "1"
-  assert S.format_p(0.0312, 5) == "< 0.0313" and S.format_p(0.03125, 5) == "0.0313"
-  assert S.format_p(None, 5) == "-"
+  assert S.format_p(0.0, S.p_floor(5)) == S.format_p(0.001, S.p_floor(5)) == "< 0.0313"  # 1/32 rounded up
+  assert S.format_p(0.0625, S.p_floor(5)) == "0.0625" and S.format_p(0.035569, S.p_floor(5)) == "0.0356" and S.format_p(1.0, S.p_floor(5)) == "1"
+  assert S.format_p(0.0312, S.p_floor(5)) == "< 0.0313" and S.format_p(0.03125, S.p_floor(5)) == "0.0313"
+  assert S.format_p(None, S.p_floor(5)) == "-"
+  assert S.unpaired_p_floor(5, 5) == 1 / 252 and S.format_p(0.001, S.unpaired_p_floor(5, 5)) == "< 0.00397"
 
 
 def test_compare_seeds_paired_and_unpaired():
