@@ -21,7 +21,9 @@ Arrays are restored against an abstract target (a pytree of ``jax.ShapeDtypeStru
 
 Multi-host: every process must call save / restore / wait / close in the same order with the same
 step (orbax synchronises them); host state must be the same on every process (process 0's copy is
-the one written). Nothing here is done by process 0 alone.
+the one written). Nothing here is done by process 0 alone. Whether a step restores is agreed over the
+hosts: a file that only one host reads and finds damaged makes every host skip that step, so all hosts
+resume from the same step (the newest one every host can restore).
 
 Call close() (or wait()) before the process exits: a save still being written when the interpreter
 shuts down is lost (the next Checkpointer on the directory removes its partial files).
@@ -282,6 +284,31 @@ def _check_restored(saved: dict | None, tree, name: str, step: int) -> None:
                             "written (checksum differs): the files are damaged")
 
 
+# The barrier name orbax's Checkpointer.restore ends with (orbax 0.12: multihost.unique_barrier_key without prefix).
+_ORBAX_RESTORE_BARRIER = "Checkpointer:restore"
+
+
+def _agreed(step: int, fn):
+  """fn() on every host, its outcome agreed: when it raised on any host, every host raises (its own error,
+  or CorruptCheckpoint / CheckpointMismatch naming the host that failed). One process: fn()."""
+  if jax.process_count() == 1:
+    return fn()
+  from jaxghpo.parallel import hosts
+  result, error = None, None
+  try:
+    result = fn()
+  except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every host)
+    error = e
+  outcomes = hosts.allgather_json(None if error is None else [type(error).__name__, _one_line(error)])
+  if error is not None:
+    raise error
+  for process, outcome in enumerate(outcomes):
+    if outcome is not None:
+      kind = CheckpointMismatch if outcome[0] == CheckpointMismatch.__name__ else CorruptCheckpoint
+      raise kind(f"step {step}: process {process} cannot restore it ({outcome[1]})")
+  return result
+
+
 def _restore_args(target):
   return ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
 
@@ -444,16 +471,10 @@ class Checkpointer:
     if step not in self._manager.all_steps():
       raise _NoSuchStep(f"no checkpoint for step {step} in {self.directory}; saved steps: "
                               f"{self.all_steps()}")
-    meta = self._manager.restore(step, args=ocp.args.Composite(**{_HOST_META: ocp.args.JsonRestore()}))[_HOST_META]
-    if not isinstance(meta, dict):
-      raise CorruptCheckpoint(f"step {step}: host_meta is a {type(meta).__name__}, not the saved object")
-    has = meta.get("has", {})
-    for name, target in ((_PARAMS, params_target), (_OPT, opt_state_target)):
-      if target is not None and not has.get(name, False):
-        raise CheckpointMismatch(f"checkpoint step {step} in {self.directory} holds no {name}; pass "
-                                 f"{name}_target=None")
-      if target is not None and name in meta.get("digests", {}):
-        _check_same_arrays(meta["digests"][name], target, name, step, self.directory)
+    # Every host reads and checks the same files; each phase's outcome is agreed over hosts (_agreed), so
+    # a file that fails on one host only makes every host give the step up together.
+    meta = _agreed(step, lambda: self._read_meta(step, params_target, opt_state_target))
+    has = meta["has"]
     items = {}
     if params_target is not None:
       items[_PARAMS] = _restore_args(_as_abstract(params_target, "params_target"))
@@ -461,7 +482,7 @@ class Checkpointer:
       items[_OPT] = _restore_args(_as_abstract(opt_state_target, "opt_state_target"))
     if has.get(_HOST_ARRAYS, False):
       items[_HOST_ARRAYS] = ocp.args.PyTreeRestore()
-    out = self._manager.restore(step, args=ocp.args.Composite(**items)) if items else {}
+    out = _agreed(step, lambda: self._orbax_restore(step, items)) if items else {}
     host_arrays = out[_HOST_ARRAYS] if _HOST_ARRAYS in items else {}
     host_state = decode_host_state(meta, host_arrays)
     params = out[_PARAMS] if _PARAMS in items else None
@@ -470,6 +491,36 @@ class Checkpointer:
       if tree is not None:
         _check_restored(meta.get("digests", {}).get(name), tree, name, step)
     return params, opt_state, host_state
+
+  def _read_meta(self, step: int, params_target, opt_state_target) -> dict:
+    """The step's host_meta, checked: the saved object's keys (CorruptCheckpoint) and the target's arrays
+    against the saved names and shapes (CheckpointMismatch)."""
+    meta = self._orbax_restore(step, {_HOST_META: ocp.args.JsonRestore()})[_HOST_META]
+    if not isinstance(meta, dict):
+      raise CorruptCheckpoint(f"step {step}: host_meta is a {type(meta).__name__}, not the saved object")
+    missing = [k for k in ("version", "tree", "has") if k not in meta]
+    if missing or not isinstance(meta["has"], dict):
+      raise CorruptCheckpoint(f"step {step}: host_meta lacks {missing or ['has']} (the saved object is "
+                              "damaged or was replaced)")
+    has = meta["has"]
+    for name, target in ((_PARAMS, params_target), (_OPT, opt_state_target)):
+      if target is not None and not has.get(name, False):
+        raise CheckpointMismatch(f"checkpoint step {step} in {self.directory} holds no {name}; pass "
+                                 f"{name}_target=None")
+      if target is not None and name in meta.get("digests", {}):
+        _check_same_arrays(meta["digests"][name], target, name, step, self.directory)
+    return meta
+
+  def _orbax_restore(self, step: int, items: dict) -> dict:
+    """orbax's restore of `items` of `step`. orbax ends each restore with a barrier (a collective of all
+    hosts); a host whose read fails before it still joins it, so the hosts' collectives stay paired."""
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception:
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(_ORBAX_RESTORE_BARRIER)
+      raise
 
   # --- lifetime
   def wait(self) -> None:
