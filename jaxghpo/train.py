@@ -56,7 +56,6 @@ class Trainer:
     self.config, self.workdir = config, workdir
     paths.makedirs(workdir)
     s = self.setup = experiment.setup(config)
-    experiment.write_data_report(s.problems, workdir, jax.process_index() == 0)
     self.scheduler, self.pipeline, self.rl_cfg = s.scheduler, s.pipeline, s.rl_cfg
     self.params, self.opt_state = s.params, s.opt_state
     self.P = int(config.data.prompts_per_step)  # problems per step, all hosts
@@ -87,6 +86,8 @@ class Trainer:
       self.rng = host["rng"]
       self.gen_tokens_total = int(host["gen_tokens_total"])
       self.start_step = int(host["step"])
+    # Written once the resume is accepted: a resume refused for changed data keeps the run's own report.
+    experiment.write_data_report(s.problems, self.workdir, jax.process_index() == 0)
     # Steps count from 1 in metrics.jsonl (step 0 holds the evaluation before training): rows after
     # the restored step are dropped so a resumed run continues the file without duplicates.
     self.writer = MetricWriter(self.workdir, is_main_process=jax.process_index() == 0,
