@@ -47,7 +47,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxghpo import faults, paths
+from jaxghpo import disk_full, faults, paths
 
 HOST_META_VERSION = 1
 CORRUPT_DIR = "corrupt"  # where restore_latest moves steps that do not restore
@@ -343,6 +343,7 @@ class Checkpointer:
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           handler_registry=_handler_registry(replica_parallel_min_bytes))
+    self._pending: tuple[str, int] | None = None  # (step directory, bytes) of the save being written
 
   # --- queries
   def latest_step(self) -> int | None:
@@ -364,7 +365,7 @@ class Checkpointer:
     step = int(step)
     if step < 0:
       raise ValueError(f"checkpoint step must be >= 0, got {step}")
-    self._manager.wait_until_finished()  # the previous save must commit before this one is compared
+    self._wait()  # the previous save must commit before this one is compared
     latest = self._manager.latest_step()
     if latest is not None and step == latest:
       return False
@@ -391,7 +392,12 @@ class Checkpointer:
       items[_OPT] = ocp.args.PyTreeSave(opt_state)
     if arrays:
       items[_HOST_ARRAYS] = ocp.args.PyTreeSave(arrays)
-    saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    nbytes = sum(int(a.nbytes) for a in arrays.values()) + sum(
+        math.prod(d["shape"]) * jax.numpy.dtype(d["dtype"]).itemsize for digests in meta["digests"].values()
+        for d in digests.values())
+    self._pending = (paths.join(self.directory, str(step)), int(nbytes))
+    with disk_full.writing(*self._pending):
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     if not saved:
       raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
     return True
@@ -420,7 +426,7 @@ class Checkpointer:
     to DIR/corrupt/; a CheckpointMismatch stops at once (every step would differ the same way). When
     no step restores: CorruptCheckpoint naming the directory.
     """
-    self._manager.wait_until_finished()
+    self._wait()
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       return None
@@ -462,7 +468,7 @@ class Checkpointer:
       leaves carrying the wanted shardings (see abstract_target) or concrete arrays whose sharding is
       taken. A target of None skips that item (returns None), e.g. to read only the host state.
     """
-    self._manager.wait_until_finished()
+    self._wait()
     if step is None:
       step = self._manager.latest_step()
       if step is None:
@@ -525,11 +531,18 @@ class Checkpointer:
   # --- lifetime
   def wait(self) -> None:
     """Blocks until every async save has been written and committed."""
-    self._manager.wait_until_finished()
+    self._wait()
+
+  def _wait(self) -> None:
+    """orbax's wait for pending saves; a full disk met by a save in the background is DiskFull naming its step."""
+    path, nbytes = self._pending or (self.directory, None)
+    with disk_full.writing(path, nbytes):
+      self._manager.wait_until_finished()
+    self._pending = None
 
   def close(self) -> None:
     """Waits for pending saves and releases orbax's threads."""
-    self._manager.wait_until_finished()
+    self._wait()
     self._manager.close()
 
   def __enter__(self) -> "Checkpointer":

@@ -24,6 +24,8 @@ from typing import IO, Iterator
 
 from etils import epath
 
+from jaxghpo import disk_full
+
 PathLike = str | os.PathLike
 
 
@@ -77,7 +79,13 @@ def read_text(path: PathLike) -> str:
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:
-  """Writes `data` atomically (a reader sees the old file or the new one); makes the parent directory."""
+  """Writes `data` atomically (a reader sees the old file or the new one); makes the parent directory.
+  A full disk raises disk_full.DiskFull naming `path` and len(data)."""
+  with disk_full.writing(path, len(data)):
+    _write_bytes(path, data)
+
+
+def _write_bytes(path: PathLike, data: bytes) -> None:
   if is_remote(path):
     with as_path(path).open("wb") as f:  # one object upload
       f.write(data)
