@@ -44,9 +44,12 @@ def main(argv) -> None:
   config = _CONFIG.value
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required (metrics.jsonl, checkpoints/ and eval/ go there)")
-  from jaxghpo import disk_full, stopping
+  from jaxghpo import disk_full, stopping, workdir_lock
   try:
     summary = train.run(config, _WORKDIR.value)
+  except workdir_lock.WorkdirLocked as e:
+    print(stopping.stop_line("error", error=str(e)), file=sys.stderr, flush=True)
+    sys.exit(1)  # the other run is named: no traceback
   except Exception as e:  # pylint: disable=broad-except
     full = disk_full.message(e)
     if full is None:

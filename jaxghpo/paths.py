@@ -58,6 +58,14 @@ def isdir(path: PathLike) -> bool:
   return as_path(path).is_dir()
 
 
+def remove(path: PathLike) -> None:
+  """Deletes file `path` (nothing when it does not exist)."""
+  try:
+    as_path(path).unlink()
+  except FileNotFoundError:
+    pass
+
+
 def listdir(path: PathLike) -> list[str]:
   """Names in directory `path`, sorted."""
   return sorted(p.name for p in as_path(path).iterdir())

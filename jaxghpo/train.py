@@ -313,6 +313,13 @@ class Trainer:
 
 
 def run(config, workdir: str) -> dict:
+  """The run `config` describes, in `workdir` (which it holds alone: workdir_lock)."""
+  from jaxghpo import workdir_lock
+  with workdir_lock.held(workdir):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> dict:
   if config.get("arms", ""):  # several arms side by side, each in workdir/ARM (jaxghpo/arms.py)
     from jaxghpo import arms
     return arms.run_side_by_side(config, workdir)
