@@ -37,6 +37,7 @@ says which it skipped and why, and moves the skipped ones to DIR/corrupt/ so tha
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -284,8 +285,23 @@ def _check_restored(saved: dict | None, tree, name: str, step: int) -> None:
                             "written (checksum differs): the files are damaged")
 
 
-# The barrier name orbax's Checkpointer.restore ends with (orbax 0.12: multihost.unique_barrier_key without prefix).
-_ORBAX_RESTORE_BARRIER = "Checkpointer:restore"
+@contextlib.contextmanager
+def _without_orbax_barriers():
+  """orbax's barriers left out for the block (several processes; nothing is being saved).
+
+  orbax ends a restore with a barrier of all hosts (a collective). A host whose read fails raises before
+  it, and the next collectives of the hosts then pair wrongly: a crash or a hang. Without it, every host
+  goes on to _agreed's allgather whatever its outcome, and that allgather is the barrier."""
+  if jax.process_count() == 1:
+    yield
+    return
+  from orbax.checkpoint._src.multihost import multihost as orbax_multihost
+  real = orbax_multihost.sync_global_processes
+  orbax_multihost.sync_global_processes = lambda *args, **kwargs: None
+  try:
+    yield
+  finally:
+    orbax_multihost.sync_global_processes = real
 
 
 def _agreed(step: int, fn):
@@ -518,15 +534,10 @@ class Checkpointer:
     return meta
 
   def _orbax_restore(self, step: int, items: dict) -> dict:
-    """orbax's restore of `items` of `step`. orbax ends each restore with a barrier (a collective of all
-    hosts); a host whose read fails before it still joins it, so the hosts' collectives stay paired."""
-    try:
+    """orbax's restore of `items` of `step`, without orbax's barriers (see _without_orbax_barriers): the
+    caller agrees on the outcome over hosts (_agreed), which is the barrier."""
+    with _without_orbax_barriers():
       return self._manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception:
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(_ORBAX_RESTORE_BARRIER)
-      raise
 
   # --- lifetime
   def wait(self) -> None:
