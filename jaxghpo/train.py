@@ -260,9 +260,9 @@ class Trainer:
     summary = {}
     spent = bool(c.max_gen_tokens) and self.gen_tokens_total >= int(c.max_gen_tokens)
     if self.start_step >= num_steps or (self.start_step > 0 and spent):
+      self.writer.close()  # a finished run: nothing to train, its files are complete
       self.stop_reason = "already finished"
       self._print_stop(self.start_step, num_steps)
-      self.writer.close()  # a finished run: nothing to train, its files are complete
       self.checkpointer.close()
       return {"already_finished": True}
     if self.start_step == 0:
@@ -300,8 +300,8 @@ class Trainer:
     if c.export_at_end and not stop:
       s = self.setup
       export(s.graphdef, self.params, s.model_cfg, s.tokenizer, paths.join(self.workdir, "export"))
+    self.writer.close()  # ends a progress line on a terminal before the stop line
     self._print_stop(done, int(c.num_steps))
-    self.writer.close()
     self.checkpointer.close()
     return summary
 
