@@ -552,9 +552,11 @@ class Checkpointer:
     self._pending = None
 
   def close(self) -> None:
-    """Waits for pending saves and releases orbax's threads."""
-    self._wait()
-    self._manager.close()
+    """Waits for pending saves and releases orbax's threads (also when the wait raises: a full disk)."""
+    try:
+      self._wait()
+    finally:
+      self._manager.close()
 
   def __enter__(self) -> "Checkpointer":
     return self
