@@ -9,7 +9,6 @@ the same base policy, problems and seed, each until it has generated config.max_
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 GHPO = {"curriculum.mode": "ghpo", "curriculum.ladder": (0.25, 0.5, 0.75), "curriculum.ladder_kind": "ratios",
@@ -72,15 +71,46 @@ def arm_config(config, arm: str):
 
 
 def run_side_by_side(config, workdir: str) -> dict:
-  """Runs each arm of config.arms in workdir/ARM (train.run), then report.compare of all of them."""
-  from jaxghpo import report, train
+  """Runs each arm of config.arms in workdir/ARM (train.run), then report.compare of all of them.
+
+  A stop signal (SIGTERM, SIGINT) ends the arm it came in (saved) and the command: a rerun of the same
+  command skips the finished arms, resumes that one, runs the rest and compares. Several processes: every
+  process trains every arm; the comparison is written by process 0 while the others wait for it at an
+  agreed barrier (its outcome is shared, so an error there stops every process)."""
+  from jaxghpo import paths, report, train
   arms = parse_arms(config.arms)
   if not int(config.max_gen_tokens):
     raise ValueError("config.arms compares arms at an equal budget of generated tokens: set config.max_gen_tokens > 0")
   out = {}
   for arm in arms:
-    print(f"== arm {arm} ({ARM_LABELS[arm]}): {os.path.join(workdir, arm)}", flush=True)
-    out[arm] = train.run(arm_config(config, arm), os.path.join(workdir, arm))
-  out["comparison"] = report.compare(workdir, {arm: os.path.join(workdir, arm) for arm in arms},
-                                     labels=ARM_LABELS)
+    print(f"== arm {arm} ({ARM_LABELS[arm]}): {paths.join(workdir, arm)}", flush=True)
+    out[arm] = train.run(arm_config(config, arm), paths.join(workdir, arm))
+    if out[arm].get("stop_reason") in ("SIGTERM", "SIGINT"):
+      out["stop_reason"] = out[arm]["stop_reason"]
+      print(f"arms: {out['stop_reason']} in arm {arm}: rerun the same command to resume it, run the remaining "
+            "arms and compare", flush=True)
+      return out
+  runs = {arm: paths.join(workdir, arm) for arm in arms}
+  out["comparison"] = on_process_zero("arms_compare", lambda: report.compare(workdir, runs, labels=ARM_LABELS))
   return out
+
+
+def on_process_zero(name: str, fn):
+  """fn() on process 0 (its result; None elsewhere) while the other processes wait at an agreed barrier.
+  The outcome is shared: an error on process 0 is raised on every process, naming it."""
+  import jax
+  from jaxghpo.parallel import hosts
+  if jax.process_count() == 1:
+    return fn()
+  result, error = None, None
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except Exception as e:  # pylint: disable=broad-except  (raised below, on every process)
+      error = e
+  outcome = hosts.allgather_json(None if error is None else f"{type(error).__name__}: {error}")[0]  # the barrier
+  if error is not None:
+    raise error
+  if outcome is not None:
+    raise RuntimeError(f"{name} failed on process 0: {outcome}")
+  return result

@@ -21,7 +21,9 @@ Arrays are restored against an abstract target (a pytree of ``jax.ShapeDtypeStru
 
 Multi-host: every process must call save / restore / wait / close in the same order with the same
 step (orbax synchronises them); host state must be the same on every process (process 0's copy is
-the one written). Nothing here is done by process 0 alone.
+the one written). Nothing here is done by process 0 alone. Whether a step restores is agreed over the
+hosts: a file that only one host reads and finds damaged makes every host skip that step, so all hosts
+resume from the same step (the newest one every host can restore).
 
 Call close() (or wait()) before the process exits: a save still being written when the interpreter
 shuts down is lost (the next Checkpointer on the directory removes its partial files).
@@ -35,6 +37,7 @@ says which it skipped and why, and moves the skipped ones to DIR/corrupt/ so tha
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -45,7 +48,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxghpo import faults, paths
+from jaxghpo import disk_full, faults, paths
 
 HOST_META_VERSION = 1
 CORRUPT_DIR = "corrupt"  # where restore_latest moves steps that do not restore
@@ -282,6 +285,46 @@ def _check_restored(saved: dict | None, tree, name: str, step: int) -> None:
                             "written (checksum differs): the files are damaged")
 
 
+@contextlib.contextmanager
+def _without_orbax_barriers():
+  """orbax's barriers left out for the block (several processes; nothing is being saved).
+
+  orbax ends a restore with a barrier of all hosts (a collective). A host whose read fails raises before
+  it, and the next collectives of the hosts then pair wrongly: a crash or a hang. Without it, every host
+  goes on to _agreed's allgather whatever its outcome, and that allgather is the barrier."""
+  if jax.process_count() == 1:
+    yield
+    return
+  from orbax.checkpoint._src.multihost import multihost as orbax_multihost
+  real = orbax_multihost.sync_global_processes
+  orbax_multihost.sync_global_processes = lambda *args, **kwargs: None
+  try:
+    yield
+  finally:
+    orbax_multihost.sync_global_processes = real
+
+
+def _agreed(step: int, fn):
+  """fn() on every host, its outcome agreed: when it raised on any host, every host raises (its own error,
+  or CorruptCheckpoint / CheckpointMismatch naming the host that failed). One process: fn()."""
+  if jax.process_count() == 1:
+    return fn()
+  from jaxghpo.parallel import hosts
+  result, error = None, None
+  try:
+    result = fn()
+  except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every host)
+    error = e
+  outcomes = hosts.allgather_json(None if error is None else [type(error).__name__, _one_line(error)])
+  if error is not None:
+    raise error
+  for process, outcome in enumerate(outcomes):
+    if outcome is not None:
+      kind = CheckpointMismatch if outcome[0] == CheckpointMismatch.__name__ else CorruptCheckpoint
+      raise kind(f"step {step}: process {process} cannot restore it ({outcome[1]})")
+  return result
+
+
 def _restore_args(target):
   return ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
 
@@ -316,6 +359,7 @@ class Checkpointer:
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           handler_registry=_handler_registry(replica_parallel_min_bytes))
+    self._pending: tuple[str, int] | None = None  # (step directory, bytes) of the save being written
 
   # --- queries
   def latest_step(self) -> int | None:
@@ -337,7 +381,7 @@ class Checkpointer:
     step = int(step)
     if step < 0:
       raise ValueError(f"checkpoint step must be >= 0, got {step}")
-    self._manager.wait_until_finished()  # the previous save must commit before this one is compared
+    self._wait()  # the previous save must commit before this one is compared
     latest = self._manager.latest_step()
     if latest is not None and step == latest:
       return False
@@ -364,7 +408,12 @@ class Checkpointer:
       items[_OPT] = ocp.args.PyTreeSave(opt_state)
     if arrays:
       items[_HOST_ARRAYS] = ocp.args.PyTreeSave(arrays)
-    saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    nbytes = sum(int(a.nbytes) for a in arrays.values()) + sum(
+        math.prod(d["shape"]) * jax.numpy.dtype(d["dtype"]).itemsize for digests in meta["digests"].values()
+        for d in digests.values())
+    self._pending = (paths.join(self.directory, str(step)), int(nbytes))
+    with disk_full.writing(*self._pending):
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     if not saved:
       raise RuntimeError(f"orbax declined to save step {step} in {self.directory}")
     return True
@@ -393,7 +442,7 @@ class Checkpointer:
     to DIR/corrupt/; a CheckpointMismatch stops at once (every step would differ the same way). When
     no step restores: CorruptCheckpoint naming the directory.
     """
-    self._manager.wait_until_finished()
+    self._wait()
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       return None
@@ -435,7 +484,7 @@ class Checkpointer:
       leaves carrying the wanted shardings (see abstract_target) or concrete arrays whose sharding is
       taken. A target of None skips that item (returns None), e.g. to read only the host state.
     """
-    self._manager.wait_until_finished()
+    self._wait()
     if step is None:
       step = self._manager.latest_step()
       if step is None:
@@ -444,16 +493,10 @@ class Checkpointer:
     if step not in self._manager.all_steps():
       raise _NoSuchStep(f"no checkpoint for step {step} in {self.directory}; saved steps: "
                               f"{self.all_steps()}")
-    meta = self._manager.restore(step, args=ocp.args.Composite(**{_HOST_META: ocp.args.JsonRestore()}))[_HOST_META]
-    if not isinstance(meta, dict):
-      raise CorruptCheckpoint(f"step {step}: host_meta is a {type(meta).__name__}, not the saved object")
-    has = meta.get("has", {})
-    for name, target in ((_PARAMS, params_target), (_OPT, opt_state_target)):
-      if target is not None and not has.get(name, False):
-        raise CheckpointMismatch(f"checkpoint step {step} in {self.directory} holds no {name}; pass "
-                                 f"{name}_target=None")
-      if target is not None and name in meta.get("digests", {}):
-        _check_same_arrays(meta["digests"][name], target, name, step, self.directory)
+    # Every host reads and checks the same files; each phase's outcome is agreed over hosts (_agreed), so
+    # a file that fails on one host only makes every host give the step up together.
+    meta = _agreed(step, lambda: self._read_meta(step, params_target, opt_state_target))
+    has = meta["has"]
     items = {}
     if params_target is not None:
       items[_PARAMS] = _restore_args(_as_abstract(params_target, "params_target"))
@@ -461,7 +504,7 @@ class Checkpointer:
       items[_OPT] = _restore_args(_as_abstract(opt_state_target, "opt_state_target"))
     if has.get(_HOST_ARRAYS, False):
       items[_HOST_ARRAYS] = ocp.args.PyTreeRestore()
-    out = self._manager.restore(step, args=ocp.args.Composite(**items)) if items else {}
+    out = _agreed(step, lambda: self._orbax_restore(step, items)) if items else {}
     host_arrays = out[_HOST_ARRAYS] if _HOST_ARRAYS in items else {}
     host_state = decode_host_state(meta, host_arrays)
     params = out[_PARAMS] if _PARAMS in items else None
@@ -471,15 +514,49 @@ class Checkpointer:
         _check_restored(meta.get("digests", {}).get(name), tree, name, step)
     return params, opt_state, host_state
 
+  def _read_meta(self, step: int, params_target, opt_state_target) -> dict:
+    """The step's host_meta, checked: the saved object's keys (CorruptCheckpoint) and the target's arrays
+    against the saved names and shapes (CheckpointMismatch)."""
+    meta = self._orbax_restore(step, {_HOST_META: ocp.args.JsonRestore()})[_HOST_META]
+    if not isinstance(meta, dict):
+      raise CorruptCheckpoint(f"step {step}: host_meta is a {type(meta).__name__}, not the saved object")
+    missing = [k for k in ("version", "tree", "has") if k not in meta]
+    if missing or not isinstance(meta["has"], dict):
+      raise CorruptCheckpoint(f"step {step}: host_meta lacks {missing or ['has']} (the saved object is "
+                              "damaged or was replaced)")
+    has = meta["has"]
+    for name, target in ((_PARAMS, params_target), (_OPT, opt_state_target)):
+      if target is not None and not has.get(name, False):
+        raise CheckpointMismatch(f"checkpoint step {step} in {self.directory} holds no {name}; pass "
+                                 f"{name}_target=None")
+      if target is not None and name in meta.get("digests", {}):
+        _check_same_arrays(meta["digests"][name], target, name, step, self.directory)
+    return meta
+
+  def _orbax_restore(self, step: int, items: dict) -> dict:
+    """orbax's restore of `items` of `step`, without orbax's barriers (see _without_orbax_barriers): the
+    caller agrees on the outcome over hosts (_agreed), which is the barrier."""
+    with _without_orbax_barriers():
+      return self._manager.restore(step, args=ocp.args.Composite(**items))
+
   # --- lifetime
   def wait(self) -> None:
     """Blocks until every async save has been written and committed."""
-    self._manager.wait_until_finished()
+    self._wait()
+
+  def _wait(self) -> None:
+    """orbax's wait for pending saves; a full disk met by a save in the background is DiskFull naming its step."""
+    path, nbytes = self._pending or (self.directory, None)
+    with disk_full.writing(path, nbytes):
+      self._manager.wait_until_finished()
+    self._pending = None
 
   def close(self) -> None:
-    """Waits for pending saves and releases orbax's threads."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves and releases orbax's threads (also when the wait raises: a full disk)."""
+    try:
+      self._wait()
+    finally:
+      self._manager.close()
 
   def __enter__(self) -> "Checkpointer":
     return self

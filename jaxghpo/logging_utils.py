@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from jaxghpo import paths
+from jaxghpo import disk_full, paths
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -173,8 +173,9 @@ class MetricWriter:
       self._lines.append(line)
       paths.write_text(self.path, "".join(self._lines))
     else:
-      self._file.write(line)
-      self._file.flush()
+      with disk_full.writing(self.path, len(line.encode("utf-8"))):
+        self._file.write(line)
+        self._file.flush()
     if self._tb is not None:
       for key, value in row.items():
         number = _scalar_for_tensorboard(value)

@@ -6,6 +6,7 @@ processes on one machine with --coordinator_address=127.0.0.1:PORT --num_process
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -43,7 +44,23 @@ def main(argv) -> None:
   config = _CONFIG.value
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required (metrics.jsonl, checkpoints/ and eval/ go there)")
-  train.run(config, _WORKDIR.value)
+  from jaxghpo import disk_full, stopping, workdir_lock
+  try:
+    summary = train.run(config, _WORKDIR.value)
+  except workdir_lock.WorkdirLocked as e:
+    print(stopping.stop_line("error", error=str(e)), file=sys.stderr, flush=True)
+    sys.exit(1)  # the other run is named: no traceback
+  except Exception as e:  # pylint: disable=broad-except
+    full = disk_full.message(e)
+    if full is None:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      print(stopping.stop_line("error", error=f"{type(e).__name__}: {first}"), file=sys.stderr, flush=True)
+      raise  # the traceback follows the line
+    print(stopping.stop_line("error", error=full), file=sys.stderr, flush=True)
+    sys.exit(1)  # the cause is named: no traceback
+  code = stopping.EXIT_CODES.get(summary.get("stop_reason"), 0)
+  if code:
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from typing import IO, Iterator
 
 from etils import epath
 
+from jaxghpo import disk_full
+
 PathLike = str | os.PathLike
 
 
@@ -56,6 +58,14 @@ def isdir(path: PathLike) -> bool:
   return as_path(path).is_dir()
 
 
+def remove(path: PathLike) -> None:
+  """Deletes file `path` (nothing when it does not exist)."""
+  try:
+    as_path(path).unlink()
+  except FileNotFoundError:
+    pass
+
+
 def listdir(path: PathLike) -> list[str]:
   """Names in directory `path`, sorted."""
   return sorted(p.name for p in as_path(path).iterdir())
@@ -77,7 +87,13 @@ def read_text(path: PathLike) -> str:
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:
-  """Writes `data` atomically (a reader sees the old file or the new one); makes the parent directory."""
+  """Writes `data` atomically (a reader sees the old file or the new one); makes the parent directory.
+  A full disk raises disk_full.DiskFull naming `path` and len(data)."""
+  with disk_full.writing(path, len(data)):
+    _write_bytes(path, data)
+
+
+def _write_bytes(path: PathLike, data: bytes) -> None:
   if is_remote(path):
     with as_path(path).open("wb") as f:  # one object upload
       f.write(data)

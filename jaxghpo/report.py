@@ -522,8 +522,7 @@ def compare(workdir: str, runs: Mapping[str, str], *, labels: Mapping[str, str] 
   labels = labels or {}
   summaries = {}
   for arm, d in runs.items():
-    with open(os.path.join(d, SUMMARY_JSON), encoding="utf-8") as f:
-      summaries[arm] = json.load(f)
+    summaries[arm] = json.loads(paths.read_text(paths.join(d, SUMMARY_JSON)))
   splits = [s for s in ("easy", "mid", "hard", "ood", "ood_ops")
             if any(f"valid_pass@1/{s}/sampled/after" in s_ for s_ in summaries.values())]
   lines = ["# Arms side by side at an equal budget of generated tokens", "",
@@ -550,15 +549,12 @@ def compare(workdir: str, runs: Mapping[str, str], *, labels: Mapping[str, str] 
                 f"training, {labels.get(b_arm, b_arm)} minus {labels.get(a_arm, a_arm)}: {boot['diff']:+.3f} "
                 f"(95% paired bootstrap over {boot['problems']} problems, one seed: [{boot['low']:+.3f}, "
                 f"{boot['high']:+.3f}]). One seed: the interval is over problems only, not over training runs."]
-  png = os.path.join(workdir, COMPARISON_PNG)
-  _plot_compare(png, runs, labels)
-  with open(os.path.join(workdir, COMPARISON_MD), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + f"\n\n![curves]({COMPARISON_PNG})\n")
-  with open(os.path.join(workdir, COMPARISON_JSON), "w", encoding="utf-8") as f:
-    json.dump(_jsonable(out), f, indent=1, sort_keys=True)
+  _plot_compare(paths.join(workdir, COMPARISON_PNG), runs, labels)
+  paths.write_text(paths.join(workdir, COMPARISON_MD), "\n".join(lines) + f"\n\n![curves]({COMPARISON_PNG})\n")
+  paths.write_text(paths.join(workdir, COMPARISON_JSON), json.dumps(_jsonable(out), indent=1, sort_keys=True))
   if console:
     print("\n".join(lines[4:]), flush=True)
-    print(f"  written: {os.path.join(workdir, COMPARISON_MD)}, {COMPARISON_PNG}", flush=True)
+    print(f"  written: {paths.join(workdir, COMPARISON_MD)}, {COMPARISON_PNG}", flush=True)
   return out
 
 
@@ -586,5 +582,6 @@ def _plot_compare(path: str, runs: Mapping[str, str], labels: Mapping[str, str])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with paths.local_file(path) as local:
+    fig.savefig(local, dpi=100)
   return path

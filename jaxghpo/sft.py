@@ -159,4 +159,6 @@ def run(config, workdir: str) -> dict:
       print(f"sft step {step}/{steps} loss {row['loss']:.4f} ({row['time/elapsed_s']:.0f}s)", flush=True)
   out = paths.join(workdir, "export")
   models.save_pretrained(nnx.merge(graphdef, params), cfg, out, tokenizer=tokenizer)
+  from jaxghpo import stopping
+  print(stopping.stop_line("finished steps", step=steps, num_steps=steps), flush=True)  # no checkpoints: no signals
   return {"export": out, "loss": float(loss), "time_s": time.time() - t0}

@@ -11,7 +11,6 @@ simulations and tests run); the device side is pure jitted functions. Every deci
 """
 from __future__ import annotations
 
-import signal
 import time
 
 import jax
@@ -19,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from jaxghpo import (curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, models, parallel,
-                     paths, rl)
+                     paths, rl, stopping)
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -56,7 +55,6 @@ class Trainer:
     self.config, self.workdir = config, workdir
     paths.makedirs(workdir)
     s = self.setup = experiment.setup(config)
-    experiment.write_data_report(s.problems, workdir, jax.process_index() == 0)
     self.scheduler, self.pipeline, self.rl_cfg = s.scheduler, s.pipeline, s.rl_cfg
     self.params, self.opt_state = s.params, s.opt_state
     self.P = int(config.data.prompts_per_step)  # problems per step, all hosts
@@ -68,12 +66,8 @@ class Trainer:
     self.writer = None  # opened in restore(), once the resume step is known
     self.start_step = 0
     self.gen_tokens_total = 0
-    self._stop_requested = False  # set by SIGTERM on this host; agreed at step boundaries
-
-  def _install_sigterm(self) -> None:
-    def handler(signum, frame):
-      self._stop_requested = True  # TPU preemption: save at the next step boundary and exit 0
-    signal.signal(signal.SIGTERM, handler)
+    self.signals = stopping.StopSignals()  # SIGTERM / SIGINT on this host; agreed at step boundaries
+    self.stop_reason = None  # why run() stopped (stopping.REASONS)
 
   def restore(self) -> None:
     s = self.setup
@@ -87,6 +81,8 @@ class Trainer:
       self.rng = host["rng"]
       self.gen_tokens_total = int(host["gen_tokens_total"])
       self.start_step = int(host["step"])
+    # Written once the resume is accepted: a resume refused for changed data keeps the run's own report.
+    experiment.write_data_report(s.problems, self.workdir, jax.process_index() == 0)
     # Steps count from 1 in metrics.jsonl (step 0 holds the evaluation before training): rows after
     # the restored step are dropped so a resumed run continues the file without duplicates.
     self.writer = MetricWriter(self.workdir, is_main_process=jax.process_index() == 0,
@@ -232,14 +228,32 @@ class Trainer:
       self.writer.write(step, {**row, **(extra or {})})
       self.skip_guard.observe(step, row)
 
-  def stop_agreed(self) -> bool:
-    """Whether any host asked to stop (SIGTERM): a collective, called by every host at each step end."""
-    return multihost.agreed_max(int(self._stop_requested)) > 0
+  def stop_agreed(self) -> str | None:
+    """The signal any host got (SIGTERM, SIGINT; None): a collective, called by every host at each step end."""
+    return stopping.SIGNAL_NAMES.get(multihost.agreed_max(int(self.signals.code)))
 
   def run(self) -> dict:
+    """The loop (`_run`) with SIGTERM and SIGINT handled at step boundaries; prints why it stopped."""
+    self.signals.install()
+    try:
+      return self._run()
+    except BaseException:
+      self._close_quietly()  # no save left writing in the background while the error unwinds
+      raise
+    finally:
+      self.signals.uninstall()
+
+  def _close_quietly(self) -> None:
+    for close in (self.checkpointer.close, getattr(self.writer, "close", None)):
+      try:
+        if close is not None:
+          close()
+      except Exception:  # pylint: disable=broad-except  (the error that stopped the run is the one to report)
+        pass
+
+  def _run(self) -> dict:
     c = self.config
     num_steps = int(c.num_steps)
-    self._install_sigterm()
     self.restore()
     if self.start_step == 0 and jax.process_index() == 0:
       paths.write_text(paths.join(self.workdir, "config.json"), c.to_json_best_effort(indent=2))
@@ -247,6 +261,8 @@ class Trainer:
     spent = bool(c.max_gen_tokens) and self.gen_tokens_total >= int(c.max_gen_tokens)
     if self.start_step >= num_steps or (self.start_step > 0 and spent):
       self.writer.close()  # a finished run: nothing to train, its files are complete
+      self.stop_reason = "already finished"
+      self._print_stop(self.start_step, num_steps)
       self.checkpointer.close()
       return {"already_finished": True}
     if self.start_step == 0:
@@ -254,7 +270,8 @@ class Trainer:
       self.writer.write(0, summary["eval_before"])
     eval_every = int(c.eval_every_steps)
     t_prev = time.perf_counter()
-    stop = False
+    stop = None
+    self.stop_reason = "finished steps"
     for step in range(self.start_step, num_steps):
       host_metrics, train_metrics = self.rl_step(step, jax.random.fold_in(self.rng, step))
       now = time.perf_counter()
@@ -266,7 +283,7 @@ class Trainer:
       # An equal budget of generated tokens (retries included) compares arms fairly: stop when it is spent
       # (gen_tokens_total is summed over hosts, so every host reads the same).
       if bool(c.max_gen_tokens) and self.gen_tokens_total >= int(c.max_gen_tokens):
-        num_steps = done
+        num_steps, self.stop_reason = done, "token budget"
       evaluate_now = done == num_steps or (eval_every and done % eval_every == 0)
       if done % int(c.checkpoint_every_steps) == 0 or evaluate_now or stop:
         extra = self.evaluate(done) if evaluate_now else {}
@@ -278,15 +295,31 @@ class Trainer:
       if stop or done == num_steps:
         break
     self.checkpointer.wait()
+    if stop:
+      self.stop_reason = stop
     if c.export_at_end and not stop:
       s = self.setup
       export(s.graphdef, self.params, s.model_cfg, s.tokenizer, paths.join(self.workdir, "export"))
-    self.writer.close()
+    self.writer.close()  # ends a progress line on a terminal before the stop line
+    self._print_stop(done, int(c.num_steps))
     self.checkpointer.close()
     return summary
 
+  def _print_stop(self, step: int, num_steps: int) -> None:
+    if jax.process_index() == 0:
+      print(stopping.stop_line(self.stop_reason, step=step, num_steps=num_steps, gen_tokens=self.gen_tokens_total,
+                               max_gen_tokens=int(self.config.max_gen_tokens), saved=self.checkpointer.latest_step()),
+            flush=True)
+
 
 def run(config, workdir: str) -> dict:
+  """The run `config` describes, in `workdir` (which it holds alone: workdir_lock)."""
+  from jaxghpo import workdir_lock
+  with workdir_lock.held(workdir):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> dict:
   if config.get("arms", ""):  # several arms side by side, each in workdir/ARM (jaxghpo/arms.py)
     from jaxghpo import arms
     return arms.run_side_by_side(config, workdir)
@@ -297,8 +330,10 @@ def run(config, workdir: str) -> dict:
     raise ValueError(f"config.mode={config.mode!r} is not one of 'rl', 'sft'")
   from jaxghpo import report  # imported here: matplotlib is only needed at the end of a run
   t0 = time.perf_counter()
-  summary = Trainer(config, workdir).run()
+  trainer = Trainer(config, workdir)
+  summary = trainer.run()
   summary["wall_s"] = time.perf_counter() - t0  # the files hold step times, not the whole invocation
   # The summary (console, summary.md/json, curves.png) is read back from the run's files by process 0.
   summary["report"] = report.finish(workdir, config, summary)
+  summary["stop_reason"] = trainer.stop_reason  # main's exit code: 130 after SIGINT (stopping.EXIT_CODES)
   return summary

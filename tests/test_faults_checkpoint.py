@@ -50,6 +50,12 @@ def garbage_metadata(directory):
       f.write(b"\xff\xfe garbage {{{")
 
 
+def empty_metadata(directory):
+  """host_meta holding valid JSON that is not the saved object (`{}`): damage, not another model."""
+  with open(os.path.join(directory, "3", "host_meta", "metadata"), "w") as f:
+    f.write("{}")
+
+
 def flip_bytes(directory):
   path = params_data_file(directory, 3)
   data = bytearray(open(path, "rb").read())
@@ -58,7 +64,7 @@ def flip_bytes(directory):
   open(path, "wb").write(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [truncate, delete, garbage_metadata, flip_bytes], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("damage", [truncate, delete, garbage_metadata, empty_metadata, flip_bytes], ids=lambda f: f.__name__)
 def test_resume_falls_back_past_a_damaged_latest_step(tmp_path, damage, capsys):
   directory = str(tmp_path / "ckpt")
   save_steps(directory)

@@ -43,6 +43,18 @@ def test_resume_skips_a_damaged_latest_step_and_writes_the_data_report(policy, t
   assert [r["step"] for r in rows if "skipped_updates" in r] == [1, 2, 3, 4]
 
 
+def test_a_resume_refused_for_changed_data_keeps_the_runs_data_report(policy, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.run(config(policy, num_steps=1), workdir)
+  report = os.path.join(workdir, "data_report.json")
+  before = open(report).read()
+  changed = config(policy, num_steps=2)
+  changed.data.num_train = int(changed.data.num_train) + 8  # other training rows: the saved position is invalid
+  with pytest.raises(ValueError, match="training data changed since this position was saved"):
+    train.run(changed, workdir)
+  assert open(report).read() == before, "the refused run's data report replaced the run's own"
+
+
 @pytest.mark.slow  # the guard itself is tested in test_faults_checkpoint.py; this runs it in the loop
 def test_skipped_updates_in_a_row_stop_the_run_and_keep_the_good_checkpoints(policy, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
