@@ -6,6 +6,7 @@ processes on one machine with --coordinator_address=127.0.0.1:PORT --num_process
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -39,11 +40,16 @@ def main(argv) -> None:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_NUM_CPU_DEVICES.value}")
   _init_distributed()
-  from jaxghpo import train  # after distributed init: jax must not pick devices before it
+  from jaxghpo import train, validation  # after distributed init: jax must not pick devices before it
   config = _CONFIG.value
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required (metrics.jsonl, checkpoints/ and eval/ go there)")
-  train.run(config, _WORKDIR.value)
+  try:
+    validation.check_workdir(_WORKDIR.value)
+    train.run(config, _WORKDIR.value)
+  except validation.StartupError as e:  # a config value, a path, the data, the memory: one line, no traceback
+    print(f"jaxghpo: cannot start: {validation.one_line(e)}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jaxghpo import (curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, models, parallel,
-                     paths, rl)
+                     paths, rl, validation)
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -54,7 +54,7 @@ class Trainer:
 
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, workdir
-    paths.makedirs(workdir)
+    validation.check_workdir(workdir)  # a file or read-only workdir: one line naming it
     s = self.setup = experiment.setup(config)
     experiment.write_data_report(s.problems, workdir, jax.process_index() == 0)
     self.scheduler, self.pipeline, self.rl_cfg = s.scheduler, s.pipeline, s.rl_cfg
