@@ -71,7 +71,7 @@ def arm_config(config, arm: str):
   return c
 
 
-def run_side_by_side(config, workdir: str) -> dict:
+def run_side_by_side(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Runs each arm of config.arms in workdir/ARM (train.run), then report.compare of all of them."""
   from jaxghpo import report, train
   arms = parse_arms(config.arms)
@@ -80,7 +80,7 @@ def run_side_by_side(config, workdir: str) -> dict:
   out = {}
   for arm in arms:
     print(f"== arm {arm} ({ARM_LABELS[arm]}): {os.path.join(workdir, arm)}", flush=True)
-    out[arm] = train.run(arm_config(config, arm), os.path.join(workdir, arm))
+    out[arm] = train.run(arm_config(config, arm), os.path.join(workdir, arm), allow_config_change=allow_config_change)
   out["comparison"] = report.compare(workdir, {arm: os.path.join(workdir, arm) for arm in arms},
                                      labels=ARM_LABELS)
   return out

@@ -17,6 +17,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory: metrics.jsonl
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
 _NUM_PROC = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 _PROC_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume even when keys that change the math differ from DIR/config.json "
+    "(jaxghpo/resume_check.py; the changes are recorded in DIR/config_changes.jsonl).")
 _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None,
                                         "Fake CPU devices per process (tests of sharding on CPU).")
 
@@ -46,7 +49,7 @@ def main(argv) -> None:
     raise app.UsageError("--workdir is required (metrics.jsonl, checkpoints/ and eval/ go there)")
   try:
     validation.check_workdir(_WORKDIR.value)
-    train.run(config, _WORKDIR.value)
+    train.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except validation.StartupError as e:  # a config value, a path, the data, the memory: one line, no traceback
     print(f"jaxghpo: cannot start: {validation.one_line(e)}", file=sys.stderr, flush=True)
     sys.exit(2)

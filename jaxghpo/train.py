@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jaxghpo import (curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, models, parallel,
-                     paths, rl, validation)
+                     paths, resume_check, rl, validation)
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -52,8 +52,9 @@ def export(graphdef, params, model_cfg, tokenizer, out_dir: str) -> None:
 class Trainer:
   """The run's pieces (experiment.setup) and its loop: `rl_step` is one step, `run()` the loop."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, allow_config_change: bool = False):
     self.config, self.workdir = config, workdir
+    self.allow_config_change = allow_config_change  # a resume may change keys that change the math
     validation.check_workdir(workdir)  # a file or read-only workdir: one line naming it
     s = self.setup = experiment.setup(config)
     experiment.write_data_report(s.problems, workdir, jax.process_index() == 0)
@@ -240,6 +241,10 @@ class Trainer:
     c = self.config
     num_steps = int(c.num_steps)
     self._install_sigterm()
+    latest = self.checkpointer.latest_step()
+    if latest is not None:  # a resume: keys that change the math must equal config.json's (resume_check.py)
+      resume_check.check(c, self.workdir, latest, allow=self.allow_config_change,
+                         is_main_process=jax.process_index() == 0)
     self.restore()
     if self.start_step == 0 and jax.process_index() == 0:
       paths.write_text(paths.join(self.workdir, "config.json"), c.to_json_best_effort(indent=2))
@@ -286,10 +291,11 @@ class Trainer:
     return summary
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, allow_config_change: bool = False) -> dict:
+  """Trains (or resumes) the run of `config` in `workdir`; allow_config_change: see jaxghpo/resume_check.py."""
   if config.get("arms", ""):  # several arms side by side, each in workdir/ARM (jaxghpo/arms.py)
     from jaxghpo import arms
-    return arms.run_side_by_side(config, workdir)
+    return arms.run_side_by_side(config, workdir, allow_config_change=allow_config_change)
   if config.mode == "sft":
     from jaxghpo import sft
     return sft.run(config, workdir)
@@ -297,7 +303,7 @@ def run(config, workdir: str) -> dict:
     raise ValueError(f"config.mode={config.mode!r} is not one of 'rl', 'sft'")
   from jaxghpo import report  # imported here: matplotlib is only needed at the end of a run
   t0 = time.perf_counter()
-  summary = Trainer(config, workdir).run()
+  summary = Trainer(config, workdir, allow_config_change).run()
   summary["wall_s"] = time.perf_counter() - t0  # the files hold step times, not the whole invocation
   # The summary (console, summary.md/json, curves.png) is read back from the run's files by process 0.
   summary["report"] = report.finish(workdir, config, summary)
