@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import (curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, models, parallel,
-                     paths, resume_check, rl, validation)
+from jaxghpo import (curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, health, models,
+                     parallel, paths, resume_check, rl, validation)
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -64,7 +64,9 @@ class Trainer:
     self.G = int(config.rollout.group_size)
     self.rng = jax.random.key(derived.seed(config, "train_rng"))
     self.checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
-    self.skip_guard = faults.SkipGuard(config, before_stop=self.checkpointer.wait)
+    self.skip_guard = faults.SkipGuard(config, before_stop=self.checkpointer.wait, on_limit=self._roll_back)
+    self.health = None  # health.HealthTracker, made in restore(): each checkpoint's health record
+    self._rolled_back_to: set[int] = set()
     self.deferred = DeferredMetrics()
     self.writer = None  # opened in restore(), once the resume step is known
     self.start_step = 0
@@ -88,6 +90,7 @@ class Trainer:
       self.rng = host["rng"]
       self.gen_tokens_total = int(host["gen_tokens_total"])
       self.start_step = int(host["step"])
+    self.health = health.HealthTracker.from_host(host if step is not None else None, self.params)
     # Steps count from 1 in metrics.jsonl (step 0 holds the evaluation before training): rows after
     # the restored step are dropped so a resumed run continues the file without duplicates.
     self.writer = MetricWriter(self.workdir, is_main_process=jax.process_index() == 0,
@@ -99,7 +102,25 @@ class Trainer:
       return
     save(self.checkpointer, step, self.params, self.opt_state,
          {"scheduler": self.scheduler.state_dict(), "pipeline": self.pipeline.get_state(), "rng": self.rng,
-          "gen_tokens_total": int(self.gen_tokens_total)})
+          "gen_tokens_total": int(self.gen_tokens_total), "health": self.health.at_save(self.params)})
+
+  def _roll_back(self, step: int) -> bool:
+    """At a skip streak: the params and optimizer state of the newest checkpoint recorded healthy (not used
+    before) replace the wrecked ones; data, curriculum and step count go on (jaxghpo/health.py)."""
+    self.checkpointer.wait()
+    target = health.rollback_target(self.checkpointer, self._rolled_back_to)
+    if target is None:
+      return False
+    s = self.setup
+    opt_shardings = rl.optimizer_shardings(s.optimizer, self.params, s.param_shardings, s.mesh)
+    self.params, self.opt_state, _ = self.checkpointer.restore(
+        target, abstract_target(self.params, s.param_shardings), abstract_target(self.opt_state, opt_shardings))
+    self._rolled_back_to.add(target)
+    self.health.reset()
+    print(f"step {step}: {self.skip_guard.in_a_row} updates in a row were skipped as non-finite: rolled back to "
+          f"the params and optimizer state of checkpoint {target}, the newest recorded healthy; data, curriculum "
+          "and step count go on", flush=True)
+    return True
 
   # ------------------------------------------------------------------------------------ the step
   def rl_step(self, step: int, rng) -> tuple[dict, dict]:
@@ -231,6 +252,7 @@ class Trainer:
       if "clip_frac_low" in row:
         row["clip_frac"] = float(row["clip_frac_low"]) + float(row["clip_frac_high"])
       self.writer.write(step, {**row, **(extra or {})})
+      self.health.observe(step, row)
       self.skip_guard.observe(step, row)
 
   def stop_agreed(self) -> bool:
