@@ -347,8 +347,14 @@ def write_data_report(problems: Problems, workdir: str, is_main_process: bool = 
   """Prints one line per source and writes workdir/data_report.json (process 0); returns the report."""
   report = data_report(problems)
   if is_main_process:
-    for r in (problems.load_report or []) + list(problems.eval_reports.values()):
-      print(f"data: {r}", flush=True)
+    reports = (problems.load_report or []) + list(problems.eval_reports.values())
+    clean = [r for r in reports if not r.skipped and not r.num_conflicts and not r.level_unknown
+             and r.loaded == r.rows_read]
+    for r in reports:  # a source with anything skipped, conflicting or unknown gets its own line
+      if not any(r is c for c in clean):
+        print(f"data: {r}", flush=True)
+    if clean:
+      print("data: every row kept: " + ", ".join(f"{r.path} {r.loaded}" for r in clean), flush=True)
     # Through jaxghpo/paths.py: a gs:// workdir gets an object (os/open would write ./gs:/... locally).
     paths.write_text(paths.join(workdir, "data_report.json"), json.dumps(report, indent=1))
   return report

@@ -20,6 +20,8 @@ _PROC_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume even when keys that change the math differ from DIR/config.json "
     "(jaxghpo/resume_check.py; the changes are recorded in DIR/config_changes.jsonl).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO logs (orbax, jax, absl): off by default, "
+                             "so the console holds the data report, progress, the summary and the table.")
 _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None,
                                         "Fake CPU devices per process (tests of sharding on CPU).")
 
@@ -36,9 +38,22 @@ def _init_distributed() -> None:
     jax.distributed.initialize()  # TPU VM: everything is auto-detected
 
 
+def quiet_libraries() -> None:
+  """Warnings and errors only from the libraries' loggers (orbax's INFO lines run to thousands of characters;
+  jax says at INFO that a TPU backend did not start on a machine without one). Platform choice is untouched."""
+  import logging as std_logging
+
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  for name in ("jax", "orbax", "absl", "tensorboardX", "etils"):
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _VERBOSE.value:
+    quiet_libraries()
   if _NUM_CPU_DEVICES.value:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_NUM_CPU_DEVICES.value}")

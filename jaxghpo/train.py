@@ -95,6 +95,7 @@ class Trainer:
     # the restored step are dropped so a resumed run continues the file without duplicates.
     self.writer = MetricWriter(self.workdir, is_main_process=jax.process_index() == 0,
                                total_steps=int(self.config.num_steps), print_every=int(self.config.log_every_steps),
+                               token_budget=int(self.config.get("max_gen_tokens", 0) or 0),
                                resume_step=self.start_step if step is not None else -1)
 
   def save(self, step: int) -> None:
