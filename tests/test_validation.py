@@ -149,3 +149,25 @@ def test_main_prints_one_line_and_exits_2_for_a_file_workdir(tmp_path):
   assert lines == [f"jaxghpo: cannot start: --workdir={path} is a file, not a directory; give a directory (it is "
                    "made if missing)"], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+def test_library_info_logs_are_off_unless_verbose():
+  """main's default: jax's "Unable to initialize backend 'tpu'" and orbax's INFO lines are not printed."""
+  import logging
+
+  from absl import logging as absl_logging
+
+  from jaxghpo import main
+  names = ("jax", "orbax", "absl", "tensorboardX", "etils")
+  saved = {n: logging.getLogger(n).level for n in names}
+  verbosity = absl_logging.get_verbosity()
+  try:
+    main.quiet_libraries()
+    assert not logging.getLogger("jax._src.xla_bridge").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("orbax.checkpoint.checkpoint_manager").isEnabledFor(logging.INFO)
+    assert logging.getLogger("jax._src.xla_bridge").isEnabledFor(logging.WARNING)
+    assert absl_logging.get_verbosity() == absl_logging.WARNING
+  finally:
+    for n, level in saved.items():
+      logging.getLogger(n).setLevel(level)
+    absl_logging.set_verbosity(verbosity)
