@@ -268,7 +268,7 @@ def markdown(s: Mapping[str, Any]) -> str:
   splits = s.get("splits", [])
   greedy = any(s.get(f"pass@1/{sp}/greedy/{w}") is not None for sp in splits for w in ("before", "after"))
   kk = f"pass@{k or 'k'}"
-  lines += [(f"greedy: one completion at temperature 0; " if greedy else "")
+  lines += [("greedy: one completion at temperature 0; " if greedy else "")
             + f"sampled: mean accuracy of {k or 'k'} samples (avg@k), and {kk}.", "",
             "| split |" + (" greedy before | greedy after |" if greedy else "")
             + f" sampled before | sampled after | change (sampled) | {kk} before | {kk} after |",

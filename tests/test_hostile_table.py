@@ -5,7 +5,6 @@ JAXGHPO_UPDATE_DOCS=1 rewrites it."""
 import json
 import os
 
-import pytest
 
 from jaxghpo import memory_check, train, validation
 from tests.test_faults_data import default_config

@@ -40,8 +40,11 @@ if ROOT not in sys.path:
 from jaxghpo import derived, models, parallel, rl  # noqa: E402
 
 # The estimate lives in the package (the start-time memory check uses it); re-exported for the tool's users.
-from jaxghpo.memory_estimate import *  # noqa: E402,F401,F403
-from jaxghpo.memory_estimate import GB, MemoryEstimate, _divided, _local_dims, _rows_per_device  # noqa: E402,F401
+from jaxghpo.memory_estimate import (GB, K_HIDDEN, K_LOGITS, K_MLP, K_PREFILL_SCORES, K_QKV, K_SCORES,  # noqa: E402,F401
+                                     MemoryEstimate, abstract_mesh, abstract_params, estimate,
+                                     kv_cache_bytes_per_device, layer_param_count, optimizer_bytes_per_device,
+                                     param_bytes_per_device, resolve_mesh_shape, run_model_config,
+                                     sampler_activation_parts, train_activation_parts)
 
 
 def format_report(est: MemoryEstimate, config, model_cfg: models.ModelConfig, hbm_bytes: float | None = None) -> str:
