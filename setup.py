@@ -21,7 +21,10 @@ setup(
         "array-record>=0.8.0",
         "grain>=0.2.12",
         "ml-collections>=1.1.0",
-        "math-verify[antlr4_13_2]>=0.8.0",
+        # math-verify's [antlr4_13_2] extra names an extra of latex2sympy2_extended that pip's extra-name
+        # normalisation does not find ("does not provide the extra"): the parser runtime it pins, named directly.
+        "math-verify>=0.8.0",
+        "antlr4-python3-runtime==4.13.2",
         "jinja2>=3.1",
         "safetensors>=0.6",
         "ml-dtypes>=0.5",

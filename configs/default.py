@@ -53,6 +53,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.greedy = False
   c.eval.num_samples = 4
   c.eval.hint_ratios = "0.0"
+  # Evaluations during training (the comparison figure's curves); they use their own random stream, so
+  # training and the final table are those of a run that evaluates only at the start and end.
+  c.eval_every_steps = 10
   for kv in filter(None, arg.split(",,")):
     key, value = kv.split("=", 1)
     if key == "arms":

@@ -70,7 +70,7 @@ def arm_config(config, arm: str):
   return c
 
 
-def run_side_by_side(config, workdir: str) -> dict:
+def run_side_by_side(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Runs each arm of config.arms in workdir/ARM (train.run), then report.compare of all of them.
 
   A stop signal (SIGTERM, SIGINT) ends the arm it came in (saved) and the command: a rerun of the same
@@ -84,7 +84,7 @@ def run_side_by_side(config, workdir: str) -> dict:
   out = {}
   for arm in arms:
     print(f"== arm {arm} ({ARM_LABELS[arm]}): {paths.join(workdir, arm)}", flush=True)
-    out[arm] = train.run(arm_config(config, arm), paths.join(workdir, arm))
+    out[arm] = train.run(arm_config(config, arm), paths.join(workdir, arm), allow_config_change=allow_config_change)
     if out[arm].get("stop_reason") in ("SIGTERM", "SIGINT"):
       out["stop_reason"] = out[arm]["stop_reason"]
       print(f"arms: {out['stop_reason']} in arm {arm}: rerun the same command to resume it, run the remaining "

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxghpo import derived, models, parallel, rewards
+from jaxghpo import derived, memory_check, models, parallel, paths, rewards, validation
 from jaxghpo.data import files as files_lib
 from jaxghpo.data import tokenizer as tok_lib
 from jaxghpo.data.example import Example
@@ -164,7 +164,14 @@ def reward_fn(config, problems: Problems):
 
 
 def validate(config, num_devices: int, num_processes: int) -> None:
-  """Fails at start with a message naming the conflicting keys (every value that could only fail later)."""
+  """Fails at start with a message naming the conflicting keys (every value that could only fail later).
+
+  Raises validation.StartupError (a ValueError), which `python -m jaxghpo.main` prints as one line."""
+  with validation.startup_errors():
+    _validate(config, num_devices, num_processes)
+
+
+def _validate(config, num_devices: int, num_processes: int) -> None:
   validate_values(config)
   shape = parallel.validate_mesh_shape(tuple(config.mesh.shape), num_devices)
   P, G = int(config.data.prompts_per_step), int(config.rollout.group_size)
@@ -180,8 +187,6 @@ def validate(config, num_devices: int, num_processes: int) -> None:
   if ((P * G) // M) % batch_shards:
     raise ValueError(f"config.rl.micro_batches={M}: a micro-batch of {(P * G) // M} sequences does not divide "
                      f"over the mesh's data x fsdp = {batch_shards} shards; lower micro_batches")
-  if G < 2 and config.mode == "rl":
-    raise ValueError(f"config.rollout.group_size={G}: group-relative advantages need at least 2 samples")
   for key in ("num_steps", "checkpoint_every_steps", "seed"):
     if key not in config:
       raise ValueError(f"config.{key} is missing; every config needs num_steps, checkpoint_every_steps, seed")
@@ -197,23 +202,17 @@ def validate_values(config) -> None:
 
   def need(ok: bool, key: str, why: str) -> None:
     if not ok:
-      raise ValueError(f"config.{key}={_get(c, key)!r}: {why}")
+      raise validation.StartupError(f"config.{key}={_get(c, key)!r}: {why}")
 
   for key, value in _float_leaves(c):
     if not math.isfinite(value):
-      raise ValueError(f"config.{key}={value}: must be a finite number (a NaN learning rate, for one, turns "
+      raise validation.StartupError(f"config.{key}={value}: must be a finite number (a NaN learning rate, for one, turns "
                        "every parameter into NaN without a single skipped update)")
-  for key in ("num_steps", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps"):
-    if key in c:
-      need(int(c[key]) >= 1, key, "must be >= 1")
-  need(int(c.get("eval_every_steps", 0)) >= 0, "eval_every_steps", "must be >= 0 (0: at the start and end only)")
-  need(int(c.get("max_skipped_updates_in_a_row", 0)) >= 0, "max_skipped_updates_in_a_row",
-       "must be >= 0 (0: never stop)")
-  need(0 <= int(c.seed) < 2**32, "seed", "must be in [0, 2**32) (the data shuffle's seed)")
+  # Every numeric key against its range (one table: jaxghpo/validation.py), then what relates keys.
+  validation.check_ranges(c)
   path = str(c.model.path).strip()
   need(bool(path), "model.path", "is empty; give a Hugging Face model directory or builtin:NAME "
        "(an empty path would read ./config.json)")
-  need(int(c.data.prompts_per_step) >= 1, "data.prompts_per_step", "must be >= 1")
   need(c.data.on_bad_row in ("error", "skip"), "data.on_bad_row", "must be 'error' or 'skip'")
   need(c.data.style in templates.STYLES, "data.style", f"must be one of {templates.STYLES}")
   need(c.hints.placement in templates.PLACEMENTS, "hints.placement", f"must be one of {templates.PLACEMENTS}")
@@ -225,26 +224,13 @@ def validate_values(config) -> None:
        "the valid_trace reward checks a written trace with a task's checker: it needs data.source='task', "
        "data.task='chains' (use 'exact' or 'math' for other data)")
   r = c.rollout
-  need(int(r.max_prompt_len) >= 1, "rollout.max_prompt_len", "must be >= 1")
-  need(int(r.max_new_tokens) >= 1, "rollout.max_new_tokens", "must be >= 1")
-  need(0.0 < float(r.top_p) <= 1.0, "rollout.top_p", "must be in (0, 1] (1: no nucleus filter)")
-  need(float(r.top_k) == int(r.top_k) and int(r.top_k) >= 0, "rollout.top_k",
-       "must be a whole number >= 0 (0: no top-k filter)")
-  need(float(r.temperature) >= 0.0, "rollout.temperature", "must be >= 0")
   if c.mode == "rl":
     need(float(r.temperature) > 0.0, "rollout.temperature",
          "RL needs sampling: at temperature 0 the G responses of a group are identical, no group has a "
          "reward spread and nothing is learned; use e.g. 1.0")
-  need(int(c.rl.micro_batches) >= 1, "rl.micro_batches", "must be >= 1 (1: the whole batch at once)")
-  need(int(c.rl.ppo_epochs) >= 1, "rl.ppo_epochs", "must be >= 1")
   e = c.eval
-  need(float(e.temperature) >= 0.0, "eval.temperature", "must be >= 0")
-  need(int(e.num_samples) >= 1, "eval.num_samples", "must be >= 1")
   need(int(e.num_samples) <= int(r.group_size), "eval.num_samples",
        f"must be <= config.rollout.group_size={int(r.group_size)} (evaluation draws one group per problem)")
-  need(int(e.num_problems) >= 1, "eval.num_problems", "must be >= 1")
-  for key in ("eval.max_prompt_len", "eval.max_new_tokens"):
-    need(int(_get(c, key) or 0) >= 0, key, "must be >= 0 (0: the rollout's value)")
   try:
     ratios = [float(x) for x in str(e.hint_ratios).split(",") if x.strip()]
   except ValueError:
@@ -361,13 +347,16 @@ def write_data_report(problems: Problems, workdir: str, is_main_process: bool = 
   """Prints one line per source and writes workdir/data_report.json (process 0); returns the report."""
   report = data_report(problems)
   if is_main_process:
-    for r in (problems.load_report or []) + list(problems.eval_reports.values()):
-      print(f"data: {r}", flush=True)
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, "data_report.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(report, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, "data_report.json"))
+    reports = (problems.load_report or []) + list(problems.eval_reports.values())
+    clean = [r for r in reports if not r.skipped and not r.num_conflicts and not r.level_unknown
+             and r.loaded == r.rows_read]
+    for r in reports:  # a source with anything skipped, conflicting or unknown gets its own line
+      if not any(r is c for c in clean):
+        print(f"data: {r}", flush=True)
+    if clean:
+      print("data: every row kept: " + ", ".join(f"{r.path} {r.loaded}" for r in clean), flush=True)
+    # Through jaxghpo/paths.py: a gs:// workdir gets an object (os/open would write ./gs:/... locally).
+    paths.write_text(paths.join(workdir, "data_report.json"), json.dumps(report, indent=1))
   return report
 
 
@@ -404,9 +393,12 @@ def setup(config) -> Setup:
 
   validate(config, jax.device_count(), jax.process_count())
   mesh = make_mesh(config)
+  with validation.startup_errors():  # before any weight is loaded or program compiled
+    memory_check.check(config, tuple(mesh.devices.shape), jax.devices())
   model, model_cfg, tokenizer = load_policy(config, mesh)
-  problems = load_problems(config)
-  check_prompt_room(config, problems, tokenizer)
+  with validation.startup_errors():  # a bad row, a missing file, a prompt that does not fit: one line
+    problems = load_problems(config)
+    check_prompt_room(config, problems, tokenizer)
   score = reward_fn(config, problems)
   P = int(config.data.prompts_per_step)
   pipeline = pipeline_lib.make_pipeline(problems.train, batch_size_per_process=P // jax.process_count(),

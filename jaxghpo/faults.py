@@ -101,7 +101,7 @@ class SkipGuard:
   any applied update ends the streak.
   """
 
-  def __init__(self, config, before_stop=None):
+  def __init__(self, config, before_stop=None, on_limit=None):
     self.limit = int(config.get("max_skipped_updates_in_a_row", 3))
     if self.limit < 0:
       raise ValueError(f"config.max_skipped_updates_in_a_row={self.limit} must be >= 0 (0: never stop)")
@@ -109,10 +109,15 @@ class SkipGuard:
     self.in_a_row = 0
     self.first_skipped_step = None
     self._before_stop = before_stop
+    # on_limit(step) -> bool: called at the limit; True when it rolled the weights back (health.py), so the
+    # streak starts again and the row of the step already in flight (from the old weights) is not counted.
+    self._on_limit = on_limit
+    self._ignore_through = -1
 
   def observe(self, step: int, row: dict) -> None:
-    """One metrics row (step >= 1); raises RuntimeError once the limit is reached."""
-    if "skipped_updates" not in row:
+    """One metrics row (step >= 1); raises RuntimeError once the limit is reached (and on_limit did not
+    roll back)."""
+    if "skipped_updates" not in row or step <= self._ignore_through:
       return
     skipped = float(row["skipped_updates"])
     if skipped >= self.updates_per_step:
@@ -122,13 +127,17 @@ class SkipGuard:
     else:
       self.in_a_row, self.first_skipped_step = 0, None
     if self.limit and self.in_a_row >= self.limit:
+      if self._on_limit is not None and self._on_limit(step):
+        self.in_a_row, self.first_skipped_step, self._ignore_through = 0, None, int(step) + 1
+        return
       if self._before_stop is not None:
         self._before_stop()  # e.g. let a checkpoint still being written commit
+      tried = " No checkpoint with a healthy record is left to roll back to." if self._on_limit is not None else ""
       raise RuntimeError(
           f"step {step}: the last {self.in_a_row} updates (since step {self.first_skipped_step}) were all "
-          f"skipped for a non-finite loss or gradient (config.max_skipped_updates_in_a_row={self.limit}); "
-          "the run stops so that it does not go on learning nothing, and its checkpoints from before are kept. "
-          "See loss and grad_norm in metrics.jsonl; lower rl.learning_rate or check the data, then resume.")
+          f"skipped for a non-finite loss, gradient or update (config.max_skipped_updates_in_a_row={self.limit})."
+          f"{tried} The run stops so that it does not go on learning nothing, and its checkpoints from before are "
+          "kept. See loss and grad_norm in metrics.jsonl; lower rl.learning_rate or check the data, then resume.")
 
   def may_save(self, step: int) -> bool:
     """False while the latest updates were skipped: the checkpoint before the streak is kept as it is."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Mapping
@@ -77,6 +78,17 @@ def _scalar_for_tensorboard(value: Any) -> float | None:
   return None
 
 
+_TAG_ILLEGAL = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def tensorboard_tag(key: str) -> str:
+  """A metric key as a legal TensorBoard tag ([A-Za-z0-9_.-/]): "pass@1" -> "pass_at_1", others -> "_".
+
+  TensorBoard renames an illegal tag itself, with an INFO line per tag and write; naming it here keeps the
+  console quiet and the name predictable."""
+  return _TAG_ILLEGAL.sub("_", key.replace("@", "_at_"))
+
+
 def _format_number(x: Any) -> str:
   if isinstance(x, float):
     return f"{x:.4g}"
@@ -96,6 +108,8 @@ class MetricWriter:
 
   is_main_process: only the main process (jax.process_index() == 0) writes; others do nothing.
   total_steps: for the progress line's percentage and ETA (None: neither is shown).
+  token_budget: config.max_gen_tokens when set (None or 0: none): the progress line shows the tokens
+    generated against it (row key gen_tokens_total), and the ETA is to whichever ends the run first.
   tensorboard: write scalar event files under ``workdir/tensorboard`` (tensorboardX).
   progress: console output. On a terminal (stderr is a tty) a progress line on stderr redrawn in
     place; otherwise one plain summary line on stdout every ``print_every`` steps (and the last).
@@ -107,7 +121,8 @@ class MetricWriter:
 
   def __init__(self, workdir: str | os.PathLike, *, is_main_process: bool = True, total_steps: int | None = None,
                tensorboard: bool = True, progress: bool = True, print_every: int = 10,
-               progress_keys: tuple[str, ...] = DEFAULT_PROGRESS_KEYS, resume_step: int | None = None):
+               progress_keys: tuple[str, ...] = DEFAULT_PROGRESS_KEYS, resume_step: int | None = None,
+               token_budget: int | None = None):
     if print_every < 1:
       raise ValueError(f"print_every={print_every} must be >= 1")
     self.active = bool(is_main_process)
@@ -115,6 +130,9 @@ class MetricWriter:
     self._remote = paths.is_remote(workdir)
     self._lines: list[str] = []  # a remote file's content (rewritten whole at each write)
     self.total_steps = total_steps
+    self.token_budget = int(token_budget) if token_budget else None
+    self._tokens_first: float | None = None  # gen_tokens_total of the first row that had it, and when
+    self._t_tokens_first = 0.0
     self.print_every = int(print_every)
     self.progress = progress
     self.progress_keys = tuple(progress_keys)
@@ -180,30 +198,44 @@ class MetricWriter:
       for key, value in row.items():
         number = _scalar_for_tensorboard(value)
         if key != "step" and number is not None:
-          self._tb.add_scalar(key, number, step)
+          self._tb.add_scalar(tensorboard_tag(key), number, step)
     if self.progress:
       self._console(step, row)
     return row
 
   def _console(self, step: int, row: dict) -> None:
     now = time.perf_counter()
+    tokens = row.get("gen_tokens_total")
+    tokens = float(tokens) if isinstance(tokens, (int, float)) else None
     if self._t_first is None:
       self._t_first, self._step_first = now, step
+    if self._tokens_first is None and tokens is not None:
+      self._tokens_first, self._t_tokens_first = tokens, now
     done = step - self._step_first
-    rate = done / (now - self._t_first) if done > 0 and now > self._t_first else None
+    elapsed = now - self._t_first
+    rate = done / elapsed if done > 0 and elapsed > 0 else None
     parts = [f"step {step}" + (f"/{self.total_steps}" if self.total_steps else "")]
-    if self.total_steps:
+    if self.total_steps and not self.token_budget:
       parts[0] += f" ({100.0 * step / self.total_steps:.0f}%)"
-    parts.append(f"{rate:.3g} step/s" if rate else "- step/s")
+    etas = []
     if self.total_steps and rate:
-      parts.append(f"ETA {_format_seconds(max(self.total_steps - step, 0) / rate)}")
+      etas.append(max(self.total_steps - step, 0) / rate)
+    if self.token_budget and tokens is not None:
+      parts.append(f"tokens {int(tokens):,}/{self.token_budget:,} ({min(100.0, 100.0 * tokens / self.token_budget):.0f}%)")
+      spent, took = tokens - self._tokens_first, now - self._t_tokens_first
+      if spent > 0 and took > 0:
+        etas.append(max(self.token_budget - tokens, 0.0) / (spent / took))
+    parts.append(f"{rate:.3g} step/s" if rate else "- step/s")
+    if etas:
+      parts.append(f"ETA {_format_seconds(min(etas))}")
     parts += [f"{k}={_format_number(row[k])}" for k in self.progress_keys if k in row]
     line = " | ".join(parts)
     if sys.stderr.isatty():
       sys.stderr.write("\r\x1b[2K" + line)  # carriage return + clear line: redraw in place
       sys.stderr.flush()
       self._drawn = True
-    elif step % self.print_every == 0 or (self.total_steps is not None and step >= self.total_steps):
+    elif (step % self.print_every == 0 or (self.total_steps is not None and step >= self.total_steps)
+          or (self.token_budget and tokens is not None and tokens >= self.token_budget)):
       print(line, file=sys.stdout, flush=True)
 
   def flush(self) -> None:

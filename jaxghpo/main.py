@@ -17,6 +17,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory: metrics.jsonl
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
 _NUM_PROC = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 _PROC_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume even when keys that change the math differ from DIR/config.json "
+    "(jaxghpo/resume_check.py; the changes are recorded in DIR/config_changes.jsonl).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO logs (orbax, jax, absl): off by default, "
+                             "so the console holds the data report, progress, the summary and the table.")
 _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None,
                                         "Fake CPU devices per process (tests of sharding on CPU).")
 
@@ -33,20 +38,37 @@ def _init_distributed() -> None:
     jax.distributed.initialize()  # TPU VM: everything is auto-detected
 
 
+def quiet_libraries() -> None:
+  """Warnings and errors only from the libraries' loggers (orbax's INFO lines run to thousands of characters;
+  jax says at INFO that a TPU backend did not start on a machine without one). Platform choice is untouched."""
+  import logging as std_logging
+
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
+  for name in ("jax", "orbax", "absl", "tensorboardX", "etils"):
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _VERBOSE.value:
+    quiet_libraries()
   if _NUM_CPU_DEVICES.value:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_NUM_CPU_DEVICES.value}")
   _init_distributed()
-  from jaxghpo import train  # after distributed init: jax must not pick devices before it
+  from jaxghpo import train, validation  # after distributed init: jax must not pick devices before it
   config = _CONFIG.value
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required (metrics.jsonl, checkpoints/ and eval/ go there)")
   from jaxghpo import disk_full, stopping, workdir_lock
   try:
-    summary = train.run(config, _WORKDIR.value)
+    validation.check_workdir(_WORKDIR.value)
+    summary = train.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except validation.StartupError as e:  # a config value, a path, the data, the memory: one line, no traceback
+    print(f"jaxghpo: cannot start: {validation.one_line(e)}", file=sys.stderr, flush=True)
+    sys.exit(2)
   except workdir_lock.WorkdirLocked as e:
     print(stopping.stop_line("error", error=str(e)), file=sys.stderr, flush=True)
     sys.exit(1)  # the other run is named: no traceback

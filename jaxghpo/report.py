@@ -264,22 +264,26 @@ def markdown(s: Mapping[str, Any]) -> str:
            f"{fmt_count(s.get('gen_tokens'))} generated tokens (retries included), "
            f"wall time {fmt_seconds(s.get('time/wall_s'))} (training steps {fmt_seconds(s.get('time/steps_s'))})"
            + ("" if s.get("complete") else " — **the run did not reach its end; numbers are partial**"), "",
-           "## pass@1 without hints, before -> after training", "",
-           f"greedy: one completion at temperature 0; sampled: mean accuracy of {k or 'k'} samples (avg@k), "
-           f"and pass@{k or 'k'}.", "",
-           "| split | greedy before | greedy after | sampled before | sampled after | change (sampled) "
-           f"| pass@{k or 'k'} before | pass@{k or 'k'} after |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-  for split in s.get("splits", []):
+           "## answer pass@1 without hints (the answer alone), before -> after training", ""]
+  splits = s.get("splits", [])
+  greedy = any(s.get(f"pass@1/{sp}/greedy/{w}") is not None for sp in splits for w in ("before", "after"))
+  kk = f"pass@{k or 'k'}"
+  lines += [("greedy: one completion at temperature 0; " if greedy else "")
+            + f"sampled: mean accuracy of {k or 'k'} samples (avg@k), and {kk}.", "",
+            "| split |" + (" greedy before | greedy after |" if greedy else "")
+            + f" sampled before | sampled after | change (sampled) | {kk} before | {kk} after |",
+            "| --- |" + (" ---: | ---: |" if greedy else "") + " ---: | ---: | ---: | ---: | ---: |"]
+  for split in splits:
     g0, g1 = s.get(f"pass@1/{split}/greedy/before"), s.get(f"pass@1/{split}/greedy/after")
     p0, p1 = s.get(f"pass@1/{split}/sampled/before"), s.get(f"pass@1/{split}/sampled/after")
-    lines.append(f"| {split} | {fmt(g0)} | {fmt(g1)} | {fmt(p0)} | {fmt(p1)} | {_delta(p0, p1)} "
-                 f"| {fmt(s.get(f'pass@k/{split}/sampled/before'))} | {fmt(s.get(f'pass@k/{split}/sampled/after'))} |")
+    lines.append(f"| {split} |" + (f" {fmt(g0)} | {fmt(g1)} |" if greedy else "") + f" {fmt(p0)} | {fmt(p1)} "
+                 f"| {_delta(p0, p1)} | {fmt(s.get(f'pass@k/{split}/sampled/before'))} "
+                 f"| {fmt(s.get(f'pass@k/{split}/sampled/after'))} |")
   if any(key.startswith("valid_pass@1/") for key in s):
     lines += ["", "## valid pass@1 without hints (the primary metric), before -> after", "",
               "Answer right AND every written step valid (sampled at the eval temperature); beside it the "
-              "answer alone (pass@1 above) and the share of right answers that are not valid traces (shortcuts).", "",
-              "| split / level | valid before | valid after | change | answer after | shortcut share after |",
+              "answer alone (answer pass@1 above) and the share of right answers that are not valid traces (shortcuts).",
+              "", "| split / level | valid before | valid after | change | answer pass@1 after | shortcut share after |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for split in s.get("splits", []):
       levels = sorted({key.rsplit("/", 1)[1] for key in s if key.startswith(f"valid_pass@1/{split}/sampled/")
@@ -294,7 +298,7 @@ def markdown(s: Mapping[str, Any]) -> str:
   hinted = sorted({key.split("/")[2] for key in s
                    if key.startswith("pass@1/") and key.split("/")[2].startswith("hint")})
   if hinted:
-    lines += ["", "With a hint in the prompt (sampled pass@1, before -> after):", "",
+    lines += ["", "With a hint in the prompt (sampled answer pass@1, before -> after):", "",
               "| split | hint | before | after |", "| --- | --- | ---: | ---: |"]
     for split in s.get("splits", []):
       for h in hinted:
@@ -380,10 +384,18 @@ def console_lines(s: Mapping[str, Any]) -> list[str]:
   steps = f"{s['steps']} step" + ("s" if s["steps"] != 1 else "")
   out = [f"summary ({s.get('mode')}, seed {s.get('seed')}, {steps}, {fmt_count(s.get('gen_tokens'))} tokens, "
          f"{fmt_seconds(s.get('time/wall_s') or s.get('time/steps_s'))})" + ("" if s.get("complete") else " [partial]")]
-  for split in s.get("splits", []):
-    out.append(f"  pass@1 {split:<5} no hint: greedy {fmt(s.get(f'pass@1/{split}/greedy/before'))} -> "
-               f"{fmt(s.get(f'pass@1/{split}/greedy/after'))}, sampled {fmt(s.get(f'pass@1/{split}/sampled/before'))}"
-               f" -> {fmt(s.get(f'pass@1/{split}/sampled/after'))}")
+  splits = s.get("splits", [])
+  greedy = any(s.get(f"pass@1/{sp}/greedy/{w}") is not None for sp in splits for w in ("before", "after"))
+  out.append("  no hint, before -> after: valid pass@1 (answer and every step right) | answer pass@1"
+             + (" | greedy answer pass@1" if greedy else ""))
+  for split in splits:
+    line = (f"    {split:<7} {fmt(s.get(f'valid_pass@1/{split}/sampled/before'))} -> "
+            f"{fmt(s.get(f'valid_pass@1/{split}/sampled/after'))} | {fmt(s.get(f'pass@1/{split}/sampled/before'))}"
+            f" -> {fmt(s.get(f'pass@1/{split}/sampled/after'))}")
+    if greedy:
+      line += (f" | {fmt(s.get(f'pass@1/{split}/greedy/before'))} -> "
+               f"{fmt(s.get(f'pass@1/{split}/greedy/after'))}")
+    out.append(line)
   out.append(f"  signal yield on hard groups: mean {fmt(s.get('signal_yield/hard/mean'))} (first quarter "
              f"{fmt(s.get('signal_yield/hard/first_quarter'))}, last {fmt(s.get('signal_yield/hard/last_quarter'))})")
   out.append("  hint ratio by quarter: " + " ".join(fmt(s.get(f"hint_ratio/all/q{q}"), 2) for q in range(1, 5)))

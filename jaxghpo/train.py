@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import (curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, models, parallel,
-                     paths, rl, stopping)
+from jaxghpo import (curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, health, models,
+                     parallel, paths, resume_check, rl, stopping, validation)
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
@@ -51,9 +51,10 @@ def export(graphdef, params, model_cfg, tokenizer, out_dir: str) -> None:
 class Trainer:
   """The run's pieces (experiment.setup) and its loop: `rl_step` is one step, `run()` the loop."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, allow_config_change: bool = False):
     self.config, self.workdir = config, workdir
-    paths.makedirs(workdir)
+    self.allow_config_change = allow_config_change  # a resume may change keys that change the math
+    validation.check_workdir(workdir)  # a file or read-only workdir: one line naming it
     s = self.setup = experiment.setup(config)
     self.scheduler, self.pipeline, self.rl_cfg = s.scheduler, s.pipeline, s.rl_cfg
     self.params, self.opt_state = s.params, s.opt_state
@@ -61,7 +62,9 @@ class Trainer:
     self.G = int(config.rollout.group_size)
     self.rng = jax.random.key(derived.seed(config, "train_rng"))
     self.checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
-    self.skip_guard = faults.SkipGuard(config, before_stop=self.checkpointer.wait)
+    self.skip_guard = faults.SkipGuard(config, before_stop=self.checkpointer.wait, on_limit=self._roll_back)
+    self.health = None  # health.HealthTracker, made in restore(): each checkpoint's health record
+    self._rolled_back_to: set[int] = set()
     self.deferred = DeferredMetrics()
     self.writer = None  # opened in restore(), once the resume step is known
     self.start_step = 0
@@ -83,10 +86,12 @@ class Trainer:
       self.start_step = int(host["step"])
     # Written once the resume is accepted: a resume refused for changed data keeps the run's own report.
     experiment.write_data_report(s.problems, self.workdir, jax.process_index() == 0)
+    self.health = health.HealthTracker.from_host(host if step is not None else None, self.params)
     # Steps count from 1 in metrics.jsonl (step 0 holds the evaluation before training): rows after
     # the restored step are dropped so a resumed run continues the file without duplicates.
     self.writer = MetricWriter(self.workdir, is_main_process=jax.process_index() == 0,
                                total_steps=int(self.config.num_steps), print_every=int(self.config.log_every_steps),
+                               token_budget=int(self.config.get("max_gen_tokens", 0) or 0),
                                resume_step=self.start_step if step is not None else -1)
 
   def save(self, step: int) -> None:
@@ -94,7 +99,25 @@ class Trainer:
       return
     save(self.checkpointer, step, self.params, self.opt_state,
          {"scheduler": self.scheduler.state_dict(), "pipeline": self.pipeline.get_state(), "rng": self.rng,
-          "gen_tokens_total": int(self.gen_tokens_total)})
+          "gen_tokens_total": int(self.gen_tokens_total), "health": self.health.at_save(self.params)})
+
+  def _roll_back(self, step: int) -> bool:
+    """At a skip streak: the params and optimizer state of the newest checkpoint recorded healthy (not used
+    before) replace the wrecked ones; data, curriculum and step count go on (jaxghpo/health.py)."""
+    self.checkpointer.wait()
+    target = health.rollback_target(self.checkpointer, self._rolled_back_to)
+    if target is None:
+      return False
+    s = self.setup
+    opt_shardings = rl.optimizer_shardings(s.optimizer, self.params, s.param_shardings, s.mesh)
+    self.params, self.opt_state, _ = self.checkpointer.restore(
+        target, abstract_target(self.params, s.param_shardings), abstract_target(self.opt_state, opt_shardings))
+    self._rolled_back_to.add(target)
+    self.health.reset()
+    print(f"step {step}: {self.skip_guard.in_a_row} updates in a row were skipped as non-finite: rolled back to "
+          f"the params and optimizer state of checkpoint {target}, the newest recorded healthy; data, curriculum "
+          "and step count go on", flush=True)
+    return True
 
   # ------------------------------------------------------------------------------------ the step
   def rl_step(self, step: int, rng) -> tuple[dict, dict]:
@@ -226,6 +249,7 @@ class Trainer:
       if "clip_frac_low" in row:
         row["clip_frac"] = float(row["clip_frac_low"]) + float(row["clip_frac_high"])
       self.writer.write(step, {**row, **(extra or {})})
+      self.health.observe(step, row)
       self.skip_guard.observe(step, row)
 
   def stop_agreed(self) -> str | None:
@@ -254,6 +278,10 @@ class Trainer:
   def _run(self) -> dict:
     c = self.config
     num_steps = int(c.num_steps)
+    latest = self.checkpointer.latest_step()
+    if latest is not None:  # a resume: keys that change the math must equal config.json's (resume_check.py)
+      resume_check.check(c, self.workdir, latest, allow=self.allow_config_change,
+                         is_main_process=jax.process_index() == 0)
     self.restore()
     if self.start_step == 0 and jax.process_index() == 0:
       paths.write_text(paths.join(self.workdir, "config.json"), c.to_json_best_effort(indent=2))
@@ -312,17 +340,18 @@ class Trainer:
             flush=True)
 
 
-def run(config, workdir: str) -> dict:
-  """The run `config` describes, in `workdir` (which it holds alone: workdir_lock)."""
+def run(config, workdir: str, allow_config_change: bool = False) -> dict:
+  """The run `config` describes, in `workdir` (which it holds alone: workdir_lock); allow_config_change: see
+  jaxghpo/resume_check.py."""
   from jaxghpo import workdir_lock
   with workdir_lock.held(workdir):
-    return _run(config, workdir)
+    return _run(config, workdir, allow_config_change)
 
 
-def _run(config, workdir: str) -> dict:
+def _run(config, workdir: str, allow_config_change: bool = False) -> dict:
   if config.get("arms", ""):  # several arms side by side, each in workdir/ARM (jaxghpo/arms.py)
     from jaxghpo import arms
-    return arms.run_side_by_side(config, workdir)
+    return arms.run_side_by_side(config, workdir, allow_config_change=allow_config_change)
   if config.mode == "sft":
     from jaxghpo import sft
     return sft.run(config, workdir)
@@ -330,7 +359,7 @@ def _run(config, workdir: str) -> dict:
     raise ValueError(f"config.mode={config.mode!r} is not one of 'rl', 'sft'")
   from jaxghpo import report  # imported here: matplotlib is only needed at the end of a run
   t0 = time.perf_counter()
-  trainer = Trainer(config, workdir)
+  trainer = Trainer(config, workdir, allow_config_change)
   summary = trainer.run()
   summary["wall_s"] = time.perf_counter() - t0  # the files hold step times, not the whole invocation
   # The summary (console, summary.md/json, curves.png) is read back from the run's files by process 0.

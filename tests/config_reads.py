@@ -23,6 +23,8 @@ import ml_collections
 VALIDATORS = (
     ("jaxghpo.experiment", "validate"),
     ("jaxghpo.experiment", "validate_values"),
+    ("jaxghpo.validation", "check_ranges"),
+    ("jaxghpo.memory_check", "check"),
     ("jaxghpo.experiment", "check_prompt_room"),
     ("jaxghpo.derived", "validate"),
     ("jaxghpo.derived", "check_not_set"),

@@ -111,6 +111,35 @@ def test_tensorboard_scalars(tmp_path):
   assert scalars["bad"][0][0] == 1 and math.isnan(scalars["bad"][0][1])
 
 
+def test_tensorboard_tags_are_legal_names(tmp_path, caplog):
+  import logging
+  from jaxghpo.logging_utils import tensorboard_tag
+  assert tensorboard_tag("eval/hard/hint0/sampled/avg@4/level_4") == "eval/hard/hint0/sampled/avg_at_4/level_4"
+  assert tensorboard_tag("a b:c") == "a_b_c"
+  with caplog.at_level(logging.INFO):
+    with MetricWriter(tmp_path, progress=False) as w:
+      w.write(1, {"eval/hard/hint0/sampled/valid_pass@1": 0.5, "time/step_s": 1.0})
+  scalars = _read_scalars(tmp_path / "tensorboard")
+  assert set(scalars) == {"eval/hard/hint0/sampled/valid_pass_at_1", "time/step_s"}
+  assert not [r for r in caplog.records if "is illegal" in r.getMessage()]  # TensorBoard renamed nothing
+
+
+def test_progress_and_eta_follow_the_token_budget(tmp_path, capsys, monkeypatch):
+  clock = iter(float(t) for t in range(100))
+  monkeypatch.setattr("jaxghpo.logging_utils.time.perf_counter", lambda: next(clock))
+  with MetricWriter(tmp_path, tensorboard=False, total_steps=400, print_every=10, token_budget=1000) as w:
+    for step in range(1, 13):  # 100 tokens a step, one second a step: the budget ends the run at step 10
+      w.write(step, {"gen_tokens_total": 100.0 * step})
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("step 10/400 | tokens 1,000/1,000 (100%)") and "ETA 0s" in lines[0], lines
+  assert "(2%)" not in lines[0]  # the step cap's percentage would mislead when the budget ends the run
+  with MetricWriter(tmp_path, tensorboard=False, total_steps=400, print_every=5, token_budget=10_000) as w:
+    for step in range(1, 6):
+      w.write(step, {"gen_tokens_total": 100.0 * step})
+  line = capsys.readouterr().out.splitlines()[0]
+  assert "tokens 500/10,000 (5%)" in line and "ETA 1m35s" in line, line  # 9,500 tokens at 100 a second
+
+
 def _read_scalars(logdir):
   """{tag: [(step, value)]} from the TFRecord event files in logdir (no tensorboard package needed)."""
   from tensorboardX.proto.event_pb2 import Event  # noqa: PLC0415

@@ -95,6 +95,17 @@ def _scalar_tags(data: bytes) -> list[str]:
   return tags
 
 
+def test_data_report_goes_to_the_store_not_to_a_local_gs_directory(gcs, tmp_path, monkeypatch):
+  from jaxghpo import experiment
+  from jaxghpo.data.example import Example
+  monkeypatch.chdir(tmp_path)
+  problems = experiment.Problems(train=[Example(problem_id=1, problem="a+1=", steps=("a+1=b",), answer="b")], eval_sets={},
+                                 extract_answer=None)
+  report = experiment.write_data_report(problems, "gs://bucket/run")
+  assert json.loads(read_bytes(gcs, "gs://bucket/run/data_report.json")) == report
+  assert not os.path.exists(tmp_path / "gs:"), sorted(os.listdir(tmp_path))
+
+
 def test_a_run_with_a_gcs_workdir(gcs, tmp_path, monkeypatch):
   """train.run on gs://bucket/run: metrics, events, config, eval rows, summary, curves and the export
   are objects in the store; the export loads back. Checkpoints go to a local directory here: orbax writes
@@ -102,6 +113,7 @@ def test_a_run_with_a_gcs_workdir(gcs, tmp_path, monkeypatch):
   from jaxghpo import checkpoint, models, train
   from tests.train_fixtures import make_tiny_policy, tiny_config
 
+  monkeypatch.chdir(tmp_path)  # a gs:// path written with os/open would land in ./gs:/bucket/run
   local_ckpt = str(tmp_path / "checkpoints")
   monkeypatch.setattr(train, "Checkpointer", lambda directory, **kw: checkpoint.Checkpointer(local_ckpt, **kw))
   config = tiny_config(make_tiny_policy(str(tmp_path / "policy")), num_steps=2, checkpoint_every_steps=2)
@@ -109,7 +121,8 @@ def test_a_run_with_a_gcs_workdir(gcs, tmp_path, monkeypatch):
   summary = train.run(config, workdir)
   assert summary["report"]
   names = {p[len(workdir) + 1:] for p in gcs.store}
-  for name in ("metrics.jsonl", "config.json", "summary.md", "summary.json", "curves.png",
+  assert not os.path.exists(tmp_path / "gs:"), "a file of the gs:// workdir was written on local disk"
+  for name in ("metrics.jsonl", "config.json", "data_report.json", "summary.md", "summary.json", "curves.png",
                "export/config.json", "export/model.safetensors", "export/tokenizer.json"):
     assert name in names, (name, sorted(names))
   assert any(n.startswith("tensorboard/events.out.tfevents") for n in names)

@@ -131,3 +131,21 @@ def test_only_the_main_process_writes(tmp_path):
 def test_missing_metrics_file_names_the_workdir(tmp_path):
   with pytest.raises(FileNotFoundError, match="workdir"):
     report.summarize(str(tmp_path / "nowhere"))
+
+
+def test_a_run_without_greedy_evaluation_prints_no_placeholder_cells(tmp_path):
+  """Console and summary.md name valid pass@1 and answer pass@1, and leave out the greedy columns when the run
+  evaluated no greedy pass (before: "greedy - -> -" on every split)."""
+  wd = str(tmp_path)
+  _write_metrics(wd, [{"step": 0, "eval/hard/hint0/sampled/pass@1": 0.2, "eval/hard/hint0/sampled/valid_pass@1": 0.1,
+                       "eval/hard/hint0/sampled/pass@4": 0.3},
+                      {"step": 1, "gen_tokens_total": 10.0, "eval/hard/hint0/sampled/pass@1": 0.5,
+                       "eval/hard/hint0/sampled/valid_pass@1": 0.4, "eval/hard/hint0/sampled/pass@4": 0.6}])
+  s = report.summarize(wd, {"num_steps": 1}, with_diagnostics=False)
+  lines = report.console_lines(s)
+  assert "valid pass@1" in lines[1] and "answer pass@1" in lines[1] and "greedy" not in "\n".join(lines)
+  assert lines[2].split() == ["hard", "0.100", "->", "0.400", "|", "0.200", "->", "0.500"]
+  md = report.markdown(s)
+  body = md.split("\n", 1)[1]  # below the title, which names the workdir
+  section = body.split("## answer pass@1 without hints", 1)[1].split("\n## ", 1)[0]
+  assert "greedy" not in body and "| - |" not in section and "| hard | 0.200 | 0.500 | +0.300 | 0.300 | 0.600 |" in section

@@ -86,15 +86,20 @@ def _spawn(policy, workdir, num_steps, checkpoint_every):
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _wait_for(path, proc, timeout=120):
-  start = time.time()
-  while not os.path.exists(path):
+def _wait_until(ready, proc, what: str, timeout=300):
+  """Polls `ready()` until it is true; fails if the run ends first or after `timeout` s (a hang guard)."""
+  deadline = time.monotonic() + timeout
+  while not ready():
     if proc.poll() is not None:
-      raise AssertionError(f"the run ended before {path} appeared: {proc.stderr.read().decode()[-2000:]}")
-    if time.time() - start > timeout:
+      raise AssertionError(f"the run ended before {what}: {proc.stderr.read().decode()[-2000:]}")
+    if time.monotonic() > deadline:
       proc.kill()
-      raise AssertionError(f"{path} did not appear in {timeout}s")
+      raise AssertionError(f"no {what} within {timeout}s")
     time.sleep(0.02)
+
+
+def _wait_for(path, proc, timeout=300):
+  _wait_until(lambda: os.path.exists(path), proc, path, timeout)
 
 
 def test_sigkill_then_resume_gives_identical_metrics(policy, tmp_path):
@@ -116,9 +121,7 @@ def test_sigterm_saves_and_exits_zero(policy, tmp_path):
   workdir = str(tmp_path / "term")
   proc = _spawn(policy, workdir, 50, 100)
   _wait_for(os.path.join(workdir, "metrics.jsonl"), proc)
-  while len(read_rows(workdir)) < 2:  # the eval row and the first step
-    time.sleep(0.05)
-    assert proc.poll() is None
+  _wait_until(lambda: len(read_rows(workdir)) >= 2, proc, "the eval row and the first step's row")
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
   saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]

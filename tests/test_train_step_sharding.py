@@ -114,6 +114,19 @@ def test_nan_in_the_batch_skips_the_update(one_device):
   np.testing.assert_allclose(metrics["loss"], one_device["metrics"]["loss"], rtol=1e-6)
 
 
+def test_weight_decay_that_would_make_params_nonfinite_skips_the_update():
+  """A finite loss and gradient, but lr * weight_decay * p overflows: the update is skipped and counted,
+  params and moments stay as they were (before, the step wrote inf/NaN params with skipped_updates=0)."""
+  cfg = rl.resolve_config(dict(learning_rate=1e38, weight_decay=1e6, lr_schedule="constant", max_grad_norm=1.0))
+  _, _, _, _, step, params, opt_state = build((1, 1, 1), cfg)
+  before = to_host((params, opt_state))
+  params, opt_state, metrics = step(params, opt_state, make_batch(), jax.random.key(0))
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+  assert float(metrics["skipped_updates"]) == 1.0 and float(metrics["skipped_nonfinite_params"]) == 1.0
+  for x, y in zip(jax.tree.leaves(to_host((params, opt_state))), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_a_few_steps_raise_the_rewarded_responses(one_device):
   """Responses with reward 1 (positive advantage) gain logprob over three steps; the others lose it."""
   params, opt_state = fresh(one_device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxghpo import sections
+from jaxghpo import sections, validation
 from jaxghpo.rl.advantages import ESTIMATORS
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
@@ -95,36 +95,14 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   def fail(msg):
     raise ValueError(f"rl config: {msg}")
 
+  # Ranges of single keys: the one table (jaxghpo/validation.py); choices and key relations below.
+  validation.check_ranges(c, prefix="rl.")
   if c.advantage_estimator not in ESTIMATORS:
     fail(f"advantage_estimator={c.advantage_estimator!r} is not one of {sorted(ESTIMATORS)} "
          "(register a new one with rl.register_estimator)")
-  if c.adv_eps < 0:
-    fail(f"adv_eps={c.adv_eps} must be >= 0")
-  if not 0.0 <= c.clip_low < 1.0:
-    fail(f"clip_low={c.clip_low} must be in [0, 1)")
-  if c.clip_high < 0.0:
-    fail(f"clip_high={c.clip_high} must be >= 0")
-  if c.clip_c <= 1.0:
-    fail(f"clip_c={c.clip_c} must be > 1 (dual clip bound for negative advantages)")
   if c.kl_estimator not in KL_ESTIMATORS:
     fail(f"kl_estimator={c.kl_estimator!r} is not one of {KL_ESTIMATORS}")
   if c.loss_agg not in LOSS_AGG_MODES:
     fail(f"loss_agg={c.loss_agg!r} is not one of {LOSS_AGG_MODES}")
-  if c.loss_norm_len < 0:
-    fail(f"loss_norm_len={c.loss_norm_len} must be >= 0 (0 = the batch's response length)")
-  if c.hint_nll_coef < 0:
-    fail(f"hint_nll_coef={c.hint_nll_coef} must be >= 0")
-  if c.temperature <= 0:
-    fail(f"temperature={c.temperature} must be > 0 (greedy sampling has no logprob ratio; train at the "
-         "sampling temperature, e.g. 1.0)")
-  if c.micro_batches < 1 or c.ppo_epochs < 1:
-    fail(f"micro_batches={c.micro_batches} and ppo_epochs={c.ppo_epochs} must be >= 1")
-  if c.logprob_chunk_tokens < 0:
-    fail(f"logprob_chunk_tokens={c.logprob_chunk_tokens} must be >= 0 (0 = the whole micro-batch at once)")
   if c.lr_schedule not in LR_SCHEDULES:
     fail(f"lr_schedule={c.lr_schedule!r} is not one of {LR_SCHEDULES}")
-  if c.learning_rate < 0 or c.warmup_steps < 0 or not 0.0 <= c.end_lr_ratio <= 1.0:
-    fail(f"need learning_rate >= 0, warmup_steps >= 0, 0 <= end_lr_ratio <= 1; got learning_rate="
-         f"{c.learning_rate}, warmup_steps={c.warmup_steps}, end_lr_ratio={c.end_lr_ratio}")
-  if c.max_grad_norm < 0 or c.weight_decay < 0:
-    fail(f"max_grad_norm={c.max_grad_norm} and weight_decay={c.weight_decay} must be >= 0")

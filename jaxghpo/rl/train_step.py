@@ -11,9 +11,10 @@
 Inside one step, for each of cfg.ppo_epochs updates: the policy's logprobs are recomputed from the
 logits of the padded batch at the sampling temperature, the batch is cut into cfg.micro_batches
 micro-batches (gradients accumulated in a lax.scan against the whole batch's loss denominators, so
-the result equals the unsplit batch), and the update is applied only when the loss and every
-gradient are finite (otherwise params and optimizer state stay as they were and `skipped_updates`
-counts it).
+the result equals the unsplit batch), and the update is applied only when the loss, every gradient,
+and the params and optimizer state it would produce are finite (otherwise params and optimizer state
+stay as they were and `skipped_updates` counts it; `skipped_nonfinite_params` counts the ones whose
+gradient was finite but whose update was not, e.g. weight decay at a huge learning rate).
 
 Placement: pass params placed by `param_shardings` (as shard_model or jax.device_put(params, shardings)
 leave them; arrays placed otherwise make jit compile again). The step's outputs keep that placement.
@@ -165,6 +166,20 @@ def _apply_update(optimizer, params, opt_state, grads):
   return optax.apply_updates(params, updates), opt_state
 
 
+def _update_is_finite(optimizer, params, opt_state, grads):
+  """Whether the params and optimizer state after this update would be finite, without keeping them: with a
+  huge learning rate, weight decay alone (lr * wd * p) turns params into inf/NaN from a finite gradient, and
+  the squared gradient in Adam's second moment can overflow. Only a scalar leaves this function, so XLA
+  fuses each leaf's update into its reduction; the update itself is applied (in place) by _apply_update."""
+  new_params, new_state = _apply_update(optimizer, params, opt_state, grads)
+  return _all_finite(new_params) & _all_finite(new_state)
+
+
+def _false(params, opt_state, grads):
+  del params, opt_state, grads
+  return jnp.asarray(False)
+
+
 def _keep(params, opt_state, grads):
   del grads
   return params, opt_state
@@ -188,18 +203,22 @@ def train_step(params, opt_state, batch: RLBatch, rng, *, graphdef, cfg, optimiz
     params, opt_state = carry
     grads, (sums, counts) = loss_and_grads(graphdef, params, batch, cfg, batch_sharding)
     loss, metrics = finalize(sums, counts, cfg)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    grads_finite = jnp.isfinite(loss) & _all_finite(grads)
+    finite = jax.lax.cond(grads_finite, functools.partial(_update_is_finite, optimizer), _false,
+                          params, opt_state, grads)
     params, opt_state = jax.lax.cond(finite, functools.partial(_apply_update, optimizer), _keep,
                                      params, opt_state, grads)  # never write NaN into params
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["skipped_updates"] = jnp.logical_not(finite).astype(jnp.float32)
+    # Of those: updates whose loss and gradient were finite but whose new params or moments were not.
+    metrics["skipped_nonfinite_params"] = (grads_finite & jnp.logical_not(finite)).astype(jnp.float32)
     return (params, opt_state), metrics
 
   if cfg.ppo_epochs == 1:
     (params, opt_state), metrics = update((params, opt_state), None)
     return params, opt_state, metrics
   (params, opt_state), per_epoch = jax.lax.scan(update, (params, opt_state), None, length=cfg.ppo_epochs)
-  reduce = {"ratio_max": jnp.max, "ratio_min": jnp.min, "skipped_updates": jnp.sum}
+  reduce = {"ratio_max": jnp.max, "ratio_min": jnp.min, "skipped_updates": jnp.sum, "skipped_nonfinite_params": jnp.sum}
   metrics = {k: reduce.get(k, jnp.mean)(v) for k, v in per_epoch.items()}
   return params, opt_state, metrics
 
