@@ -8,6 +8,7 @@ from flax import nnx, struct
 
 from jaxghpo.models.config import ModelConfig
 from jaxghpo.models.layers import Block, RMSNorm, matmul_2d, param, rope_inv_freq
+from jaxghpo.parallel import platform
 
 
 @struct.dataclass
@@ -190,7 +191,7 @@ def recompute_after_cotangent(fn):
 def order_by_data() -> bool:
   """True on CPU: `in_turn` orders by a data dependency there (XLA:CPU drops optimization barriers before
   scheduling); elsewhere an optimization_barrier, which needs no collective for sharded arrays."""
-  return jax.default_backend() == "cpu"
+  return platform.current() == "cpu"
 
 
 def in_turn(values, deps):
