@@ -23,6 +23,7 @@ def mesh_for_slice(config, slice_):
 def compile_for_slice(config, slice_name: str, model_cfg, only=None, log=print):
   """Compiles (never runs) every program of the run for the slice: ({name: ProgramReport}, summary dict)."""
   slice_ = slices.parse(slice_name)
+  shapes.check_positions(config, model_cfg)
   mesh = mesh_for_slice(config, slice_)
   d, f, _ = (mesh.shape[a] for a in ("data", "fsdp", "tensor"))
   rows = int(config.data.prompts_per_step) * int(config.rollout.group_size)

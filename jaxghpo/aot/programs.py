@@ -59,13 +59,15 @@ def samplers(config, model, mesh) -> dict:
 
 def lower_all(config, model_cfg: models.ModelConfig, mesh, only=None) -> dict[str, jax.stages.Lowered]:
   """{name: Lowered} of every program of the run (module docstring); `only`: a subset of names."""
-  want = lambda name: only is None or name in only or name.split("/")[0] in only
+  want = lambda name: only is None or name in only or name.split("/")[0] in only  # a sampler's name: its parts too
   model, graphdef, params, shardings, rl_cfg, optimizer, opt_state = abstract_state(config, model_cfg, mesh)
   out = {}
   for name, sampler in samplers(config, model, mesh).items():
     if want(name):
       out[name] = sampler.lower_abstract(params)
-      out.update({f"{name}/{part}": lowered for part, lowered in sampler.lower_parts(params).items()})
+    if want(f"{name}/prefill") or want(f"{name}/decode_step"):
+      out.update({f"{name}/{part}": lowered for part, lowered in sampler.lower_parts(params).items()
+                  if want(f"{name}/{part}")})
   batch = abstract_batch(config, rl_cfg, mesh)
   if float(rl_cfg.kl_coef) != 0 and want("reference_logprobs"):
     out["reference_logprobs"] = rl.make_logprob_fn(graphdef, rl_cfg, mesh, shardings).lower(params, batch)

@@ -30,6 +30,7 @@ class CompiledMemory:
   outputs: int
   aliased: int
   temporaries: int
+  host_temporaries: int = 0  # in host memory (activations offloaded by a remat policy: pinned_host)
 
   @property
   def total(self) -> int:
@@ -40,7 +41,7 @@ class CompiledMemory:
   def of(cls, compiled) -> "CompiledMemory":
     m = compiled.memory_analysis()
     return cls(int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.alias_size_in_bytes),
-               int(m.temp_size_in_bytes))
+               int(m.temp_size_in_bytes), int(getattr(m, "host_temp_size_in_bytes", 0) or 0))
 
 
 @dataclasses.dataclass
@@ -119,7 +120,8 @@ def summary(reports: dict[str, ProgramReport], config, model_cfg, slice_, tokens
   step_model_flops = (flops["train_step"] + flops["train_sampler/prefill"] + N * flops["train_sampler/decode_step"]
                       + flops.get("reference_logprobs", 0.0))
   mfu = step_model_flops / (step["step_s"] * chip.peak_bf16_flops * slice_.num_chips) if step["step_s"] else 0.0
-  programs = {name: {"bytes_per_device": rep.memory.total, "flops_per_device": rep.flops,
+  programs = {name: {"bytes_per_device": rep.memory.total, "temporaries_per_device": rep.memory.temporaries,
+                     "host_bytes_per_device": rep.memory.host_temporaries, "flops_per_device": rep.flops,
                      "bytes_accessed_per_device": rep.bytes_accessed, "roofline_s": rep.roofline_s(chip),
                      "xla_optimal_s": rep.xla_optimal_s} for name, rep in reports.items()}
   return {"slice": slice_.name, "programs": programs, "hbm_bytes_per_device": int(chip.hbm_bytes),
@@ -149,7 +151,8 @@ def format_text(reports: dict[str, ProgramReport], summary_: dict, slice_) -> st
     lines.append(f"{name:<28}{rep.memory.total / GB:>10.2f}GB{100 * rep.memory.total / hbm:>6.0f}%"
                  f"{rep.memory.temporaries / GB:>8.2f}GB{rep.flops / 1e12:>11.3f}{rep.bytes_accessed / GB:>11.3f}"
                  f"{_seconds(rep.roofline_s(chip)):>11}{_seconds(rep.xla_optimal_s):>10}{ratio:>10}"
-                 f"{rep.compile_s:>8.0f}s")
+                 f"{rep.compile_s:>8.0f}s" + (f"  (+{rep.memory.host_temporaries / GB:.2f} GB in host memory)"
+                                          if rep.memory.host_temporaries else ""))
   step = summary_["step"]
   lines.append(f"predicted GHPO step (no retry round): {step['step_s']:.2f} s = sampler {step['sampler_s']:.2f} s "
                f"(prefill + {step['decode_steps']} decode steps, every row to the end) + reference "

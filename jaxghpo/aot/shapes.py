@@ -44,3 +44,15 @@ def resolve_model_config(config, model_config: str | None = None, module=None) -
     raise ValueError(f"no model shape: config.model.path={config.model.path!r} has no config.json and the config "
                      "file defines no MODEL_SHAPE; pass --model_config=PATH/config.json (or an HF dir)")
   return models.load_config(path)
+
+
+def check_positions(config, model_cfg: models.ModelConfig) -> None:
+  """Fails when a sequence (prompt + new tokens, training or evaluation) is longer than the model's positions."""
+  from jaxghpo import experiment
+  for name, sizes in experiment.sampler_sizes(config).items():
+    T = sizes["max_prompt_len"] + sizes["max_new_tokens"]
+    if T > model_cfg.max_position_embeddings:
+      raise ValueError(f"{name} sequences of {sizes['max_prompt_len']} + {sizes['max_new_tokens']} = {T} tokens are "
+                       f"longer than the model's max_position_embeddings={model_cfg.max_position_embeddings} "
+                       f"({model_cfg.model_type}); lower config.rollout.max_prompt_len / "
+                       "max_new_tokens (or config.eval's), or use a model trained on longer positions")
