@@ -3,6 +3,7 @@
     pip install -e ".[tpu]"          # libtpu: XLA:TPU and Mosaic, no TPU needed
     python tools/compile_tpu.py --config=configs/qwen25_math_7b_ghpo.py --slice=v5p-64 [--config.a.b=value ...]
         [--model_config=PATH/config.json | HF_DIR | builtin:NAME] [--only=train_step,train_sampler]
+        [--num_layers=N] [--dump_dir=DIR]
 
 Prints, per program (the training and evaluation samplers whole and as prefill + one decode step, the
 reference logprobs when KL is on, the train step): XLA's memory per device against the chip's HBM,
@@ -13,6 +14,11 @@ says what is counted). These are compile-time predictions, not measurements. The
 "bytes_accessed_per_device", "roofline_s", "xla_optimal_s"}}, "hbm_bytes_per_device",
 "sequences_per_device_per_microbatch", "tokens_per_sequence", "predicted_step_s", "predicted_mfu", ...}.
 Exit status 1 when a program needs more than 90% of HBM. Slices: jaxghpo/aot/slices.py.
+
+--num_layers compiles the model cut to N layers (the rest of its shape kept): two depths give the memory
+per layer and the part that does not grow with depth, at a fraction of the compile time. --dump_dir has
+XLA:TPU write each program's final HLO and buffer assignment there (`*memory-usage-report.txt`: the
+allocations by size with the shapes each holds; `*buffer-assignment.txt`: every value in them).
 """
 from __future__ import annotations
 
@@ -28,12 +34,17 @@ if ROOT not in sys.path:
 
 def main(argv) -> None:
   del argv
+  if _DUMP_DIR.value:  # before the compile-only client starts: XLA reads XLA_FLAGS once
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={_DUMP_DIR.value}"
+                               " --xla_dump_hlo_pass_re=^$")
   from absl import flags
   from ml_collections import config_flags
   from jaxghpo import aot
   config = _CONFIG.value
   module = aot.shapes.load_config_module(config_flags.get_config_filename(flags.FLAGS["config"]))
   model_cfg = aot.shapes.resolve_model_config(config, _MODEL_CONFIG.value, module)
+  if _NUM_LAYERS.value:
+    model_cfg = model_cfg.replace(num_layers=_NUM_LAYERS.value)
   only = set(_ONLY.value.split(",")) if _ONLY.value else None
   reports, summary, slice_ = aot.compile_for_slice(config, _SLICE.value, model_cfg, only=only)
   print(aot.report.format_text(reports, summary, slice_), flush=True)
@@ -51,5 +62,7 @@ if __name__ == "__main__":
   _MODEL_CONFIG = flags.DEFINE_string("model_config", None, "config.json, HF dir or builtin:NAME (default: the "
                                       "config file's MODEL_SHAPE, else config.model.path)")
   _ONLY = flags.DEFINE_string("only", None, "comma-separated program names (default: every program of the run)")
+  _NUM_LAYERS = flags.DEFINE_integer("num_layers", None, "compile the model cut to this many layers (analysis)")
+  _DUMP_DIR = flags.DEFINE_string("dump_dir", None, "write XLA:TPU's HLO and buffer assignment of each program here")
   flags.mark_flags_as_required(["config", "slice"])
   app.run(main)
