@@ -378,12 +378,12 @@ class Sampler:
                   self._abstract((R, Lp), bool, ("batch", None)), carry)}
 
   def _abstract(self, shape, dtype, names):
-    """A ShapeDtypeStruct sharded by logical `names` (None: replicated) on this sampler's mesh."""
+    """A ShapeDtypeStruct sharded by logical `names` on this sampler's mesh; names None: no sharding, as the
+    numpy values a call passes (the key and the controls) have none."""
     shape = tuple(shape)
-    if self.mesh is None:
+    if self.mesh is None or names is None:
       return jax.ShapeDtypeStruct(shape, dtype)
-    sharding = parallel.replicated(self.mesh) if names is None else self._sharding(shape, names)
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=self._sharding(shape, names))
 
   def _global_prompts(self, prompts, pad_id: int):
     """(global, local): left-padded ids/valid/active for the whole batch, and this process's rows.
