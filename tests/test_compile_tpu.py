@@ -67,3 +67,22 @@ def test_slice_names():
     aot.slices.parse("v5p-6")
   with pytest.raises(ValueError, match="GENERATION-N"):
     aot.slices.parse("h100-8")
+
+
+@pytest.mark.slow
+def test_dry_run_slice_trains_nothing_and_names_what_does_not_fit(tmp_path):
+  """`python -m jaxghpo.main --dry_run_slice`: compiles for the slice, writes nothing to the workdir; a batch far
+  beyond a v5e chip's 16 GB exits 1 naming the program that would not fit."""
+  import subprocess
+  workdir = tmp_path / "run"
+  base = [sys.executable, "-m", "jaxghpo.main", "--config=configs/smoke.py", f"--workdir={workdir}",
+          "--dry_run_slice=v5e-4"]
+  ok = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+  assert "every program compiles and fits" in ok.stdout
+  assert not workdir.exists()
+  big = subprocess.run(base + ["--config.data.prompts_per_step=4096", "--config.rollout.group_size=64"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+  assert big.returncode == 1, big.stdout[-2000:] + big.stderr[-2000:]
+  assert "would not fit" in big.stdout and "train_step" in big.stdout.splitlines()[-1]
+  assert not workdir.exists()

@@ -34,7 +34,7 @@ def compile_for_slice(config, slice_name: str, model_cfg, only=None, log=print):
       f"{per_device} sequences x {tokens} tokens per device per micro-batch")
   reports = {}
   for name, lowered in programs.lower_all(config, model_cfg, mesh, only=only).items():
-    reports[name] = report.analyse(name, lowered)
+    reports[name] = report.analyse(name, lowered, report.loop_repeats(name, config))
     log(f"  {name}: {reports[name].memory.total / report.GB:.2f} GB per device, compiled in "
         f"{reports[name].compile_s:.0f} s")
   summary = report.summary(reports, config, shapes.run_model_config(config, model_cfg), slice_, tokens, per_device)

@@ -57,8 +57,17 @@ class ProgramReport:
     return max(self.flops / chip.peak_bf16_flops, self.bytes_accessed / chip.hbm_bytes_per_s)
 
 
-def analyse(name: str, lowered) -> ProgramReport:
-  """Compiles `lowered` (never runs it) and reads XLA's memory and cost analyses."""
+def loop_repeats(name: str, config) -> int:
+  """How many times XLA's count of `name` must be taken: a cost analysis counts a loop's body once, and the
+  train step and the reference logprobs run their micro-batches in a lax.map (config.rl.micro_batches). The
+  LM head's block loop inside (rl.logprob_chunk_tokens) stays counted once per micro-batch: XLA's flops of
+  those programs are low by the head's share less one block (the model FLOPs beside them say how much)."""
+  return int(config.rl.micro_batches) if name in ("train_step", "reference_logprobs") else 1
+
+
+def analyse(name: str, lowered, repeats: int = 1) -> ProgramReport:
+  """Compiles `lowered` (never runs it) and reads XLA's memory and cost analyses; flops and bytes accessed
+  are XLA's count x `repeats` (loop_repeats)."""
   t0 = time.time()
   compiled = lowered.compile()
   seconds = time.time() - t0
@@ -66,8 +75,10 @@ def analyse(name: str, lowered) -> ProgramReport:
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
     cost = cost[0] if cost else {}
   cost = cost or {}
-  return ProgramReport(name, CompiledMemory.of(compiled), float(cost.get("flops", 0.0)),
-                       float(cost.get("bytes accessed", 0.0)), max(float(cost.get("optimal_seconds", -1.0)), -1.0), seconds)
+  optimal = float(cost.get("optimal_seconds", -1.0))
+  return ProgramReport(name, CompiledMemory.of(compiled), repeats * float(cost.get("flops", 0.0)),
+                       repeats * float(cost.get("bytes accessed", 0.0)), repeats * optimal if optimal >= 0 else -1.0,
+                       seconds)
 
 
 # ------------------------------------------------------------------------------------------ model FLOPs
@@ -144,7 +155,7 @@ def format_text(reports: dict[str, ProgramReport], summary_: dict, slice_) -> st
            f"{hbm / GB:.0f} GB HBM, {chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16, "
            f"{chip.hbm_bytes_per_s / 1e9:.0f} GB/s per chip). Compile-time predictions, not measurements.",
            f"{'program':<28}{'memory/dev':>12}{'% HBM':>7}{'temps':>10}{'TFLOP/dev':>11}{'GB acc/dev':>11}"
-           f"{'roofline':>11}{'XLA opt':>10}{'model/XLA':>10}{'compile':>9}"]
+           f"{'roofline':>11}{'XLA opt':>10}{'XLA/model':>10}{'compile':>9}"]
   model = summary_["model_flops_per_device"]
   for name, rep in reports.items():
     ratio = f"{rep.flops / model[name]:.2f}x" if model.get(name) else "-"
