@@ -41,5 +41,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0"],
+        # libtpu: XLA:TPU compiles for a named TPU slice on any host (tools/compile_tpu.py, --dry_run_slice),
+        # and runs on TPU VMs; the version follows the installed jax.
+        "tpu": ["jax[tpu]"],
     },
 )

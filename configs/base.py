@@ -36,7 +36,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Pallas kernel, per device over the mesh; interpreted on CPU). Decode steps use the KV-cache path.
   c.model.attention = "xla"
   # Rematerialisation of each block in the backward pass: "none" | "dots_saveable" (keep the weight
-  # matmuls' outputs, recompute the rest) | "full" (keep each block's input only).
+  # matmuls' outputs, recompute the rest) | "full" (keep each block's input only) | "qkv_context" (keep q, k, v
+  # and attention's output; recompute the MLP) | "qkv_context_offload_mlp" (the same, the MLP's gate and up
+  # outputs kept in host memory: TPU).
   c.model.remat = "none"
 
   c.mesh = ml_collections.ConfigDict()

@@ -383,6 +383,18 @@ class Setup:
   deepconf: object = None    # deepconf.DeepConfOnline of config.eval.deepconf (None: not enabled)
 
 
+def sampler_sizes(config) -> dict[str, dict]:
+  """{"train", "eval"}: the sizes of the run's two samplers (prompt columns, new tokens, confidences).
+
+  Evaluation reaches longer (out-of-distribution) chains than training: its own sizes; it also returns
+  DeepConf token confidences (confidence-filtered voting in the report, DeepConf online stopping)."""
+  train = {"max_prompt_len": int(config.rollout.max_prompt_len), "max_new_tokens": int(config.rollout.max_new_tokens)}
+  return {"train": train,
+          "eval": {"max_prompt_len": int(config.eval.get("max_prompt_len", 0) or train["max_prompt_len"]),
+                   "max_new_tokens": int(config.eval.get("max_new_tokens", 0) or train["max_new_tokens"]),
+                   "return_confidence": True}}
+
+
 def setup(config) -> Setup:
   """Checks the config and builds the mesh, policy, data, scheduler, train step and samplers."""
   from jaxghpo import curriculum, deepconf, rl
@@ -420,16 +432,11 @@ def setup(config) -> Setup:
 
   # TIP (config.rollout.tip_*): the thought-switch penalty of training rollouts and of evaluation (or None).
   tip = {where: penalties.from_config(config.rollout, tokenizer, where) for where in ("train", "eval")}
-  rollout = groups_lib.GroupSampler(model, mesh, tokenizer, score, config, P=P,
-                                    max_prompt_len=int(config.rollout.max_prompt_len),
-                                    max_new_tokens=int(config.rollout.max_new_tokens), penalty=tip["train"])
-  # Evaluation reaches longer (out-of-distribution) chains than training: its own sizes; it also returns
-  # DeepConf token confidences (confidence-filtered voting in the report, DeepConf online stopping).
-  eval_rollout = groups_lib.GroupSampler(
-      model, mesh, tokenizer, score, config, P=P,
-      max_prompt_len=int(config.eval.get("max_prompt_len", 0) or config.rollout.max_prompt_len),
-      max_new_tokens=int(config.eval.get("max_new_tokens", 0) or config.rollout.max_new_tokens),
-      divisors=(1,), return_confidence=True, penalty=tip["eval"])
+  sizes = sampler_sizes(config)
+  rollout = groups_lib.GroupSampler(model, mesh, tokenizer, score, config, P=P, penalty=tip["train"],
+                                    **sizes["train"])
+  eval_rollout = groups_lib.GroupSampler(model, mesh, tokenizer, score, config, P=P, divisors=(1,),
+                                         penalty=tip["eval"], **sizes["eval"])
   return Setup(mesh, model, model_cfg, tokenizer, problems, pipeline, scheduler, rl_cfg, graphdef, params,
                param_shardings, optimizer, opt_state, train_step, ref_logprobs, rollout, eval_rollout,
                deepconf.from_config(config.eval, int(config.eval.num_samples)))

@@ -22,6 +22,10 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "(jaxghpo/resume_check.py; the changes are recorded in DIR/config_changes.jsonl).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show the libraries' INFO logs (orbax, jax, absl): off by default, "
                              "so the console holds the data report, progress, the summary and the table.")
+_DRY_RUN_SLICE = flags.DEFINE_string(
+    "dry_run_slice", None, "Pre-flight: build the run for this Cloud TPU slice (e.g. v5p-64), compile every program "
+    "with XLA:TPU (libtpu, pip install -e \".[tpu]\"; no TPU needed), print memory, cost and the predicted step, "
+    "and exit without training or writing anything (exit 1 when a program would not fit).")
 _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None,
                                         "Fake CPU devices per process (tests of sharding on CPU).")
 
@@ -57,6 +61,10 @@ def main(argv) -> None:
   if _NUM_CPU_DEVICES.value:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_NUM_CPU_DEVICES.value}")
+  if _DRY_RUN_SLICE.value:
+    from jaxghpo import preflight
+    raise SystemExit(preflight.run(_CONFIG.value, config_flags.get_config_filename(flags.FLAGS["config"]),
+                                   _DRY_RUN_SLICE.value))
   _init_distributed()
   from jaxghpo import train, validation  # after distributed init: jax must not pick devices before it
   config = _CONFIG.value

@@ -106,6 +106,7 @@ def check(config, mesh_shape, devices, model_cfg=None) -> None:
   from jaxghpo import experiment, memory_estimate, models
   if model_cfg is None:
     model_cfg = models.load_config(experiment.resolve_model_path(str(config.model.path)))
-  est = memory_estimate.estimate(config, model_cfg, tuple(int(x) for x in mesh_shape))
+  platform = "tpu" if devices and devices[0].platform == "tpu" else "cpu"  # whose compiler's constants
+  est = memory_estimate.estimate(config, model_cfg, tuple(int(x) for x in mesh_shape), platform)
   if est.total > limit:
     raise StartupError(message(est, config, limit, source))

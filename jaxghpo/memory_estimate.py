@@ -74,6 +74,15 @@ K_QKV = 2.5         # [b, T, (H + 2 KV) hd] in compute dtype: rotated q and k, v
 K_LOGITS = 4.0      # float32 [b, C, V] logits of one block of C response positions: values, softmax, gradients
 K_PREFILL_SCORES = 1.5  # float32 prefill scores [B, H, P, P] of one layer
 
+# XLA:TPU (libtpu, tools/compile_tpu.py; BENCHMARKS.md "XLA:TPU"): it fuses more of a layer's working set than
+# XLA:CPU (the attention, mlp, hidden and qkv terms x TPU_WORKING_SET), and under remat it keeps two more
+# copies of every block's input than the policy names: one in float32 and one in the compute dtype, per layer
+# (TPU_SAVED_INPUT_BYTES_EXTRA + c bytes per element of [b, T, D]; the per-layer growth of the 7B step between
+# a 2-layer and the 28-layer compile, f32 and bf16 [8, 4096, 3584] buffers in its memory-usage report).
+TPU_WORKING_SET = 0.65
+TPU_SAVED_INPUT_BYTES_EXTRA = 4
+PLATFORMS = ("cpu", "tpu")
+
 GB = 1e9
 
 
@@ -179,7 +188,8 @@ def layer_param_count(model_cfg: models.ModelConfig) -> int:
 
 
 def train_activation_parts(model_cfg: models.ModelConfig, rows: int, prompt_len: int, new_tokens: int,
-                           mesh_shape, logprob_chunk_tokens: int = 0, global_rows: int | None = None) -> dict:
+                           mesh_shape, logprob_chunk_tokens: int = 0, global_rows: int | None = None,
+                           platform: str = "cpu") -> dict:
   """The train step's activation terms (bytes per device) for `rows` rows of one micro-batch on one device.
 
   model_cfg.attention: "xla" materialises [H, T, T] float32 scores; "splash"/"cudnn" (flash) do not.
@@ -187,8 +197,10 @@ def train_activation_parts(model_cfg: models.ModelConfig, rows: int, prompt_len:
   the weight matmuls' outputs of every layer and one layer's rest; "full" keeps each layer's input and
   one layer's activations (recomputed in the backward pass, one layer at a time).
   logprob_chunk_tokens / global_rows: the LM head runs on blocks of chunk / global_rows positions of the
-  response (rl.token_logprobs), all N at once when 0.
+  response (rl.token_logprobs), all N at once when 0. platform: whose compiler's constants ("cpu" | "tpu").
   """
+  if platform not in PLATFORMS:
+    raise ValueError(f"platform={platform!r} is not one of {PLATFORMS}")
   d, f, t = mesh_shape
   b, T, N = rows, prompt_len + new_tokens, new_tokens
   c = np.dtype(model_cfg.compute_dtype).itemsize
@@ -204,11 +216,16 @@ def train_activation_parts(model_cfg: models.ModelConfig, rows: int, prompt_len:
   }
   remat = model_cfg.remat
   layers_live = L if remat == "none" else 1  # layers whose whole activations are live at once
-  parts = {k: layers_live * v for k, v in per_layer.items()}
+  working = TPU_WORKING_SET if platform == "tpu" else 1.0
+  parts = {k: layers_live * v * working for k, v in per_layer.items()}
   if remat == "full":
     parts["saved block inputs"] = L * b * T * D * c
   elif remat == "dots_saveable":  # q, k, v, o, gate, up, down outputs of every layer
     parts["saved matmul outputs"] = L * b * T * ((H + 2 * KV) * hd + 2 * F + 2 * D) * c
+  elif remat in ("qkv_context", "qkv_context_offload_mlp"):  # q, k, v, attention's output, the block input
+    parts["saved q, k, v, context, inputs"] = L * b * T * ((H + 2 * KV) * hd + H * hd + D) * c
+  if platform == "tpu" and remat != "none":
+    parts["block input copies (XLA:TPU)"] = L * b * T * D * (TPU_SAVED_INPUT_BYTES_EXTRA + c)
   cols = rl_losses.chunk_columns(global_rows or b, N, logprob_chunk_tokens)
   parts["logits"] = b * cols * V * 4 * K_LOGITS
   if f > 1:
@@ -259,8 +276,9 @@ def run_model_config(config, model_cfg: models.ModelConfig) -> models.ModelConfi
                            attention=config.model.get("attention", "xla"), remat=config.model.get("remat", "none"))
 
 
-def estimate(config, model_cfg: models.ModelConfig, mesh_shape) -> MemoryEstimate:
-  """Per-device memory of `config` with `model_cfg` (dtypes as the trainer loads it) on `mesh_shape`."""
+def estimate(config, model_cfg: models.ModelConfig, mesh_shape, platform: str = "cpu") -> MemoryEstimate:
+  """Per-device memory of `config` with `model_cfg` (dtypes as the trainer loads it) on `mesh_shape`, with the
+  constants of `platform`'s compiler ("cpu": fitted to XLA:CPU; "tpu": to XLA:TPU)."""
   model_cfg = run_model_config(config, model_cfg)
   mesh_shape = tuple(int(x) for x in mesh_shape)
   d, f, t = mesh_shape
@@ -278,7 +296,7 @@ def estimate(config, model_cfg: models.ModelConfig, mesh_shape) -> MemoryEstimat
                                          int(config.num_steps) * int(rl_cfg.ppo_epochs))
   gradients = params * (2 if M > 1 else 1)
   train_parts = train_activation_parts(model_cfg, b, prompt_len, new_tokens, mesh_shape,
-                                       int(rl_cfg.logprob_chunk_tokens), P * G // M)
+                                       int(rl_cfg.logprob_chunk_tokens), P * G // M, platform)
 
   best = None
   for sizes in _sampler_sizes(config):

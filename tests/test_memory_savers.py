@@ -91,10 +91,10 @@ def test_remat_policies_give_the_same_gradients(micro_batches):
   batch = _batch()
   rl_cfg = rl.resolve_config(dict(entropy_coef=0.01, micro_batches=micro_batches))
   results = {}
-  for remat in ("none", "dots_saveable", "full"):
+  for remat in ("none", "dots_saveable", "full", "qkv_context"):
     fn, params = _grad_fn(CFG.replace(remat=remat), rl_cfg)
     results[remat] = fn(params, batch)
-  for remat in ("dots_saveable", "full"):
+  for remat in ("dots_saveable", "full", "qkv_context"):
     np.testing.assert_allclose(results[remat][1]["loss"], results["none"][1]["loss"], rtol=1e-6)
     for got, want in zip(jax.tree.leaves(results[remat][0]), jax.tree.leaves(results["none"][0])):
       np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)

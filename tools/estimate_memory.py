@@ -21,8 +21,6 @@ memory check of jaxghpo/memory_check.py); this tool prints it and compares it wi
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -30,14 +28,14 @@ import sys
 import time
 
 import jax
-import numpy as np
-from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from jaxghpo import derived, models, parallel, rl  # noqa: E402
+from jaxghpo import aot, models, parallel  # noqa: E402
+from jaxghpo.aot.report import CompiledMemory  # noqa: E402,F401  (tests and tools read it from here)
+from jaxghpo.aot.shapes import load_config_module, resolve_model_config  # noqa: E402,F401
 
 # The estimate lives in the package (the start-time memory check uses it); re-exported for the tool's users.
 from jaxghpo.memory_estimate import (GB, K_HIDDEN, K_LOGITS, K_MLP, K_PREFILL_SCORES, K_QKV, K_SCORES,  # noqa: E402,F401
@@ -99,65 +97,22 @@ def set_cpu_devices(count: int) -> None:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-@dataclasses.dataclass
-class CompiledMemory:
-  """XLA's memory_analysis() of one compiled program, bytes per device."""
-  arguments: int
-  outputs: int
-  aliased: int
-  temporaries: int
-
-  @property
-  def total(self) -> int:
-    """Arguments + outputs not aliased to (donated) arguments + temporaries: the program's peak."""
-    return self.arguments + self.outputs - self.aliased + self.temporaries
-
-  @classmethod
-  def of(cls, compiled) -> "CompiledMemory":
-    m = compiled.memory_analysis()
-    return cls(int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.alias_size_in_bytes),
-               int(m.temp_size_in_bytes))
-
-
-def _abstract(tree, shardings):
-  return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shardings, tree)
-
-
-def compile_train_step(config, model_cfg: models.ModelConfig, mesh_shape, compiler_options=None) -> CompiledMemory:
-  """Compiles (never runs) the trainer's train step for `config` on fake devices: abstract params and
-  optimizer state with their shardings, the full batch of P*G rows; returns XLA's per-device memory."""
-  model_cfg = run_model_config(config, model_cfg)
+def _compile(config, model_cfg: models.ModelConfig, mesh_shape, name: str) -> CompiledMemory:
+  """Compiles (never runs) one of the run's programs (jaxghpo/aot/programs.py, the code compile_tpu.py uses) on
+  this process's devices (fake CPU devices of the mesh's size); returns XLA's per-device memory."""
   mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:math.prod(mesh_shape)])
-  graphdef, state = nnx.split(models.abstract_model(model_cfg))
-  shardings = parallel.param_shardings(state, mesh)
-  params = _abstract(state, shardings)
-  rl_cfg = derived.rl_config(config)
-  optimizer = rl.make_optimizer(rl_cfg, max(int(config.num_steps) * int(rl_cfg.ppo_epochs), 1))
-  opt_state = _abstract(jax.eval_shape(optimizer.init, params),
-                        rl.optimizer_shardings(optimizer, params, shardings, mesh))
-  rows = int(config.data.prompts_per_step) * int(config.rollout.group_size)
-  P, N = int(config.rollout.max_prompt_len), int(config.rollout.max_new_tokens)
-  arr = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
-  batch = rl.RLBatch(tokens=arr((rows, P + N), np.int32), segment_ids=arr((rows, P + N), np.int32),
-                     advantages=arr((rows,), np.float32), old_logp=arr((rows, P + N), np.float32),
-                     ref_logp=arr((rows, P + N), np.float32) if rl_cfg.kl_coef != 0 else None, prompt_len=P)
-  step = rl.make_train_step(graphdef, rl_cfg, mesh, optimizer, shardings, compiler_options=compiler_options)
-  return CompiledMemory.of(step.lower(params, opt_state, batch, jax.random.key(0)).compile())
+  lowered = aot.programs.lower_all(config, model_cfg, mesh, only={name})[name]
+  return CompiledMemory.of(lowered.compile())
+
+
+def compile_train_step(config, model_cfg: models.ModelConfig, mesh_shape) -> CompiledMemory:
+  """The trainer's train step for `config`: abstract params and optimizer state, the full batch of P*G rows."""
+  return _compile(config, model_cfg, mesh_shape, "train_step")
 
 
 def compile_sampler(config, model_cfg: models.ModelConfig, mesh_shape) -> CompiledMemory:
-  """Compiles the training sampler (P prompts x G samples, the config's prompt and new-token slots)."""
-  from jaxghpo.rollout import Sampler
-  model_cfg = run_model_config(config, model_cfg)
-  mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:math.prod(mesh_shape)])
-  model = models.abstract_model(model_cfg)
-  _, state = nnx.split(model)
-  params = _abstract(state, parallel.param_shardings(state, mesh))
-  P = int(config.data.prompts_per_step)
-  sampler = Sampler(model, batch_size=P, max_prompt_len=int(config.rollout.max_prompt_len),
-                    max_new_tokens=int(config.rollout.max_new_tokens), num_samples=int(config.rollout.group_size),
-                    mesh=mesh)
-  return CompiledMemory.of(sampler.lower(params, [[1]] * P, rng=jax.random.key(0), temperature=1.0).compile())
+  """The training sampler (P prompts x G samples, the config's prompt and new-token slots), from shapes."""
+  return _compile(config, model_cfg, mesh_shape, "train_sampler")
 
 
 def format_compiled(name: str, measured: CompiledMemory, estimated: int, hbm_bytes: float | None) -> str:
@@ -169,35 +124,6 @@ def format_compiled(name: str, measured: CompiledMemory, estimated: int, hbm_byt
   if hbm_bytes:
     line += f"; {100 * measured.total / hbm_bytes:.0f}% of {hbm_bytes / GB:.0f} GB"
   return line
-
-
-# ------------------------------------------------------------------------------------------- loading
-def load_config_module(path: str):
-  """The config file as a module (for its MODEL_SHAPE etc.); `path` may carry ':arg' like config_flags."""
-  path = path.split(":", 1)[0]
-  spec = importlib.util.spec_from_file_location("_estimated_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def resolve_model_config(config, model_config: str | None = None, module=None) -> models.ModelConfig:
-  """--model_config (config.json, HF dir or builtin:NAME), else module.MODEL_SHAPE, else config.model.path."""
-  from jaxghpo import experiment
-  if model_config:
-    path = experiment.resolve_model_path(model_config)
-    if os.path.isfile(path):
-      with open(path) as f:
-        return models.ModelConfig.from_hf_dict(json.load(f), source=path)
-    return models.load_config(path)
-  shape = getattr(module, "MODEL_SHAPE", None) if module is not None else None
-  if shape:
-    return models.ModelConfig(**shape)
-  path = experiment.resolve_model_path(str(config.model.path))
-  if not path or not os.path.isfile(os.path.join(path, "config.json")):
-    raise ValueError(f"no model shape: config.model.path={config.model.path!r} has no config.json and the config "
-                     "file defines no MODEL_SHAPE; pass --model_config=PATH/config.json (or an HF dir)")
-  return models.load_config(path)
 
 
 def main(argv) -> None:
@@ -215,7 +141,7 @@ def main(argv) -> None:
   # A -1 in the mesh shape takes the devices this process sees unless --num_devices says otherwise.
   mesh_shape = resolve_mesh_shape(config, mesh, _NUM_DEVICES.value or (jax.device_count() if -1 in given else None))
   model_cfg = resolve_model_config(config, _MODEL_CONFIG.value, module)
-  est = estimate(config, model_cfg, mesh_shape)
+  est = estimate(config, model_cfg, mesh_shape, _PLATFORM.value)
   hbm = getattr(module, "HBM_BYTES_PER_CHIP", None)
   print(format_report(est, config, model_cfg, hbm), flush=True)
   if not _COMPILE.value:
@@ -244,6 +170,8 @@ if __name__ == "__main__":
                                       "config file's MODEL_SHAPE, else config.model.path)")
   _NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "devices, to size a -1 entry of the mesh shape "
                                       "(default: the devices this process sees)")
+  _PLATFORM = flags.DEFINE_enum("platform", "cpu", ["cpu", "tpu"], "whose compiler's constants the estimate uses "
+                                "(tpu: fitted to XLA:TPU, tools/compile_tpu.py; cpu: to XLA:CPU, what --compile checks)")
   _COMPILE = flags.DEFINE_bool("compile", False, "also compile (never run) the sampler and the train step on fake "
                                "CPU devices of the mesh's size and print XLA's memory per device; the last line is "
                                "JSON: compiled_bytes_per_device, hbm_bytes_per_device, "

@@ -17,8 +17,10 @@ Implementations:
             flash attention for TPU, never holding a [T, T] block larger than its tiles. Inside a mesh
             (``jax.set_mesh`` / ``jax.sharding.use_abstract_mesh``) it runs per device through
             ``jax.shard_map``, batch split over ("data", "fsdp") and heads over "tensor" as the rules table
-            splits them (one kernel per device, vmapped over its rows). On CPU the kernel runs in Pallas
-            interpret mode (for tests and for compiling the train step on fake devices); on GPU it is refused.
+            splits them (one kernel per device, vmapped over its rows). For a TPU mesh the kernel is compiled
+            by Mosaic, also when the program is compiled ahead of time on a CPU host (the platform is the
+            mesh's: parallel.platform.current()); for a CPU mesh it runs in Pallas interpret mode (tests); on
+            GPU it is refused.
             T is padded inside to a multiple of 128 (the kernel's tile) with a segment of its own.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxghpo.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
+from jaxghpo.parallel import platform
 SPLASH_TILE = 128  # the kernel's lane width: T must be a multiple of it
 SPLASH_BLOCKS = (512, 256, 128)  # tile sizes tried, the largest dividing the (padded) length wins
 
@@ -61,8 +64,8 @@ def attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT, *, impl: str = "
   check_impl(impl)
   if impl == "splash":
     return splash_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT)
-  if impl == "cudnn" and jax.default_backend() != "gpu":
-    raise ValueError(f"model.attention='cudnn' needs a GPU (the backend is {jax.default_backend()!r}); "
+  if impl == "cudnn" and platform.current() != "gpu":
+    raise ValueError(f"model.attention='cudnn' needs a GPU (the program is for {platform.current()!r}); "
                      "use 'xla' on CPU or 'splash' on TPU")
   return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask=segment_mask(segment_ids_BxT),
                                       is_causal=True, implementation=impl)
@@ -77,7 +80,7 @@ def _splash_kernel(num_heads: int, length: int):
   """The splash kernel for one sequence of `num_heads` query heads (keys with fewer heads: GQA)."""
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-  backend = jax.default_backend()
+  backend = platform.current()  # the mesh's devices, not the host's backend: a TPU program compiles on CPU hosts
   if backend not in ("tpu", "cpu"):
     raise ValueError(f"model.attention='splash' is a TPU kernel (interpreted on CPU for tests); on {backend!r} "
                      "use 'cudnn' (GPU) or 'xla'")

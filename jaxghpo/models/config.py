@@ -15,7 +15,7 @@ ARCHITECTURES = {
 _ARCH_CLASS_TO_TYPE = {v: k for k, v in ARCHITECTURES.items()}
 
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash")  # models.attention.IMPLEMENTATIONS
-REMAT_POLICIES = ("none", "dots_saveable", "full")  # transformer.remat_policy
+REMAT_POLICIES = ("none", "dots_saveable", "full", "qkv_context", "qkv_context_offload_mlp")  # transformer.remat_policy
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -32,7 +32,9 @@ class ModelConfig:
     "xla" | "cudnn" | "splash"); decode steps over the KV cache always use the plain einsum path.
   remat: what the backward pass keeps of each block's forward (REMAT_POLICIES): "none" keeps all,
     "dots_saveable" keeps the outputs of the weight matmuls and recomputes the rest (attention
-    scores, norms, activations), "full" keeps only each block's input.
+    scores, norms, activations), "full" keeps only each block's input, "qkv_context" keeps the rotated
+    q, k, v and attention's output by name (the MLP is recomputed), "qkv_context_offload_mlp" also keeps
+    the MLP's gate and up outputs in host memory (TPU); transformer.remat_policy says more.
   attention and remat are run-time choices: not read from or written to config.json.
   """
   model_type: str

@@ -10,6 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxghpo.models import attention as attention_lib
 from jaxghpo.models.config import ModelConfig
@@ -134,10 +135,12 @@ class Attention(nnx.Module):
     v = self.v_proj(x_BxTxD).reshape(B, T, KV, hd)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    q = apply_rope(q, positions_BxT, inv_freq)
-    k = apply_rope(k, positions_BxT, inv_freq)
+    q = checkpoint_name(apply_rope(q, positions_BxT, inv_freq), "qkv")
+    k = checkpoint_name(apply_rope(k, positions_BxT, inv_freq), "qkv")
+    v = checkpoint_name(v, "qkv")
     if segment_ids_BxT is not None:
-      out = attention_lib.attention(q, k, v, segment_ids_BxT, impl=self.impl).reshape(B, T, -1)
+      out = checkpoint_name(attention_lib.attention(q, k, v, segment_ids_BxT, impl=self.impl), "context")
+      out = out.reshape(B, T, -1)
       k, v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)  # the cache layout
       if cache_kv is not None:
         k, v = self._write_cache(cache_kv, k, v, cache_pos)
@@ -172,7 +175,8 @@ class MLP(nnx.Module):
     self.down_proj = Linear(f, d, ("mlp", "embed"), bias=False, cfg=cfg, rngs=rngs)
 
   def __call__(self, x):
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    gate, up = checkpoint_name(self.gate_proj(x), "mlp_gate"), checkpoint_name(self.up_proj(x), "mlp_up")
+    return self.down_proj(jax.nn.silu(gate) * up)
 
 
 class Block(nnx.Module):

@@ -37,7 +37,7 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> jax.sharding.M
   """
   devices = jax.devices() if devices is None else list(devices)
   shape = validate_mesh_shape(shape, len(devices))
-  if devices == jax.devices():
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  if devices == jax.devices() or devices[0].platform == "tpu":  # jax lays a TPU slice's chips out along its ICI
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
   return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
                            axis_types=(jax.sharding.AxisType.Auto,) * 3)

@@ -32,6 +32,7 @@ import optax
 from flax import nnx
 
 from jaxghpo import models, parallel
+from jaxghpo.parallel import platform
 from jaxghpo.rl.batch import PAD, RLBatch
 from jaxghpo.rl.losses import finalize, loss_counts, policy_loss_terms, token_logprobs, weighted_loss
 
@@ -278,14 +279,14 @@ class TrainStep:
     self._check(batch)
     if self._jitted is None:
       self._jitted = self._build(params)
-    with jax.set_mesh(self.mesh):  # the model constrains its activations to the batch shards
+    with jax.set_mesh(self.mesh), platform.targeting(self.mesh):  # activations constrained to the batch shards
       return self._jitted.lower(params, opt_state, batch, rng)
 
   def __call__(self, params, opt_state, batch: RLBatch, rng):
     self._check(batch)
     if self._jitted is None:
       self._jitted = self._build(params)
-    with jax.set_mesh(self.mesh):  # the model constrains its activations to the batch shards
+    with jax.set_mesh(self.mesh), platform.targeting(self.mesh):  # activations constrained to the batch shards
       return self._jitted(params, opt_state, batch, rng)
 
 
@@ -298,16 +299,35 @@ def make_train_step(graphdef, cfg, mesh, optimizer, param_shardings, compiler_op
   return TrainStep(graphdef, cfg, mesh, optimizer, param_shardings, compiler_options)
 
 
-def make_logprob_fn(graphdef, cfg, mesh, param_shardings, compiler_options=None):
+class LogprobFn:
+  """`fn(params, batch) -> float32 [B, T]` logprobs (aligned like batch.old_logp), jitted and sharded by batch.
+
+  Traced under the mesh (as the train step is), so the model's activation constraints and platform
+  decisions (splash by Mosaic on TPU) follow the mesh's devices; `lower` does the same without running."""
+
+  def __init__(self, graphdef, cfg, mesh, param_shardings, compiler_options=None):
+    self.mesh = mesh
+    batch_sh = parallel.batch_sharding(mesh, 1)
+    fn = functools.partial(batch_logprobs, graphdef, cfg=cfg, batch_sharding=batch_sh)
+    self._jitted = jax.jit(lambda params, batch: fn(params, batch), in_shardings=(param_shardings, batch_sh),
+                           out_shardings=batch_sh, compiler_options=compiler_options)
+
+  def lower(self, params, batch):
+    with jax.set_mesh(self.mesh), platform.targeting(self.mesh):
+      return self._jitted.lower(params, batch)
+
+  def __call__(self, params, batch):
+    with jax.set_mesh(self.mesh), platform.targeting(self.mesh):
+      return self._jitted(params, batch)
+
+
+def make_logprob_fn(graphdef, cfg, mesh, param_shardings, compiler_options=None) -> LogprobFn:
   """jitted `fn(params, batch) -> float32 [B, T]` logprobs (aligned like batch.old_logp), sharded by batch.
 
   Call it with the reference params for batch.ref_logp (only when kl_coef != 0), or with the current
   params for old logprobs outside the step.
   """
-  batch_sh = parallel.batch_sharding(mesh, 1)
-  fn = functools.partial(batch_logprobs, graphdef, cfg=cfg, batch_sharding=batch_sh)
-  return jax.jit(lambda params, batch: fn(params, batch), in_shardings=(param_shardings, batch_sh),
-                 out_shardings=batch_sh, compiler_options=compiler_options)
+  return LogprobFn(graphdef, cfg, mesh, param_shardings, compiler_options)
 
 
 def make_grad_fn(graphdef, cfg, mesh, param_shardings, compiler_options=None):

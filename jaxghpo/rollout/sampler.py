@@ -36,7 +36,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding
 
 from jaxghpo import models, parallel
-from jaxghpo.parallel import hosts
+from jaxghpo.parallel import hosts, platform
 from jaxghpo.rollout import filters, penalties
 
 
@@ -190,21 +190,10 @@ class Sampler:
 
   # ---- the jitted function ---------------------------------------------------------------------------
   def _generate(self, params, prompt_ids_BxLp, prompt_valid_BxLp, active_B, key_data, key_impl, controls, cache):
-    cfg, G, N = self.cfg, self.num_samples, self.max_new_tokens
+    G, N = self.num_samples, self.max_new_tokens
     rng = jax.random.wrap_key_data(key_data, impl=key_impl) if key_impl else key_data
-    B, Lp = prompt_ids_BxLp.shape
-    R = B * G
     model = nnx.merge(self.graphdef, params)
-
-    # Prefill: the prompts' own cache [B, Lp], computed once per prompt.
-    positions_BxLp = models.positions_from_valid(prompt_valid_BxLp)
-    small = models.KVCache.zeros(cfg, B, Lp, self.cache_dtype)
-    # The prompts attend among themselves through models.attention (cfg.attention); splash runs per
-    # device under the mesh (shard_map), so it needs the mesh in context.
-    with _mesh_context(self.mesh if cfg.attention == "splash" else None):
-      hidden_BxLpxD, small = model.hidden_states(prompt_ids_BxLp, positions_BxLp, cache=small, cache_pos=0,
-                                                segment_ids_BxT=models.padding_segments(prompt_valid_BxLp))
-    logits_BxV = model.project(hidden_BxLpxD[:, -1])  # only the last position's logits are used
+    logits_BxV, small = self._prefill(model, prompt_ids_BxLp, prompt_valid_BxLp)
 
     def rows(x):  # [B, ...] -> [R, ...], prompt-major
       return jnp.repeat(x, G, axis=0) if G > 1 else x
@@ -220,70 +209,85 @@ class Sampler:
       return self._constrain(full, self._cache_names[field])
 
     cache = self._map_cache(grow, small) if cache is None else self._map_cache(grow, small, cache)
-
     logits_RxV = self._constrain(rows(logits_BxV), ("batch", "vocab"))
     prompt_len_R = rows(jnp.sum(prompt_valid_BxLp, axis=1, dtype=jnp.int32))
     prompt_valid_RxLp = rows(prompt_valid_BxLp)
-    done_R = ~rows(active_B)
+    row_controls = dict(controls, stop_threshold_B=rows(controls["stop_threshold_B"]))
+    init = self._initial_rows(~rows(active_B), controls["pad_id"])
 
-    temperature, top_k, top_p = controls["temperature"], controls["top_k"], controls["top_p"]
-    is_eos_V, pad_id = controls["is_eos_V"], controls["pad_id"]
-    switch_V, alpha, beta = controls["switch_V"], controls["alpha"], controls["beta"]
-    stop_R, stop_window = rows(controls["stop_threshold_B"]), controls["stop_window"]
+    def cond(carry):
+      t, _, _, rows_state = carry
+      return (t < N) & ~jnp.all(rows_state.done)
 
-    def choose(t, logits_RxV, rows_state: _RowState):
-      """Chooses token t of every row and records it; rows that have ended write pad."""
-      st = rows_state
-      penalised = penalties.apply_thought_switch_penalty(logits_RxV, st.since_switch, switch_V, alpha, beta)
-      token_R = filters.choose_tokens(jax.random.fold_in(rng, t), penalised, temperature, top_k, top_p)
-      logp_RxV = filters.log_probs(logits_RxV, temperature)
-      logp_R = jnp.take_along_axis(logp_RxV, token_R[:, None], axis=1)[:, 0]
-      live = ~st.done
-      confidence, stop = st.confidence, jnp.zeros_like(live)
-      if confidence is not None:
-        conf_R = filters.deepconf_confidence(logp_RxV, self.confidence_k)
-        confidence = confidence.at[:, t].set(jnp.where(live, conf_R, 0.0))
-        # DeepConf online: the mean confidence of the last stop_window tokens (once there are that many).
-        in_window_N = (jnp.arange(N) <= t) & (jnp.arange(N) > t - stop_window)
-        window_R = jnp.sum(jnp.where(in_window_N[None, :], confidence, 0.0), axis=1) / stop_window
-        stop = live & (t + 1 >= stop_window) & (window_R < stop_R) & ~is_eos_V[token_R]
-      new = _RowState(tokens=st.tokens.at[:, t].set(jnp.where(live, token_R, pad_id)),
-                      logprobs=st.logprobs.at[:, t].set(jnp.where(live, logp_R, 0.0)),
-                      confidence=confidence,
-                      lengths=st.lengths + live.astype(jnp.int32),
-                      done=st.done | is_eos_V[token_R] | stop,
-                      stopped=st.stopped | stop,
-                      since_switch=penalties.update_tokens_since_switch(st.since_switch, token_R, switch_V))
-      return new, token_R
+    body = functools.partial(self._decode_step, model, rng, row_controls, prompt_len_R, prompt_valid_RxLp)
+    steps, _, cache, final = jax.lax.while_loop(cond, body, (jnp.int32(0), logits_RxV, cache, init))
+    out = SampleOutput(tokens=final.tokens, logprobs=final.logprobs, lengths=final.lengths,
+                       confidence=final.confidence, decode_steps=steps,
+                       stopped=final.stopped if self.return_confidence else None)
+    return out, (cache if self.donate_cache else None)
 
+  def _prefill(self, model, prompt_ids_BxLp, prompt_valid_BxLp):
+    """The prompts' forward pass: (float32 logits of the last position [B, V], the prompts' cache [B, Lp])."""
+    B, Lp = prompt_ids_BxLp.shape
+    positions_BxLp = models.positions_from_valid(prompt_valid_BxLp)
+    small = models.KVCache.zeros(self.cfg, B, Lp, self.cache_dtype)
+    # The prompts attend among themselves through models.attention (cfg.attention); splash runs per
+    # device under the mesh (shard_map), so it needs the mesh in context.
+    with _mesh_context(self.mesh if self.cfg.attention == "splash" else None):
+      hidden_BxLpxD, small = model.hidden_states(prompt_ids_BxLp, positions_BxLp, cache=small, cache_pos=0,
+                                                segment_ids_BxT=models.padding_segments(prompt_valid_BxLp))
+    return model.project(hidden_BxLpxD[:, -1]), small  # only the last position's logits are used
+
+  def _initial_rows(self, done_R, pad_id) -> _RowState:
+    R, N = done_R.shape[0], self.max_new_tokens
     batch2 = ("batch", None)
-    init = _RowState(
+    return _RowState(
         tokens=self._constrain(jnp.full((R, N), pad_id, jnp.int32), batch2),
         logprobs=self._constrain(jnp.zeros((R, N), jnp.float32), batch2),
         confidence=self._constrain(jnp.zeros((R, N), jnp.float32), batch2) if self.return_confidence else None,
         lengths=jnp.zeros((R,), jnp.int32), done=done_R, stopped=jnp.zeros((R,), bool),
         since_switch=jnp.zeros((R,), jnp.int32))
 
-    def cond(carry):
-      t, _, _, rows_state = carry
-      return (t < N) & ~jnp.all(rows_state.done)
+  def _decode_step(self, model, rng, controls, prompt_len_R, prompt_valid_RxLp, carry):
+    """One turn of the decode loop: choose token t of every row, then feed it (the loop's body).
 
-    def body(carry):
-      t, logits_RxV, cache, rows_state = carry
-      rows_state, token_R = choose(t, logits_RxV, rows_state)
-      # Feed token t (slot Lp+t, RoPE position prompt_len+t); it attends to the prompt and new slots <= Lp+t.
-      # After the last token this forward is not needed; one spare step costs less than a second copy of
-      # the sampling code in the compiled program.
-      mask_RxS = jnp.concatenate([prompt_valid_RxLp, jnp.broadcast_to(jnp.arange(N) <= t, (R, N))], axis=1)
-      logits_Rx1xV, cache = model(token_R[:, None], (prompt_len_R + t)[:, None], mask_RxS[:, None, :],
-                                  cache=cache, cache_pos=Lp + t)
-      return t + 1, logits_Rx1xV[:, 0], cache, rows_state
+    controls: the call's controls with stop_threshold_B already repeated to rows [R]."""
+    N, Lp = self.max_new_tokens, prompt_valid_RxLp.shape[1]
+    t, logits_RxV, cache, st = carry
+    temperature, top_k, top_p = controls["temperature"], controls["top_k"], controls["top_p"]
+    is_eos_V, pad_id = controls["is_eos_V"], controls["pad_id"]
+    switch_V, alpha, beta = controls["switch_V"], controls["alpha"], controls["beta"]
+    stop_R, stop_window = controls["stop_threshold_B"], controls["stop_window"]
 
-    steps, _, cache, final = jax.lax.while_loop(cond, body, (jnp.int32(0), logits_RxV, cache, init))
-    out = SampleOutput(tokens=final.tokens, logprobs=final.logprobs, lengths=final.lengths,
-                       confidence=final.confidence, decode_steps=steps,
-                       stopped=final.stopped if self.return_confidence else None)
-    return out, (cache if self.donate_cache else None)
+    # Choose token t of every row and record it; rows that have ended write pad.
+    penalised = penalties.apply_thought_switch_penalty(logits_RxV, st.since_switch, switch_V, alpha, beta)
+    token_R = filters.choose_tokens(jax.random.fold_in(rng, t), penalised, temperature, top_k, top_p)
+    logp_RxV = filters.log_probs(logits_RxV, temperature)
+    logp_R = jnp.take_along_axis(logp_RxV, token_R[:, None], axis=1)[:, 0]
+    live = ~st.done
+    confidence, stop = st.confidence, jnp.zeros_like(live)
+    if confidence is not None:
+      conf_R = filters.deepconf_confidence(logp_RxV, self.confidence_k)
+      confidence = confidence.at[:, t].set(jnp.where(live, conf_R, 0.0))
+      # DeepConf online: the mean confidence of the last stop_window tokens (once there are that many).
+      in_window_N = (jnp.arange(N) <= t) & (jnp.arange(N) > t - stop_window)
+      window_R = jnp.sum(jnp.where(in_window_N[None, :], confidence, 0.0), axis=1) / stop_window
+      stop = live & (t + 1 >= stop_window) & (window_R < stop_R) & ~is_eos_V[token_R]
+    st = _RowState(tokens=st.tokens.at[:, t].set(jnp.where(live, token_R, pad_id)),
+                   logprobs=st.logprobs.at[:, t].set(jnp.where(live, logp_R, 0.0)),
+                   confidence=confidence,
+                   lengths=st.lengths + live.astype(jnp.int32),
+                   done=st.done | is_eos_V[token_R] | stop,
+                   stopped=st.stopped | stop,
+                   since_switch=penalties.update_tokens_since_switch(st.since_switch, token_R, switch_V))
+    # Feed token t (slot Lp+t, RoPE position prompt_len+t); it attends to the prompt and new slots <= Lp+t.
+    # After the last token this forward is not needed; one spare step costs less than a second copy of
+    # the sampling code in the compiled program.
+    R = token_R.shape[0]
+    mask_RxS = jnp.concatenate([prompt_valid_RxLp, jnp.broadcast_to(jnp.arange(N) <= t, (R, N))], axis=1)
+    logits_Rx1xV, cache = model(token_R[:, None], (prompt_len_R + t)[:, None], mask_RxS[:, None, :],
+                                cache=cache, cache_pos=Lp + t)
+    return t + 1, logits_Rx1xV[:, 0], cache, st
 
   # ---- the call --------------------------------------------------------------------------------------
   def __call__(self, params, prompts: Sequence[Sequence[int]], *, rng, temperature: float = 0.0,
@@ -306,7 +310,8 @@ class Sampler:
     (args, kwargs), local = self._arguments(params, prompts, rng=rng, temperature=temperature, top_p=top_p,
                                             top_k=top_k, eos_id=eos_id, pad_id=pad_id, penalty=penalty,
                                             stop_threshold=stop_threshold, stop_window=stop_window)
-    out, cache = self._fn(*args, **kwargs)
+    with platform.targeting(self.mesh):
+      out, cache = self._fn(*args, **kwargs)
     if self.donate_cache:
       self._cache = cache
     return out.replace(prompt_ids=local[0], prompt_valid=local[1])
@@ -315,7 +320,70 @@ class Sampler:
     """The lowered program for these arguments (same keywords as a call), for cost/memory analysis or
     for reading the compiled HLO: ``sampler.lower(model, prompts, rng=key).compile().as_text()``."""
     (args, kwargs), _ = self._arguments(params, prompts, **controls)
-    return self._fn.lower(*args, **kwargs)
+    with platform.targeting(self.mesh):
+      return self._fn.lower(*args, **kwargs)
+
+  # ---- ahead of time: lowering from shapes alone -------------------------------------------------------
+  def abstract_arguments(self, params, key_impl: str = "threefry2x32"):
+    """(args, kwargs) of a call as ShapeDtypeStructs with their shardings (params: abstract or real).
+
+    Nothing is placed on a device, so a program for another machine's devices (a TPU slice compiled on a
+    CPU host, jaxghpo/aot) lowers from these; the values a real call would bring do not change the program."""
+    if isinstance(params, nnx.Module):
+      params = nnx.split(params)[1]
+    B, Lp, V = self.batch_size, self.max_prompt_len, self.cfg.vocab_size
+    key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=key_impl)))
+    args = (params, self._abstract((B, Lp), np.int32, ("batch", None)), self._abstract((B, Lp), bool, ("batch", None)),
+            self._abstract((B,), bool, ("batch",)), self._abstract(key_data.shape, key_data.dtype, None), key_impl,
+            {k: self._abstract(np.shape(v), np.asarray(v).dtype, None)
+             for k, v in self._controls(V, B, np.float32(1.0), 1.0, 0, None, 0, None, None, 1).items()})
+    kwargs = {}
+    if self.donate_cache:
+      kwargs["cache"] = jax.eval_shape(self._empty_cache)
+    return args, kwargs
+
+  def lower_abstract(self, params, key_impl: str = "threefry2x32") -> jax.stages.Lowered:
+    """The whole sampling program (prefill and the decode loop) lowered from shapes (see abstract_arguments)."""
+    args, kwargs = self.abstract_arguments(params, key_impl)
+    with platform.targeting(self.mesh):
+      return self._fn.lower(*args, **kwargs)
+
+  def lower_parts(self, params, key_impl: str = "threefry2x32") -> dict[str, jax.stages.Lowered]:
+    """{"prefill", "decode_step"}: the two parts of the program, each lowered alone from shapes.
+
+    The decode loop's trip count is data (it ends when every row has), so a cost analysis of the whole
+    program counts its body once; one decode step lowered alone is what N steps repeat."""
+    (params, ids, valid, active, key_data, key_impl, controls), _ = self.abstract_arguments(params, key_impl)
+    R, N, Lp = self.num_rows, self.max_new_tokens, self.max_prompt_len
+
+    def prefill(params, ids, valid):
+      return self._prefill(nnx.merge(self.graphdef, params), ids, valid)
+
+    def decode_step(params, key_data, controls, prompt_len_R, prompt_valid_RxLp, carry):
+      rng = jax.random.wrap_key_data(key_data, impl=key_impl)
+      return self._decode_step(nnx.merge(self.graphdef, params), rng, controls, prompt_len_R, prompt_valid_RxLp,
+                               carry)
+
+    cache = jax.eval_shape(self._empty_cache)
+    cache = self._map_cache(lambda field, x: self._abstract(x.shape, x.dtype, self._cache_names[field]), cache)
+    rows = jax.eval_shape(lambda: self._initial_rows(jnp.zeros((R,), bool), jnp.int32(0)))
+    rows = jax.tree.map(lambda x: self._abstract(x.shape, x.dtype, ("batch",) + (None,) * (x.ndim - 1)), rows)
+    carry = (self._abstract((), np.int32, None), self._abstract((R, self.cfg.vocab_size), np.float32,
+                                                                ("batch", "vocab")), cache, rows)
+    row_controls = dict(controls, stop_threshold_B=self._abstract((R,), np.float32, ("batch",)))
+    with platform.targeting(self.mesh):
+      return {"prefill": jax.jit(prefill).lower(params, ids, valid),
+              "decode_step": jax.jit(decode_step, donate_argnums=(5,)).lower(
+                  params, key_data, row_controls, self._abstract((R,), np.int32, ("batch",)),
+                  self._abstract((R, Lp), bool, ("batch", None)), carry)}
+
+  def _abstract(self, shape, dtype, names):
+    """A ShapeDtypeStruct sharded by logical `names` on this sampler's mesh; names None: no sharding, as the
+    numpy values a call passes (the key and the controls) have none."""
+    shape = tuple(shape)
+    if self.mesh is None or names is None:
+      return jax.ShapeDtypeStruct(shape, dtype)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=self._sharding(shape, names))
 
   def _global_prompts(self, prompts, pad_id: int):
     """(global, local): left-padded ids/valid/active for the whole batch, and this process's rows.
@@ -358,11 +426,8 @@ class Sampler:
     (ids, valid, active), local = self._global_prompts(prompts, int(pad_id))
     if int(stop_window) < 1:
       raise ValueError(f"stop_window={stop_window} must be >= 1 tokens")
-    controls = {"temperature": np.float32(temperature), "top_p": np.float32(top_p), "top_k": np.int32(top_k),
-                "is_eos_V": _eos_mask(eos_id, V), "pad_id": np.int32(pad_id),
-                "stop_threshold_B": self._stop_thresholds(stop_threshold, len(prompts)),
-                "stop_window": np.int32(stop_window),
-                **(penalty or penalties.ThoughtSwitchPenalty()).arrays(V)}
+    controls = self._controls(V, len(prompts), temperature, top_p, top_k, eos_id, pad_id, penalty, stop_threshold,
+                              stop_window)
     # The key travels as raw data (its implementation is part of the traced program) and the controls as
     # numpy values, so that neither is tied to one device (several processes share one mesh).
     key_impl = str(jax.random.key_impl(rng)) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else None
@@ -374,6 +439,16 @@ class Sampler:
     if self._cache is None:
       self._cache = jax.jit(self._empty_cache)()
     return (args, {"cache": self._cache}), local
+
+
+  def _controls(self, V, num_prompts, temperature, top_p, top_k, eos_id, pad_id, penalty, stop_threshold,
+                stop_window) -> dict:
+    """The sampling controls as numpy values (traced inputs of the program: changing them compiles nothing)."""
+    return {"temperature": np.float32(temperature), "top_p": np.float32(top_p), "top_k": np.int32(top_k),
+            "is_eos_V": _eos_mask(eos_id, V), "pad_id": np.int32(pad_id),
+            "stop_threshold_B": self._stop_thresholds(stop_threshold, num_prompts),
+            "stop_window": np.int32(stop_window),
+            **(penalty or penalties.ThoughtSwitchPenalty()).arrays(V)}
 
 
 def _mesh_context(mesh):
