@@ -103,7 +103,7 @@ def test_remat_policies_give_the_same_gradients(micro_batches):
 
 
 def test_block_ordering_by_barrier_gives_the_same_gradients(monkeypatch):
-  """Off CPU the backward's order is kept by optimization barriers instead of a data dependency
+  """Off CPU and TPU (GPU) the backward's order is kept by optimization barriers instead of a data dependency
   (transformer.in_turn): the same gradients either way, and the same as without remat."""
   from jaxghpo.models import transformer
   batch = _batch()

@@ -160,7 +160,8 @@ def recompute_after_cotangent(fn):
   their operands (recomputed activations) die in this layer's turn. (2) is what lowered XLA:CPU's peak;
   (1) alone changed nothing there but keeps a scheduler from hoisting recomputations. Both go through
   `in_turn`: on CPU an exact 0 computed from the arrays waited for (`cotangent_token`), because XLA:CPU
-  deletes optimization barriers (OptimizationBarrierExpander) before it schedules; elsewhere an
+  deletes optimization barriers (OptimizationBarrierExpander) before it schedules, and on TPU (where a barrier cost
+  11.5 GB per device on the 7B step: order_by_data); elsewhere an
   optimization_barrier (a token from a sharded array would cost a collective per layer).
   """
   is_param = []  # per pullback residual leaf: one of the params (set when fwd is traced)
@@ -189,9 +190,14 @@ def recompute_after_cotangent(fn):
 
 
 def order_by_data() -> bool:
-  """True on CPU: `in_turn` orders by a data dependency there (XLA:CPU drops optimization barriers before
-  scheduling); elsewhere an optimization_barrier, which needs no collective for sharded arrays."""
-  return platform.current() == "cpu"
+  """True on CPU and TPU: `in_turn` orders by a data dependency there; elsewhere (GPU, not measured) an
+  optimization_barrier, which needs no collective for sharded arrays.
+
+  XLA:CPU drops optimization barriers before scheduling. On XLA:TPU the barrier is kept but costs memory:
+  the 7B step of configs/qwen25_math_7b_ghpo.py compiled for v5p-64 to 71.89 GB per device with barriers
+  and 60.35 GB with the data dependency (BENCHMARKS.md, XLA:TPU). The dependency's token reads one element
+  of a sharded cotangent: a scalar collective per layer and micro-batch."""
+  return platform.current() in ("cpu", "tpu")
 
 
 def in_turn(values, deps):
