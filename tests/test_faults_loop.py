@@ -51,8 +51,12 @@ def test_a_resume_refused_for_changed_data_keeps_the_runs_data_report(policy, tm
   before = open(report).read()
   changed = config(policy, num_steps=2)
   changed.data.num_train = int(changed.data.num_train) + 8  # other training rows: the saved position is invalid
-  with pytest.raises(ValueError, match="training data changed since this position was saved"):
+  with pytest.raises(ValueError, match=r"data\.num_train: \d+ -> \d+"):  # the config check refuses first
     train.run(changed, workdir)
+  assert open(report).read() == before, "the refused run's data report replaced the run's own"
+  # Past the config check (a researcher who means it), the data's fingerprint still refuses the saved position.
+  with pytest.raises(ValueError, match="training data changed since this position was saved"):
+    train.run(changed, workdir, allow_config_change=True)
   assert open(report).read() == before, "the refused run's data report replaced the run's own"
 
 

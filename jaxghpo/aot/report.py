@@ -111,11 +111,21 @@ def model_flops(config, cfg: models.ModelConfig) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------- the step
-def predicted_step(reports: dict[str, ProgramReport], config, chip) -> dict[str, float]:
+def predicted_step(reports: dict[str, ProgramReport], config, chip, model_flops_per_device=None) -> dict[str, float]:
   """Roofline seconds of one GHPO step without retry rounds: one training sampler call (prefill + every new
-  token's decode step), the reference logprobs when KL is on, the train step; and a retry round's cost."""
+  token's decode step), the reference logprobs when KL is on, the train step; and a retry round's cost.
+
+  Each program's time is max(flops / peak, bytes accessed / bandwidth) with flops the larger of XLA's count
+  and the model FLOPs (per device): XLA:TPU's cost analysis counted 0.61-0.65x the model's matmul FLOPs in
+  the 7B prefill and train step (1.04x in a decode step), and a prediction from the smaller would be short."""
   N = int(config.rollout.max_new_tokens)
-  r = lambda name: reports[name].roofline_s(chip) if name in reports else 0.0
+  model = model_flops_per_device or {}
+
+  def r(name):
+    if name not in reports:
+      return 0.0
+    rep = reports[name]
+    return max(max(rep.flops, model.get(name, 0.0)) / chip.peak_bf16_flops, rep.bytes_accessed / chip.hbm_bytes_per_s)
   sampler = r("train_sampler/prefill") + N * r("train_sampler/decode_step")
   return {"decode_steps": N, "sampler_s": sampler, "reference_s": r("reference_logprobs"), "train_step_s": r("train_step"),
           "step_s": sampler + r("reference_logprobs") + r("train_step"), "retry_round_s": sampler}
@@ -125,8 +135,8 @@ def summary(reports: dict[str, ProgramReport], config, model_cfg, slice_, tokens
             sequences_per_device_per_microbatch: int) -> dict:
   """The JSON contract line of tools/compile_tpu.py (docs/DESIGN.md) plus the step's breakdown."""
   chip = slice_.chip
-  step = predicted_step(reports, config, chip)
   flops = model_flops(config, model_cfg)
+  step = predicted_step(reports, config, chip, {k: v / slice_.num_chips for k, v in flops.items()})
   N = int(config.rollout.max_new_tokens)
   step_model_flops = (flops["train_step"] + flops["train_sampler/prefill"] + N * flops["train_sampler/decode_step"]
                       + flops.get("reference_logprobs", 0.0))
