@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from typing import Any, Callable
 
 GHPO = {"curriculum.mode": "ghpo", "curriculum.ladder": (0.25, 0.5, 0.75), "curriculum.ladder_kind": "ratios",
         "hints.corruption": "none"}
@@ -71,16 +71,17 @@ def arm_config(config, arm: str):
   return c
 
 
-def run_side_by_side(config, workdir: str) -> dict:
-  """Runs each arm of config.arms in workdir/ARM (train.run), then report.compare of all of them."""
-  from jaxghpo import report, train
+def run_side_by_side(config, workdir: str, run_arm: Callable[[Any, str], dict]) -> dict:
+  """Runs each arm of config.arms in workdir/ARM with run_arm(arm config, arm workdir) (the trainer passes
+  train.run: this module sits below train.py and never imports it), then report.compare of all of them."""
+  from jaxghpo import report
   arms = parse_arms(config.arms)
   if not int(config.max_gen_tokens):
     raise ValueError("config.arms compares arms at an equal budget of generated tokens: set config.max_gen_tokens > 0")
   out = {}
   for arm in arms:
     print(f"== arm {arm} ({ARM_LABELS[arm]}): {os.path.join(workdir, arm)}", flush=True)
-    out[arm] = train.run(arm_config(config, arm), os.path.join(workdir, arm))
+    out[arm] = run_arm(arm_config(config, arm), os.path.join(workdir, arm))
   out["comparison"] = report.compare(workdir, {arm: os.path.join(workdir, arm) for arm in arms},
                                      labels=ARM_LABELS)
   return out

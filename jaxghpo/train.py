@@ -289,7 +289,7 @@ class Trainer:
 def run(config, workdir: str) -> dict:
   if config.get("arms", ""):  # several arms side by side, each in workdir/ARM (jaxghpo/arms.py)
     from jaxghpo import arms
-    return arms.run_side_by_side(config, workdir)
+    return arms.run_side_by_side(config, workdir, run)
   if config.mode == "sft":
     from jaxghpo import sft
     return sft.run(config, workdir)
