@@ -11,9 +11,8 @@ Two deadlines per item:
   hard (`deadline_s`): pebble's timeout; the worker is killed and replaced.
 
 Processes. Workers start from multiprocessing's "forkserver" (never a fork of the caller, which may hold
-JAX threads). The forkserver preloads `PRELOAD` (this module, the math reward module and math-verify:
-~1-2 s of sympy imports, paid once per process), so a worker, and a replacement for a killed one,
-starts warm by forking it. A function given to the pool is pickled by reference: it must be a
+JAX threads). The forkserver preloads `PRELOAD` (this module, and math-verify with one comparison run:
+~1.5 s, paid once per process), so a worker, and a replacement for a killed one, is forked warm. A function given to the pool is pickled by reference: it must be a
 module-level function whose module imports without jax (workers import it by name, and, as
 multiprocessing does, re-import the caller's `__main__` module under the name `__mp_main__`).
 
@@ -49,8 +48,9 @@ from typing import Any, Callable, Sequence
 
 import pebble
 
-# Imported once by the forkserver, before it forks any worker (a module that fails to import is skipped).
-PRELOAD = ("jaxghpo.rewards.pool", "jaxghpo.rewards.math", "math_verify")
+# Imported once by the forkserver, before it forks any worker (a module that fails to import is skipped):
+# this module and math-verify, warmed up (preload.py).
+PRELOAD = ("jaxghpo.rewards.pool", "jaxghpo.rewards.preload")
 
 _SOFT_TIMER_REPEAT_S = 0.05   # the soft timer re-fires until the item unwinds (code may swallow one)
 _ORPHAN_POLL_S = 1.0
