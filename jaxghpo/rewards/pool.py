@@ -262,6 +262,8 @@ atexit.register(_close_live_pools)
 
 
 def _context():
+  """multiprocessing's forkserver context, with PRELOAD set if the forkserver has not started yet (one
+  forkserver serves a process; if other code started it first, workers warm up in `_worker_init`)."""
   ctx = multiprocessing.get_context("forkserver")
   if forkserver_pid() is None:
     ctx.set_forkserver_preload(list(PRELOAD))
