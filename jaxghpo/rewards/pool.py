@@ -11,7 +11,8 @@ Two deadlines per item:
   hard (`deadline_s`): pebble's timeout; the worker is killed and replaced.
 
 Processes. Workers start from multiprocessing's "forkserver" (never a fork of the caller, which may hold
-JAX threads). The forkserver preloads `PRELOAD` (this module, and math-verify with one comparison run:
+JAX threads). The forkserver preloads `PRELOAD` (pool_worker.py, the code that runs in the workers, and
+math-verify with one comparison run:
 ~1.5 s, paid once per process), so a worker, and a replacement for a killed one, is forked warm. A function given to the pool is pickled by reference: it must be a
 module-level function whose module imports without jax (workers import it by name, and, as
 multiprocessing does, re-import the caller's `__main__` module under the name `__mp_main__`).
@@ -48,12 +49,12 @@ from typing import Any, Callable, Sequence
 
 import pebble
 
-# Imported once by the forkserver, before it forks any worker (a module that fails to import is skipped):
-# this module and math-verify, warmed up (preload.py).
-PRELOAD = ("jaxghpo.rewards.pool", "jaxghpo.rewards.preload")
+from jaxghpo.rewards import pool_worker
 
-_SOFT_TIMER_REPEAT_S = 0.05   # the soft timer re-fires until the item unwinds (code may swallow one)
-_ORPHAN_POLL_S = 1.0
+# Imported once by the forkserver, before it forks any worker (a module that fails to import is skipped):
+# the workers' side of the pool, and math-verify, warmed up (preload.py).
+PRELOAD = ("jaxghpo.rewards.pool_worker", "jaxghpo.rewards.preload")
+
 _GONE_TIMEOUT_S = 5.0
 _REPLACE_S = 5.0              # per item in a call's overall bound: a worker's replacement and the IPC
 
@@ -118,138 +119,6 @@ def forkserver_pid() -> int | None:
   return getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
 
 
-def _alive(pid: int) -> bool:
-  """True while `pid` exists and is not a zombie (a zombie has exited; only its entry remains)."""
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  try:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-      return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-  except (OSError, IndexError):
-    return True
-
-
-# ----------------------------------------------------------------------------------------------
-# Worker side (runs in the workers).
-
-class _SoftDeadline(BaseException):
-  """Raised by the soft timer. A BaseException so that `except Exception` in library code (sympy,
-  math-verify) does not swallow it."""
-
-
-_soft_armed = False
-
-
-def _on_alarm(signum, frame):
-  if _soft_armed:
-    raise _SoftDeadline()
-
-
-def _disarm() -> None:
-  global _soft_armed
-  _soft_armed = False
-  signal.setitimer(signal.ITIMER_REAL, 0.0)
-
-
-def _call_with_soft_deadline(fn: Callable, args: tuple, soft_s: float):
-  global _soft_armed
-  if soft_s <= 0:
-    return fn(*args)
-  _soft_armed = True
-  signal.setitimer(signal.ITIMER_REAL, soft_s, _SOFT_TIMER_REPEAT_S)
-  try:
-    return fn(*args)
-  finally:
-    _disarm()
-
-
-def _run_item(fn: Callable, args: tuple, soft_s: float) -> tuple[str, Any]:
-  """("ok", value) | ("timeout", None) | ("error", exception type name). The task pebble runs."""
-  result: tuple[str, Any] = ("timeout", None)
-  try:
-    try:
-      result = ("ok", _call_with_soft_deadline(fn, args, soft_s))
-    except _SoftDeadline:
-      result = ("timeout", None)
-    except Exception as e:  # noqa: BLE001 - a failure of one item scores that item only
-      # Only the type: str() of a hostile sympy object can itself hang.
-      result = ("error", type(e).__name__)
-  except _SoftDeadline:   # the repeating timer fired again while the item was unwinding
-    pass
-  while True:             # the timer must be off before pebble touches the pipe again
-    try:
-      _disarm()
-      return result
-    except _SoftDeadline:
-      pass
-
-
-def _ping() -> int:
-  return os.getpid()
-
-
-def _watch_owner(owner_pid: int) -> None:
-  while True:
-    time.sleep(_ORPHAN_POLL_S)
-    if not _alive(owner_pid):
-      os._exit(0)
-
-
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _die_with_parent() -> bool:
-  """Asks the kernel to SIGKILL this process when its parent exits (Linux); exits at once if the parent
-  is already gone. False where prctl is unavailable."""
-  if not sys.platform.startswith("linux"):
-    return False
-  import ctypes
-  parent = os.getppid()
-  try:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-  except (OSError, AttributeError):
-    return False
-  if os.getppid() != parent:
-    os._exit(0)
-  return True
-
-
-def _release_forkserver() -> None:
-  """Closes this worker's copy of the forkserver's "owner alive" pipe. multiprocessing hands every
-  forkserver child a copy, and the forkserver exits only at EOF of that pipe, so a worker busy in C
-  would keep it (and, through PR_SET_PDEATHSIG, itself) alive after the owner dies."""
-  server = multiprocessing.forkserver._forkserver
-  fd = getattr(server, "_forkserver_alive_fd", None)
-  if fd is not None:
-    try:
-      os.close(fd)
-    except OSError:
-      pass
-    server._forkserver_alive_fd = None
-
-
-def _worker_init(init: Callable | None, memory_limit_mb: int, owner_pid: int) -> None:
-  """pebble's initializer: runs in each worker before it takes an item."""
-  signal.signal(signal.SIGTERM, signal.SIG_DFL)   # see the module docstring
-  _release_forkserver()
-  if not _die_with_parent():
-    threading.Thread(target=_watch_owner, args=(owner_pid,), daemon=True).start()
-  if memory_limit_mb:
-    import resource
-    limit = int(memory_limit_mb) * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-  signal.signal(signal.SIGALRM, _on_alarm)
-  if init is not None:
-    init()
-
-
-# ----------------------------------------------------------------------------------------------
-# Parent side.
-
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
 
 
@@ -263,7 +132,7 @@ atexit.register(_close_live_pools)
 
 def _context():
   """multiprocessing's forkserver context, with PRELOAD set if the forkserver has not started yet (one
-  forkserver serves a process; if other code started it first, workers warm up in `_worker_init`)."""
+  forkserver serves a process; if other code started it first, workers warm up in pool_worker.worker_init)."""
   ctx = multiprocessing.get_context("forkserver")
   if forkserver_pid() is None:
     ctx.set_forkserver_preload(list(PRELOAD))
@@ -344,10 +213,10 @@ class WorkerPool:
       if self._pool is not None:
         return
       self._pool = pebble.ProcessPool(
-          max_workers=self.num_workers, initializer=_worker_init,
+          max_workers=self.num_workers, initializer=pool_worker.worker_init,
           initargs=(self.init, self.memory_limit_mb, os.getpid()), context=_context())
       try:
-        self._pool.schedule(_ping, timeout=self.startup_timeout_s).result(timeout=self.startup_timeout_s + 5.0)
+        self._pool.schedule(pool_worker.ping, timeout=self.startup_timeout_s).result(timeout=self.startup_timeout_s + 5.0)
       except BaseException as e:
         self._stop_pebble()
         raise RuntimeError(
@@ -453,7 +322,7 @@ class WorkerPool:
     """Futures of every item; restarts a pool that pebble reports broken (a worker died while idle)."""
     for attempt in (0, 1):
       try:
-        return [self._pool.schedule(_run_item, args=(self.fn, tuple(args), soft_s), timeout=deadline_s)
+        return [self._pool.schedule(pool_worker.run_item, args=(self.fn, tuple(args), soft_s), timeout=deadline_s)
                 for args in args_list]
       except RuntimeError:
         if attempt or self._closed:
@@ -498,7 +367,7 @@ def _wait_gone(pids: Sequence[int], timeout_s: float) -> bool:
   """Waits until none of `pids` is alive; False if some still are after timeout_s."""
   end = time.monotonic() + timeout_s
   while True:
-    left = [p for p in pids if _alive(p)]
+    left = [p for p in pids if pool_worker.alive(p)]
     if not left:
       return True
     if time.monotonic() >= end:
