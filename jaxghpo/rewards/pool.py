@@ -24,8 +24,9 @@ What stays ours, and why (the minimum pebble lacks):
     stuck in a C loop holding the GIL; with the default action the kernel ends it at once;
   - no orphans: when the trainer is SIGKILLed, pebble's idle workers exit on EOF of their pipe, but a
     busy one never reads it. Each worker asks the kernel (Linux PR_SET_PDEATHSIG) to SIGKILL it when its
-    parent, the forkserver, exits, and the forkserver exits on EOF of a pipe from its owner when the
-    owner dies (each worker closes its inherited copy of that pipe, which would keep the forkserver up);
+    parent, the forkserver, exits, and the forkserver exits, at once (preload.py), on EOF of a pipe from
+    its owner when the owner dies (each worker closes its inherited copy of that pipe, which would keep
+    the forkserver up);
     no Python code has to run in the worker. Elsewhere a watchdog thread polls the owner's pid;
   - per-item status and counters (`MapResult`), an address-space limit per worker, and `close()` that
     waits until the workers are gone. Pools still open at interpreter exit are closed by an atexit hook.
