@@ -12,10 +12,11 @@ Two deadlines per item:
 
 Processes. Workers start from multiprocessing's "forkserver" (never a fork of the caller, which may hold
 JAX threads). The forkserver preloads `PRELOAD` (pool_worker.py, the code that runs in the workers, and
-math-verify with one comparison run:
-~1.5 s, paid once per process), so a worker, and a replacement for a killed one, is forked warm. A function given to the pool is pickled by reference: it must be a
+math-verify with one comparison run: ~1.5 s, paid once per process), so a worker, and a replacement for
+a killed one, is forked warm. A function given to the pool is pickled by reference: it must be a
 module-level function whose module imports without jax (workers import it by name, and, as
-multiprocessing does, re-import the caller's `__main__` module under the name `__mp_main__`).
+multiprocessing does, re-import the caller's `__main__` module under the name `__mp_main__`: a script
+keeps its work under `if __name__ == "__main__":`, or the pool fails to start, saying so).
 
 What stays ours, and why (the minimum pebble lacks):
   - the soft deadline (pebble has only the hard one, which costs a worker restart per timeout);
@@ -26,8 +27,8 @@ What stays ours, and why (the minimum pebble lacks):
     busy one never reads it. Each worker asks the kernel (Linux PR_SET_PDEATHSIG) to SIGKILL it when its
     parent, the forkserver, exits, and the forkserver exits, at once (preload.py), on EOF of a pipe from
     its owner when the owner dies (each worker closes its inherited copy of that pipe, which would keep
-    the forkserver up);
-    no Python code has to run in the worker. Elsewhere a watchdog thread polls the owner's pid;
+    the forkserver up); no Python code has to run in the worker. Elsewhere a watchdog thread polls the
+    owner's pid;
   - per-item status and counters (`MapResult`), an address-space limit per worker, and `close()` that
     waits until the workers are gone. Pools still open at interpreter exit are closed by an atexit hook.
 """
