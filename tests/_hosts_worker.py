@@ -72,8 +72,7 @@ def tagged_problems(cfg):
   """The run's problems, answers tagged with their ids; the plan of every problem of every step."""
   problems = load_problems(cfg)
   whole = pipeline_lib.make_pipeline(problems.train, batch_size_per_process=P, seed=derived.seed(cfg, "data_order"),
-                                     shuffle=True,
-                                     process_index=0, process_count=1)
+                                     shuffle=True, process_index=0, process_count=1)
   for step in range(int(cfg.num_steps)):
     batch = next(whole)
     if plans is not None:
