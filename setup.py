@@ -38,6 +38,7 @@ setup(
         "importlib_resources>=6",  # tensorflow-datasets builders need it but do not declare it
         "portpicker>=1.6",
         "psutil>=5.9",
+        "pebble>=5.1",  # rewards/pool.py: process pool with per-task hard timeouts
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0"],

@@ -9,7 +9,7 @@ the same base policy, problems and seed, each until it has generated config.max_
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 GHPO = {"curriculum.mode": "ghpo", "curriculum.ladder": (0.25, 0.5, 0.75), "curriculum.ladder_kind": "ratios",
         "hints.corruption": "none"}
@@ -70,21 +70,23 @@ def arm_config(config, arm: str):
   return c
 
 
-def run_side_by_side(config, workdir: str, allow_config_change: bool = False) -> dict:
-  """Runs each arm of config.arms in workdir/ARM (train.run), then report.compare of all of them.
+def run_side_by_side(config, workdir: str, run_arm: Callable[..., dict], allow_config_change: bool = False) -> dict:
+  """Runs each arm of config.arms in workdir/ARM with run_arm(arm config, arm workdir, allow_config_change=...) (the
+  trainer passes train.run: this module sits below train.py and never imports it), then report.compare of all of
+  them.
 
   A stop signal (SIGTERM, SIGINT) ends the arm it came in (saved) and the command: a rerun of the same
   command skips the finished arms, resumes that one, runs the rest and compares. Several processes: every
   process trains every arm; the comparison is written by process 0 while the others wait for it at an
   agreed barrier (its outcome is shared, so an error there stops every process)."""
-  from jaxghpo import paths, report, train
+  from jaxghpo import paths, report
   arms = parse_arms(config.arms)
   if not int(config.max_gen_tokens):
     raise ValueError("config.arms compares arms at an equal budget of generated tokens: set config.max_gen_tokens > 0")
   out = {}
   for arm in arms:
     print(f"== arm {arm} ({ARM_LABELS[arm]}): {paths.join(workdir, arm)}", flush=True)
-    out[arm] = train.run(arm_config(config, arm), paths.join(workdir, arm), allow_config_change=allow_config_change)
+    out[arm] = run_arm(arm_config(config, arm), paths.join(workdir, arm), allow_config_change=allow_config_change)
     if out[arm].get("stop_reason") in ("SIGTERM", "SIGINT"):
       out["stop_reason"] = out[arm]["stop_reason"]
       print(f"arms: {out['stop_reason']} in arm {arm}: rerun the same command to resume it, run the remaining "

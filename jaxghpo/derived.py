@@ -16,10 +16,13 @@ config sets a derived key itself (the value would be silently replaced otherwise
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import ml_collections
+import numpy as np
 
 from jaxghpo import curriculum, rl
+from jaxghpo.curriculum import counter_rng
 
 # Where a derived key comes from: (section, key) -> the experiment key it follows.
 DERIVED_KEYS = {
@@ -28,29 +31,41 @@ DERIVED_KEYS = {
     ("rl", "temperature"): "rollout.temperature",
 }
 
-# Every random stream of a run, each keyed by config.seed and its own offset, so that streams differ from
-# one another and all of them change with the seed. The offsets are the values runs used before this
-# table existed (evaluation sampled with seed + 17), so a seed keeps meaning the same draws. The
-# procedural task's evaluation problems are no stream: they are the fixed set of
-# evaluation.fixed_level_set, the same for every seed.
-SEED_OFFSETS = {
-    "train_problems": 0,      # the procedural task's training problems
-    "data_order": 0,          # the pipeline's shuffle
-    "eval_sampling": 17,      # evaluation's sampling keys
-    "policy_init": 0,         # a random policy (sft with model.path="random")
-    "train_rng": 0,           # the RL loop's JAX key (sampling, train step)
-    "hint_corruption": 0,     # which other problem / which shuffle a corrupted hint takes
-    "curriculum": 0,          # the scheduler's counter-based draws ("anneal" with anneal_random)
-    "sft": 0,                 # SFT's example draws and hint choices
-}
+# Every random stream of a run. Each stream's seed is a hash of (config.seed, the stream's name)
+# (`seed()`), so that streams differ from one another and every one changes with the seed. (Until
+# issue 24 a table of offsets gave 7 of the 8 streams offset 0, i.e. the same seed; runs made before
+# it draw differently from runs made after it.) The procedural task's evaluation problems are no
+# stream: they are the fixed set of evaluation.fixed_level_set, the same for every seed.
+STREAMS = (
+    "train_problems",    # the procedural task's training problems
+    "data_order",        # the pipeline's shuffle
+    "eval_sampling",     # evaluation's sampling keys
+    "policy_init",       # a random policy (sft with model.path="random")
+    "train_rng",         # the RL loop's JAX key (sampling, train step)
+    "hint_corruption",   # which other problem / which shuffle a corrupted hint takes
+    "curriculum",        # the scheduler's counter-based draws ("anneal" with anneal_random)
+    "sft",               # SFT's example draws and hint choices
+)
+
+SEED_BITS = 31   # seeds in [0, 2**31): valid for jax.random.key, numpy Generators and counter_rng alike
+
+
+def stream_seed(run_seed: int, stream: str) -> int:
+  """A seed in [0, 2**SEED_BITS) from (run seed, stream name): SplitMix64 (counter_rng.mix64) of the
+  run seed's golden-ratio multiple xor a stable 64-bit hash of the name (blake2b; Python's hash() of a
+  string changes between interpreters). Pure and the same on every host and Python version."""
+  name_bits = int.from_bytes(hashlib.blake2b(stream.encode("utf-8"), digest_size=8).digest(), "little")
+  key = (int(run_seed) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+  mixed = counter_rng.mix64(np.array([key ^ name_bits], np.uint64))[0]
+  return int(mixed >> np.uint64(64 - SEED_BITS))
 
 
 def seed(config, stream: str) -> int:
-  """The seed of one random stream of the run: config.seed + SEED_OFFSETS[stream]."""
-  if stream not in SEED_OFFSETS:
-    raise KeyError(f"unknown random stream {stream!r}; streams: {sorted(SEED_OFFSETS)} (add it to "
-                   "jaxghpo/derived.py SEED_OFFSETS)")
-  return int(config.seed) + SEED_OFFSETS[stream]
+  """The seed of one random stream of the run: stream_seed(config.seed, stream)."""
+  if stream not in STREAMS:
+    raise KeyError(f"unknown random stream {stream!r}; streams: {sorted(STREAMS)} (add it to "
+                   "jaxghpo/derived.py STREAMS)")
+  return stream_seed(int(config.seed), stream)
 
 
 @dataclasses.dataclass(frozen=True)

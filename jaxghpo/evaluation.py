@@ -3,12 +3,12 @@
 Math (pure numpy):
     pass_at_k(n, c, k)            unbiased pass@k per problem (Chen et al. 2021), stable product form
     avg_at_k(correct_PxN)         mean accuracy over all samples (avg@n)
-    majority_vote(answers)        the most frequent answer; ties go to the answer seen first
-    group_confidence(conf, w)     DeepConf sliding-window means of per-token confidences
-    lowest_group_confidence / bottom_percent_confidence / tail_confidence: trace-level confidences
-    confidence_filtered_vote      keep the most confident traces, then a confidence-weighted vote
-    stop_threshold                DeepConf's online stopping threshold from warm-up traces
-    early_stop_savings            tokens saved had each trace stopped at its first low-confidence window
+    majority_vote(answers)        the most frequent answer; ties go to the answer seen first (voting.py)
+    group_confidence(conf, w)     DeepConf sliding-window means of per-token confidences (deepconf.py,
+    lowest_group_confidence / bottom_percent_confidence / tail_confidence: trace-level confidences  as are
+    confidence_filtered_vote      keep the most confident traces, then a confidence-weighted vote  these;
+    stop_threshold                DeepConf's online stopping threshold from warm-up traces  re-exported
+    early_stop_savings            tokens saved had each trace stopped at its first low-confidence window  here)
 
 Driver (the one evaluator: the trainer and tools/evaluate.py both call `evaluate`):
     metrics, rows = evaluate(generate_fn, examples, k=8, score_fn=acc_fn, hint_ratio=0.0)
@@ -30,6 +30,11 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 import numpy as np
 
 from jaxghpo import paths
+from jaxghpo.deepconf import (bottom_percent_confidence, confidence_filtered_vote, early_stop_savings,  # noqa: F401
+                              group_confidence, lowest_group_confidence, stop_threshold, tail_confidence,
+                              trace_confidences)
+from jaxghpo.voting import majority_vote, vote_counts  # noqa: F401  (re-exported: evaluation's maths)
+from jaxghpo.voting import voted_correct as _voted_correct
 
 
 # ------------------------------------------------------------------------------------- pass@k
@@ -62,164 +67,6 @@ def avg_at_k(correct_PxN) -> float:
   """Mean accuracy over every sample of every problem (avg@n); NaN when there are none."""
   correct = np.asarray(correct_PxN, np.float64)
   return float(correct.mean()) if correct.size else float("nan")
-
-
-# --------------------------------------------------------------------------------- voting
-def vote_counts(answers: Sequence[Hashable | None], weights=None) -> dict:
-  """{answer: total weight}, in order of first appearance; None answers (unparsed) are not counted."""
-  weights = np.ones(len(answers)) if weights is None else np.asarray(weights, np.float64)
-  if weights.shape != (len(answers),):
-    raise ValueError(f"weights has shape {weights.shape}; expected one weight per answer ({len(answers)})")
-  counts: dict = {}
-  for answer, weight in zip(answers, weights):
-    if answer is not None:
-      counts[answer] = counts.get(answer, 0.0) + float(weight)
-  return counts
-
-
-def majority_vote(answers: Sequence[Hashable | None], weights=None) -> Hashable | None:
-  """The answer with the largest (weighted) vote; None if no answer was given.
-
-  Ties go to the tied answer that appears first in ``answers`` (deterministic, order of sampling).
-  """
-  counts = vote_counts(answers, weights)
-  if not counts:
-    return None
-  best = max(counts.values())
-  return next(a for a, v in counts.items() if v == best)  # dicts keep first-appearance order
-
-
-# ---------------------------------------------------------------------------- DeepConf confidence
-def _valid(conf_N, length: int | None) -> np.ndarray:
-  conf = np.asarray(conf_N, np.float64)
-  if conf.ndim != 1:
-    raise ValueError(f"token confidences must be 1-D [N], got shape {conf.shape}")
-  length = conf.shape[0] if length is None else int(length)
-  if not 0 <= length <= conf.shape[0]:
-    raise ValueError(f"length={length} is outside [0, {conf.shape[0]}] for confidences of shape {conf.shape}")
-  return conf[:length]
-
-
-def group_confidence(conf_N, window: int, length: int | None = None) -> np.ndarray:
-  """Sliding-window means of a response's token confidences: float64 [max(L - window + 1, 1)].
-
-  Entry j is the mean over tokens [j, j + window). A response shorter than the window has one group,
-  the mean of all its tokens; an empty response has none (shape [0]).
-  conf_N: per-token confidences (padding after ``length`` is ignored); window: tokens per group.
-  """
-  if window < 1:
-    raise ValueError(f"window={window} must be >= 1 tokens")
-  conf = _valid(conf_N, length)
-  L = conf.shape[0]
-  if L == 0:
-    return np.zeros(0)
-  if L <= window:
-    return np.array([conf.mean()])
-  csum = np.concatenate([[0.0], np.cumsum(conf)])
-  return (csum[window:] - csum[:-window]) / window
-
-
-def lowest_group_confidence(conf_N, window: int, length: int | None = None) -> float:
-  """The minimum window mean: the trace's weakest stretch (NaN for an empty response)."""
-  groups = group_confidence(conf_N, window, length)
-  return float(groups.min()) if groups.size else float("nan")
-
-
-def bottom_percent_confidence(conf_N, window: int, length: int | None = None, percent: float = 0.1) -> float:
-  """Mean of the lowest ``percent`` (a fraction in (0, 1]) of window means, at least one window."""
-  if not 0.0 < percent <= 1.0:
-    raise ValueError(f"percent={percent} must be a fraction in (0, 1]")
-  groups = np.sort(group_confidence(conf_N, window, length))
-  if groups.size == 0:
-    return float("nan")
-  return float(groups[:max(1, int(math.ceil(percent * groups.size)))].mean())
-
-
-def tail_confidence(conf_N, tail_tokens: int, length: int | None = None) -> float:
-  """Mean confidence of the last ``tail_tokens`` tokens (where the answer is written)."""
-  if tail_tokens < 1:
-    raise ValueError(f"tail_tokens={tail_tokens} must be >= 1")
-  conf = _valid(conf_N, length)
-  return float(conf[-tail_tokens:].mean()) if conf.size else float("nan")
-
-
-def trace_confidences(conf_BxN, lengths_B, *, method: str = "lowest_group", window: int = 16,
-                      tail_tokens: int = 16, percent: float = 0.1) -> np.ndarray:
-  """One confidence per response of a batch: float64 [B] by ``method`` ("lowest_group" |
-  "bottom_percent" | "tail" | "mean")."""
-  conf, lengths = np.asarray(conf_BxN), np.asarray(lengths_B)
-  fns = {
-      "lowest_group": lambda c, n: lowest_group_confidence(c, window, n),
-      "bottom_percent": lambda c, n: bottom_percent_confidence(c, window, n, percent),
-      "tail": lambda c, n: tail_confidence(c, tail_tokens, n),
-      "mean": lambda c, n: float(np.mean(c[:n])) if n else float("nan"),
-  }
-  if method not in fns:
-    raise ValueError(f"confidence method {method!r} is not one of {sorted(fns)}")
-  return np.array([fns[method](c, int(n)) for c, n in zip(conf, lengths)], np.float64)
-
-
-def confidence_filtered_vote(answers: Sequence[Hashable | None], trace_confidences_N, keep_frac: float,
-                             *, weighted: bool = True) -> Hashable | None:
-  """DeepConf offline voting: keep the ceil(keep_frac * n) most confident traces, then vote.
-
-  weighted: each kept trace votes with its confidence (DeepConf's weighted vote); else one vote each.
-  Confidence ties keep the earlier trace; vote ties go as in majority_vote (first seen among kept,
-  in the original order). NaN confidences (empty traces) rank last.
-  """
-  if not 0.0 < keep_frac <= 1.0:
-    raise ValueError(f"keep_frac={keep_frac} must be a fraction in (0, 1]")
-  conf = np.asarray(trace_confidences_N, np.float64)
-  if conf.shape != (len(answers),):
-    raise ValueError(f"trace confidences have shape {conf.shape}; expected one per answer ({len(answers)})")
-  if not answers:
-    return None
-  keep = max(1, int(math.ceil(keep_frac * len(answers))))
-  order = np.argsort(-np.nan_to_num(conf, nan=-np.inf), kind="stable")[:keep]
-  kept = np.sort(order)  # original order, so vote ties follow sampling order
-  return majority_vote([answers[i] for i in kept], conf[kept] if weighted else None)
-
-
-def stop_threshold(warmup_confidences, keep_frac: float) -> float:
-  """DeepConf's online threshold: the confidence that the top ``keep_frac`` of warm-up traces reach.
-
-  warmup_confidences: one trace confidence (e.g. lowest_group_confidence) per warm-up trace. With
-  keep_frac=0.1 (DeepConf-low) the threshold is their 90th percentile; a later trace stops when a
-  window falls below it.
-  """
-  if not 0.0 < keep_frac <= 1.0:
-    raise ValueError(f"keep_frac={keep_frac} must be a fraction in (0, 1]")
-  conf = np.asarray(warmup_confidences, np.float64)
-  conf = conf[np.isfinite(conf)]
-  if conf.size == 0:
-    raise ValueError("stop_threshold needs at least one finite warm-up confidence")
-  return float(np.quantile(conf, 1.0 - keep_frac))
-
-
-def early_stop_savings(conf_windows: Sequence[np.ndarray], lengths, threshold: float,
-                       window: int | None = None) -> dict[str, float]:
-  """Tokens not generated had each trace stopped at its first window whose mean is below threshold.
-
-  conf_windows: per trace, its group_confidence(...) array (window j covers tokens [j, j + window));
-  lengths: tokens each trace generated. A trace stopping at window j ends after token j + window - 1.
-  window: tokens per group; None infers it from the arrays (L - number of windows + 1).
-  Returns tokens_total, tokens_kept, tokens_saved, frac_saved and traces_stopped.
-  """
-  lengths = [int(n) for n in np.asarray(lengths).reshape(-1)]
-  if len(conf_windows) != len(lengths):
-    raise ValueError(f"{len(conf_windows)} confidence arrays but {len(lengths)} lengths")
-  total = kept = stopped = 0
-  for groups, L in zip(conf_windows, lengths):
-    groups = np.asarray(groups, np.float64)
-    w = window if window is not None else (L - groups.size + 1 if groups.size > 1 else L)
-    below = np.flatnonzero(groups < threshold)
-    end = L if below.size == 0 else min(int(below[0]) + w, L)
-    total += L
-    kept += end
-    stopped += int(end < L)
-  saved = total - kept
-  return {"tokens_total": float(total), "tokens_kept": float(kept), "tokens_saved": float(saved),
-          "frac_saved": saved / total if total else 0.0, "traces_stopped": float(stopped)}
 
 
 # -------------------------------------------------------------------------------------- driver
@@ -464,11 +311,6 @@ def chains_check(example, hint_text: str, completion: str) -> tuple[bool, bool]:
   from jaxghpo.data.tasks import chains
   valid, right, _ = chains.check_completion(str(_field(example, "problem")), str(hint_text) + str(completion))
   return valid, right
-
-
-def _voted_correct(voted, extracted, correct) -> bool:
-  """The voted answer is right when a sample giving that answer was scored correct."""
-  return voted is not None and any(c for a, c in zip(extracted, correct) if a == voted)
 
 
 def aggregate(rows: Sequence[Mapping], k: int) -> dict[str, float]:

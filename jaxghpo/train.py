@@ -351,7 +351,7 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
 def _run(config, workdir: str, allow_config_change: bool = False) -> dict:
   if config.get("arms", ""):  # several arms side by side, each in workdir/ARM (jaxghpo/arms.py)
     from jaxghpo import arms
-    return arms.run_side_by_side(config, workdir, allow_config_change=allow_config_change)
+    return arms.run_side_by_side(config, workdir, run, allow_config_change=allow_config_change)
   if config.mode == "sft":
     from jaxghpo import sft
     return sft.run(config, workdir)

@@ -42,7 +42,7 @@ if n > 1:
 
 import numpy as np  # noqa: E402
 
-from jaxghpo import experiment, train  # noqa: E402
+from jaxghpo import derived, experiment, train  # noqa: E402
 from jaxghpo.data import pipeline as pipeline_lib  # noqa: E402
 from tests.train_fixtures import tiny_config  # noqa: E402
 
@@ -71,8 +71,8 @@ step_of, plan_of = {}, {}
 def tagged_problems(cfg):
   """The run's problems, answers tagged with their ids; the plan of every problem of every step."""
   problems = load_problems(cfg)
-  whole = pipeline_lib.make_pipeline(problems.train, batch_size_per_process=P, seed=int(cfg.seed), shuffle=True,
-                                     process_index=0, process_count=1)
+  whole = pipeline_lib.make_pipeline(problems.train, batch_size_per_process=P, seed=derived.seed(cfg, "data_order"),
+                                     shuffle=True, process_index=0, process_count=1)
   for step in range(int(cfg.num_steps)):
     batch = next(whole)
     if plans is not None:

@@ -32,7 +32,7 @@ if int(n) > 1:
 
 import numpy as np  # noqa: E402
 
-from jaxghpo import train  # noqa: E402
+from jaxghpo import derived, train  # noqa: E402
 from jaxghpo.data import pipeline as pipeline_lib  # noqa: E402
 from tests.train_fixtures import tiny_config  # noqa: E402
 
@@ -51,7 +51,8 @@ trainer = train.Trainer(config, workdir)
 if scripted:
   P = int(config.data.prompts_per_step)
   # The global batches of the run, as one process would read them (the pipeline's contract).
-  whole = pipeline_lib.make_pipeline(trainer.setup.problems.train, batch_size_per_process=P, seed=int(config.seed),
+  whole = pipeline_lib.make_pipeline(trainer.setup.problems.train, batch_size_per_process=P,
+                                     seed=derived.seed(config, "data_order"),
                                      shuffle=True, process_index=0, process_count=1)
   succeeds = {}
   for step in range(NUM_STEPS):

@@ -21,11 +21,15 @@ def wait_all(procs, timeout: float = 120) -> list[str]:
 
 
 def reward_pool_processes() -> set[int]:
-  """Pids of our live descendants that belong to a reward pool (a zygote or a worker)."""
+  """Pids of our live descendants that are reward-pool workers (children of our forkserver, which
+  starts every worker; the forkserver itself is shared by all pools and lives as long as we do)."""
+  server = pool_lib.forkserver_pid()
   out = set()
+  if server is None:
+    return out
   for p in psutil.Process().children(recursive=True):
     try:
-      if pool_lib.PROCESS_MARKER in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE:
+      if p.ppid() == server and p.status() != psutil.STATUS_ZOMBIE:
         out.add(p.pid)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
       pass

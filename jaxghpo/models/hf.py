@@ -98,6 +98,14 @@ def _current_mesh(mesh):
   return None if ambient.empty else ambient
 
 
+def _read_slice(f: SafetensorsFile, name: str, transpose: bool, index: tuple) -> np.ndarray:
+  """parameter[index] from the file, where the parameter is the tensor (transposed when `transpose`)."""
+  index = tuple(index)
+  if not transpose:
+    return f.read(name, index)
+  return f.read(name, index[::-1]).T
+
+
 def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh=None, rules=None,
                     attention: str = "xla", remat: str = "none"):
   """Loads a Hugging Face decoder directory. Returns (model, cfg).
@@ -135,20 +143,18 @@ def from_pretrained(path: str, dtype=jnp.float32, *, param_dtype=None, mesh=None
     if f.dtype_code(name) not in FLOAT_CODES:
       raise SafetensorsError(f"{f.path}: tensor {name!r} has dtype {f.dtype_code(name)}, expected a float "
                              "type: the file does not hold model weights")
-    array = f.get(name)
-    if transpose:
-      array = array.T
     shape = tuple(variable.get_value().shape)
-    if array.shape != shape:
-      raise SafetensorsError(f"{f.path}: tensor {name!r} has shape {tuple(f.header[name]['shape'])}, "
+    file_shape = f.shape(name)
+    if (file_shape[::-1] if transpose else file_shape) != shape:
+      raise SafetensorsError(f"{f.path}: tensor {name!r} has shape {file_shape}, "
                              f"expected {shape[::-1] if transpose else shape} from config.json")
     sharding = flat_sh.get(path_key)
     sharding = sharding.get_value() if isinstance(sharding, nnx.Variable) else sharding
     if sharding is None:
-      values[path_key] = jnp.asarray(np.asarray(array, dtype=target))
-    else:
+      values[path_key] = jnp.asarray(_read_slice(f, name, transpose, ()).astype(target, copy=False))
+    else:  # each device reads only its shard's bytes
       values[path_key] = jax.make_array_from_callback(
-          shape, sharding, lambda idx, a=array: np.asarray(a[idx], dtype=target))
+          shape, sharding, lambda idx, f=f, n=name, t=transpose: _read_slice(f, n, t, idx).astype(target, copy=False))
   extra = [k for k in where if k not in used and not _IGNORED.match(k)
            and not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
   if extra:

@@ -15,8 +15,8 @@ math-verify's own timeouts use signal.alarm, which fails off the main thread, an
 sympy busy for minutes, so items run in a `WorkerPool` (pool.py) with a hard per-item deadline.
 Counters of the last call (timeouts, kills, errors, unparsable gold answers, ...) are in `last_stats()`.
 
-Worker-side code in this file imports only the standard library at module level (math-verify is
-imported by `warm_up`), because workers load this file by path, without the jaxghpo package.
+Workers import this module by name (the pool's forkserver preloads it and math-verify once per
+process); math-verify itself is imported by `warm_up`, so the parent never pays for it.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ class MathVerifier:
     """The WorkerPool (created, not yet started, on first access)."""
     with self._lock:
       if self._pool is None or self._pool.closed:
-        from jaxghpo.rewards.pool import WorkerPool  # not at module level: workers load this file
+        from jaxghpo.rewards.pool import WorkerPool  # not at module level: pool.py imports pebble
         self._pool = WorkerPool(
             score_one, init=warm_up, num_workers=self.num_workers, deadline_s=self.deadline_s,
             soft_fraction=self.soft_fraction, fallback=(0.0, "fallback"),

@@ -1,74 +1,64 @@
-"""A pool of worker processes that runs one function per item under a hard deadline.
+"""A pool of worker processes that runs one function per item under a hard deadline (pebble underneath).
 
-Why not `multiprocessing.Pool`: a worker stuck in C code (a sympy power tower, a huge factorial)
-cannot be interrupted, and a timed-out `AsyncResult` leaves the worker busy for minutes. Here each
-item runs in a worker we own; when it overruns its deadline the worker is SIGKILLed, the item gets the
-fallback value and is counted, and a replacement takes its place while the other workers go on.
+Why not `multiprocessing.Pool`: a worker stuck in C code (a sympy power tower, a huge factorial) cannot
+be interrupted, and a timed-out `AsyncResult` leaves the worker busy for minutes. `pebble.ProcessPool`
+does what we need: `schedule(fn, timeout=...)` counts the deadline from the moment a worker takes the
+item, stops that worker when it overruns and starts a replacement while the others go on.
 
 Two deadlines per item:
   soft (`soft_fraction * deadline_s`): an interval timer in the worker raises an exception between
     Python bytecodes; the item is a timeout and the worker survives. Most hostile inputs end here.
-  hard (`deadline_s`): kept by the parent from dispatch; the worker is killed and replaced.
+  hard (`deadline_s`): pebble's timeout; the worker is killed and replaced.
 
-Processes. The pool starts one "zygote": a fresh `python -c` interpreter (never a fork of the caller,
-which may hold JAX threads) that imports the function's module and runs `init` (for math-verify:
-~1-2 s of sympy imports) once. Workers are forked from the zygote on request, already warm, in a few
-milliseconds, so replacing a killed worker is cheap. The zygote passes the parent its end of each
-worker's socketpair (SCM_RIGHTS); parent and worker then talk with `multiprocessing.connection`
-framing. The zygote ignores SIGCHLD, so killed workers are reaped by the kernel at once.
+Processes. Workers start from multiprocessing's "forkserver" (never a fork of the caller, which may hold
+JAX threads). The forkserver preloads `PRELOAD` (pool_worker.py, the code that runs in the workers, and
+math-verify with one comparison run: ~1.5 s, paid once per process), so a worker, and a replacement for
+a killed one, is forked warm. A function given to the pool is pickled by reference: it must be a
+module-level function whose module imports without jax (workers import it by name, and, as
+multiprocessing does, re-import the caller's `__main__` module under the name `__mp_main__`: a script
+keeps its work under `if __name__ == "__main__":`, or the pool fails to start, saying so).
 
-Neither zygote nor workers import the parent's `__main__` (as "spawn" does) or the `jaxghpo` package
-(which may import jax): the function's module file is loaded by path. So a function given to the pool
-must live in a module that imports only what a worker needs, with no relative imports at module
-level. This file is loaded the same way and therefore imports only the standard library.
-
-Stopping: `close()` ends the workers and the zygote and waits until they are gone; pools still open
-at interpreter exit are closed by an atexit hook; if the parent dies, the zygote exits on EOF of its
-control socket, and on Linux the kernel SIGKILLs each worker when the zygote exits (PR_SET_PDEATHSIG,
-set in the worker right after the fork): this needs no Python code to run in the worker, so a worker
-stuck in a C loop that holds the GIL dies too. Elsewhere an idle worker exits on EOF of its socket and
-a busy one through a watchdog thread that polls the parent's pid (it needs the GIL).
+What stays ours, and why (the minimum pebble lacks):
+  - the soft deadline (pebble has only the hard one, which costs a worker restart per timeout);
+  - SIGTERM back to its default action in each worker: pebble stops a worker with SIGTERM and only
+    3 s later with SIGKILL, and its SIGTERM handler is Python code that cannot run while the worker is
+    stuck in a C loop holding the GIL; with the default action the kernel ends it at once;
+  - no orphans: when the trainer is SIGKILLed, pebble's idle workers exit on EOF of their pipe, but a
+    busy one never reads it. Each worker asks the kernel (Linux PR_SET_PDEATHSIG) to SIGKILL it when its
+    parent, the forkserver, exits, and the forkserver exits, at once (preload.py), on EOF of a pipe from
+    its owner when the owner dies (each worker closes its inherited copy of that pipe, which would keep
+    the forkserver up); no Python code has to run in the worker. Elsewhere a watchdog thread polls the
+    owner's pid;
+  - per-item status and counters (`MapResult`), an address-space limit per worker, and `close()` that
+    waits until the workers are gone. Pools still open at interpreter exit are closed by an atexit hook.
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
+import concurrent.futures
 import dataclasses
-import importlib
-import importlib.util
+import math
+import multiprocessing
+import multiprocessing.forkserver
 import os
-import pickle
 import signal
-import socket
-import struct
-import subprocess
 import sys
 import threading
 import time
 import weakref
-from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Sequence
 
-# Runs in a fresh interpreter: drop the working directory from sys.path first (a file named math.py
-# there would shadow the standard library), then load this file by path and become the zygote.
-_BOOTSTRAP = (
-    "import sys\n"
-    "if sys.path and sys.path[0] in ('', '.'): del sys.path[0]\n"
-    "import importlib.util\n"
-    "spec = importlib.util.spec_from_file_location('_jaxghpo_pool_zygote', sys.argv[1])\n"
-    "mod = importlib.util.module_from_spec(spec)\n"
-    "sys.modules[spec.name] = mod\n"
-    "spec.loader.exec_module(mod)\n"
-    "mod._zygote_main(int(sys.argv[2]))\n"
-)
-# On the command line of the zygote and of every worker (forked from it), for `ps` and for tests.
-PROCESS_MARKER = "jaxghpo-reward-pool"
+import pebble
 
-_SOFT_TIMER_REPEAT_S = 0.05   # the soft timer re-fires until the item unwinds (code may swallow one)
-_ORPHAN_POLL_S = 1.0
-_FORK_REPLY_TIMEOUT_S = 30.0
+from jaxghpo.rewards import pool_worker
+
+# Imported once by the forkserver, before it forks any worker (a module that fails to import is skipped):
+# the workers' side of the pool, and math-verify, warmed up (preload.py).
+PRELOAD = ("jaxghpo.rewards.pool_worker", "jaxghpo.rewards.preload")
+
 _GONE_TIMEOUT_S = 5.0
+_REPLACE_S = 5.0              # per item in a call's overall bound: a worker's replacement and the IPC
 
 
 @dataclasses.dataclass
@@ -77,7 +67,7 @@ class PoolStats:
 
   items: items submitted. timeouts: items that overran a deadline (soft or hard); they got the
   fallback value. kills: workers killed at the hard deadline (a subset of timeouts). errors: items
-  whose function raised or whose worker died. restarts: workers forked to replace killed or dead
+  whose function raised or whose worker died. restarts: workers started to replace killed or dead
   ones. seconds: wall time of the call.
   """
 
@@ -103,36 +93,12 @@ class MapResult:
   stats: PoolStats
 
 
-def function_spec(fn: Callable) -> tuple[str, str, str]:
-  """How the zygote finds `fn`: ("file", path, qualname) for functions in a module file (loaded by
-  path, without importing its package), ("module", name, qualname) for built-in modules."""
-  module_name = getattr(fn, "__module__", None)
+def check_function(fn: Callable, what: str = "function") -> None:
+  """Fails unless `fn` can be pickled by reference (a module-level function or built-in)."""
   qualname = getattr(fn, "__qualname__", None)
-  if module_name is None or qualname is None or "<locals>" in qualname or "<lambda>" in qualname:
-    raise ValueError(
-        f"WorkerPool needs a module-level function, got {fn!r}; define it at the top level of a module.")
-  path = getattr(sys.modules.get(module_name), "__file__", None)
-  if path:
-    return ("file", os.path.abspath(path), qualname)
-  return ("module", module_name, qualname)
-
-
-def _resolve(spec: tuple[str, str, str]) -> Callable:
-  kind, where, qualname = spec
-  if kind == "file":
-    name = "_jaxghpo_pool_fn_" + os.path.splitext(os.path.basename(where))[0]
-    module = sys.modules.get(name)
-    if module is None:
-      file_spec = importlib.util.spec_from_file_location(name, where)
-      module = importlib.util.module_from_spec(file_spec)
-      sys.modules[name] = module
-      file_spec.loader.exec_module(module)
-  else:
-    module = importlib.import_module(where)
-  obj: Any = module
-  for part in qualname.split("."):
-    obj = getattr(obj, part)
-  return obj
+  if getattr(fn, "__module__", None) is None or qualname is None or "<locals>" in qualname or "<lambda>" in qualname:
+    raise ValueError(f"WorkerPool needs a module-level function as its {what}, got {fn!r}; define it at the "
+                     "top level of a module.")
 
 
 def default_num_workers() -> int:
@@ -150,212 +116,9 @@ def default_num_workers() -> int:
   return max(2, min(8, (os.cpu_count() or 2) // 4))
 
 
-def _send_obj(sock: socket.socket, obj: Any) -> None:
-  data = pickle.dumps(obj)
-  sock.sendall(struct.pack("!Q", len(data)) + data)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-  buf = b""
-  while len(buf) < n:
-    chunk = sock.recv(n - len(buf))
-    if not chunk:
-      raise EOFError("peer closed the socket")
-    buf += chunk
-  return buf
-
-
-def _recv_obj(sock: socket.socket) -> Any:
-  (n,) = struct.unpack("!Q", _recv_exact(sock, 8))
-  return pickle.loads(_recv_exact(sock, n))
-
-
-def _alive(pid: int) -> bool:
-  """True while `pid` exists and is not a zombie (a zombie has exited; only its entry remains)."""
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  try:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-      return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-  except (OSError, IndexError):
-    return True
-
-
-# ----------------------------------------------------------------------------------------------
-# Zygote and worker side (run in the subprocess and its forks).
-
-class _SoftDeadline(BaseException):
-  """Raised by the soft timer. A BaseException so that `except Exception` in library code (sympy,
-  math-verify) does not swallow it."""
-
-
-_soft_armed = False
-
-
-def _on_alarm(signum, frame):
-  if _soft_armed:
-    raise _SoftDeadline()
-
-
-def _disarm() -> None:
-  global _soft_armed
-  _soft_armed = False
-  signal.setitimer(signal.ITIMER_REAL, 0.0)
-
-
-def _call_with_soft_deadline(fn: Callable, args: tuple, soft_s: float):
-  global _soft_armed
-  if soft_s <= 0:
-    return fn(*args)
-  _soft_armed = True
-  signal.setitimer(signal.ITIMER_REAL, soft_s, _SOFT_TIMER_REPEAT_S)
-  try:
-    return fn(*args)
-  finally:
-    _disarm()
-
-
-def _run_item(fn: Callable, args: tuple, soft_s: float) -> tuple[str, Any]:
-  """("ok", value) | ("timeout", None) | ("error", exception type name)."""
-  result: tuple[str, Any] = ("timeout", None)
-  try:
-    try:
-      result = ("ok", _call_with_soft_deadline(fn, args, soft_s))
-    except _SoftDeadline:
-      result = ("timeout", None)
-    except Exception as e:  # noqa: BLE001 - a failure of one item scores that item only
-      # Only the type: str() of a hostile sympy object can itself hang.
-      result = ("error", type(e).__name__)
-  except _SoftDeadline:   # the repeating timer fired again while the item was unwinding
-    pass
-  while True:             # the timer must be off before we touch the socket again
-    try:
-      _disarm()
-      return result
-    except _SoftDeadline:
-      pass
-
-
-def _watch_parent(parent_pid: int) -> None:
-  # A busy worker never reads its socket, so it would not notice the parent dying; poll instead.
-  while True:
-    time.sleep(_ORPHAN_POLL_S)
-    if not _alive(parent_pid):
-      os._exit(0)
-
-
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _libc_prctl():
-  """libc's prctl (Linux), loaded once in the zygote so a fresh worker only calls it; None elsewhere."""
-  if not sys.platform.startswith("linux"):
-    return None
-  import ctypes
-  try:
-    return ctypes.CDLL(None, use_errno=True).prctl
-  except (OSError, AttributeError):
-    return None
-
-
-def _die_with_parent(prctl, parent_pid: int) -> None:
-  """Asks the kernel to SIGKILL this process when its parent (the zygote) exits; exits at once if the
-  parent is already gone (the fork raced with its exit)."""
-  if prctl is not None:
-    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-  if os.getppid() != parent_pid:
-    os._exit(0)
-
-
-def _worker_loop(conn: Connection, fn: Callable, init: dict) -> None:
-  signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-  if init["memory_limit_mb"]:
-    import resource
-    limit = int(init["memory_limit_mb"]) * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-  threading.Thread(target=_watch_parent, args=(init["parent_pid"],), daemon=True).start()
-  signal.signal(signal.SIGALRM, _on_alarm)
-  while True:
-    try:
-      msg = conn.recv()
-    except (EOFError, OSError):
-      return
-    if msg is None:
-      return
-    ticket, args, soft_s = msg
-    kind, value = _run_item(fn, args, soft_s)
-    try:
-      conn.send((kind, ticket, value))
-    except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as e:
-      conn.send(("error", ticket, f"unpicklable result: {type(e).__name__}"))
-
-
-def _fork_worker(ctl: socket.socket, fn: Callable, init: dict, prctl=None) -> None:
-  parent_end, child_end = socket.socketpair()
-  zygote_pid = os.getpid()
-  sys.stdout.flush()
-  sys.stderr.flush()
-  try:
-    pid = os.fork()
-  except OSError as e:
-    parent_end.close()
-    child_end.close()
-    socket.send_fds(ctl, [struct.pack("!q", -e.errno)], [])
-    return
-  if pid == 0:   # the worker
-    code = 0
-    try:
-      _die_with_parent(prctl, zygote_pid)
-      ctl.close()
-      parent_end.close()
-      _worker_loop(Connection(child_end.detach()), fn, init)
-    except BaseException:  # noqa: BLE001 - report, then leave without running the zygote's code
-      import traceback
-      traceback.print_exc()
-      code = 1
-    finally:
-      os._exit(code)
-  child_end.close()
-  socket.send_fds(ctl, [struct.pack("!q", pid)], [parent_end.fileno()])
-  parent_end.close()
-
-
-def _zygote_main(ctl_fd: int) -> None:
-  signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
-  ctl = socket.socket(fileno=ctl_fd)
-  init = _recv_obj(ctl)
-  sys.path[:] = init["sys_path"]
-  fn = _resolve(init["fn"])
-  if init["init"] is not None:
-    _resolve(init["init"])()
-  signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # the kernel reaps exited workers: no zombies
-  prctl = _libc_prctl()
-  _send_obj(ctl, ("ready", os.getpid()))
-  while True:
-    try:
-      request = ctl.recv(1)
-    except OSError:
-      request = b""
-    if not request:          # the parent closed the pool or died
-      os._exit(0)
-    _fork_worker(ctl, fn, init, prctl)
-
-
-# ----------------------------------------------------------------------------------------------
-# Parent side.
-
-class _Worker:
-  def __init__(self, pid: int, conn: Connection):
-    self.pid = pid
-    self.conn = conn
-    self.state = "idle"          # idle | busy
-    self.item = -1
-    self.ticket = -1
-    self.deadline = 0.0
+def forkserver_pid() -> int | None:
+  """Pid of this process's forkserver (the parent of every worker), or None before it starts."""
+  return getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
 
 
 _LIVE_POOLS: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
@@ -369,20 +132,29 @@ def _close_live_pools() -> None:
 atexit.register(_close_live_pools)
 
 
+def _context():
+  """multiprocessing's forkserver context, with PRELOAD set if the forkserver has not started yet (one
+  forkserver serves a process; if other code started it first, workers warm up in pool_worker.worker_init)."""
+  ctx = multiprocessing.get_context("forkserver")
+  if forkserver_pid() is None:
+    ctx.set_forkserver_preload(list(PRELOAD))
+  return ctx
+
+
 class WorkerPool:
   """Runs `fn(*args)` for each args tuple in worker processes, each item under a hard deadline.
 
   Args:
     fn: module-level function (see the module docstring for where it may live).
     num_workers: worker processes (default `default_num_workers()`).
-    deadline_s: hard per-item deadline in seconds, from dispatch to reply.
-    init: optional module-level function run once in the zygote before any worker is forked
-      (imports, caches), so that its cost is paid once per pool, not per worker.
+    deadline_s: hard per-item deadline in seconds, from the moment a worker takes the item.
+    init: optional module-level function run once in each worker before its first item (imports,
+      caches); what PRELOAD imports is already loaded, so this is cheap for math-verify.
     soft_fraction: the in-worker soft deadline as a fraction of `deadline_s` (0 disables it).
     fallback: the value of an item that timed out or failed.
     memory_limit_mb: address-space limit per worker (0: none), so that a runaway allocation raises
       MemoryError in the worker instead of exhausting the host.
-    startup_timeout_s: how long the zygote may take to import and run `init`.
+    startup_timeout_s: how long starting the workers (and the forkserver's imports) may take.
 
   Processes start lazily on the first `map` (or `start()`) and are reused across calls. Calls are
   serialised by a lock, so the pool may be shared between threads.
@@ -399,21 +171,21 @@ class WorkerPool:
       raise ValueError(f"deadline_s={deadline_s} must be > 0 seconds.")
     if not 0.0 <= soft_fraction < 1.0:
       raise ValueError(f"soft_fraction={soft_fraction} must be in [0, 1); 0 turns the soft deadline off.")
+    check_function(fn)
+    if init is not None:
+      check_function(init, "init")
+    self.fn = fn
+    self.init = init
     self.num_workers = int(num_workers)
     self.deadline_s = float(deadline_s)
     self.soft_fraction = float(soft_fraction)
     self.fallback = fallback
     self.memory_limit_mb = int(memory_limit_mb)
     self.startup_timeout_s = float(startup_timeout_s)
-    self._fn_spec = function_spec(fn)
-    self._init_spec = function_spec(init) if init is not None else None
-    self._zygote: subprocess.Popen | None = None
-    self._ctl: socket.socket | None = None
-    self._workers: list[_Worker] = []
+    self._pool: pebble.ProcessPool | None = None
     self._lock = threading.RLock()
     self._owner_pid = os.getpid()
     self._closed = False
-    self._next_ticket = 0
     self.total = PoolStats()
     _LIVE_POOLS.add(self)
 
@@ -436,24 +208,35 @@ class WorkerPool:
     return self._closed
 
   def start(self) -> None:
-    """Starts the zygote (blocking until it is warm) and forks the missing workers."""
+    """Starts the workers and waits until one has run an item (the forkserver's imports are done)."""
     with self._lock:
       if self._closed:
         raise RuntimeError("WorkerPool is closed; create a new one.")
-      while len(self._workers) < self.num_workers:
-        self._workers.append(self._fork())
+      if self._pool is not None:
+        return
+      self._pool = pebble.ProcessPool(
+          max_workers=self.num_workers, initializer=pool_worker.worker_init,
+          initargs=(self.init, self.memory_limit_mb, os.getpid()), context=_context())
+      try:
+        self._pool.schedule(pool_worker.ping, timeout=self.startup_timeout_s).result(timeout=self.startup_timeout_s + 5.0)
+      except BaseException as e:
+        self._stop_pebble()
+        raise RuntimeError(
+            f"WorkerPool could not start worker processes for {self.fn!r}: {type(e).__name__} {e}. A "
+            f"traceback, if any, is on stderr above; check that {getattr(self.fn, '__module__', '?')} and "
+            f"{getattr(self.init, '__module__', None)} import in a fresh `{sys.executable}`, and that the "
+            "main script keeps its work under `if __name__ == '__main__':` (workers re-import it).") from e
 
   def pids(self) -> list[int]:
-    """Process ids of the current workers (a snapshot; does not wait for a running call)."""
-    return [w.pid for w in list(self._workers)]
-
-  @property
-  def zygote_pid(self) -> int | None:
-    return None if self._zygote is None else self._zygote.pid
+    """Process ids of the current workers (a snapshot; reads pebble's worker table)."""
+    pool = self._pool
+    if pool is None:
+      return []
+    return [pid for pid in list(pool._pool_manager.worker_manager.workers) if pid is not None]
 
   def close(self) -> None:
-    """Stops the workers and the zygote and waits until they are gone. Idempotent; a no-op in a
-    forked copy of the parent (it must not stop the original's processes).
+    """Stops the workers and waits until they are gone. Idempotent; a no-op in a forked copy of the
+    parent (it must not stop the original's processes).
 
     If another thread is inside `map` (say, at interpreter exit), close() does not wait for it
     beyond a second: it kills the workers, and that `map` raises RuntimeError.
@@ -463,102 +246,23 @@ class WorkerPool:
     locked = self._lock.acquire(timeout=1.0)
     try:
       self._closed = True
-      workers, self._workers = self._workers, []
-      for w in workers:
-        if locked and w.state == "idle":
-          try:
-            w.conn.send(None)        # a polite stop; it exits at once
-          except OSError:
-            pass
-        else:
-          _kill(w.pid)
-        if locked:
-          w.conn.close()
-      pids = [w.pid for w in workers]
-      if not _wait_gone(pids, 2.0):        # (reaped by the zygote, so stop that last)
-        for pid in pids:
-          _kill(pid)
-        _wait_gone(pids, _GONE_TIMEOUT_S)
-      self._stop_zygote()
+      self._stop_pebble()
     finally:
       if locked:
         self._lock.release()
     _LIVE_POOLS.discard(self)
 
-  def _stop_zygote(self) -> None:
-    if self._ctl is not None:
-      self._ctl.close()
-      self._ctl = None
-    if self._zygote is not None:
-      try:
-        self._zygote.wait(timeout=2.0)
-      except subprocess.TimeoutExpired:
-        self._zygote.kill()
-        self._zygote.wait()
-      self._zygote = None
-
-  def _start_zygote(self) -> None:
-    parent_sock, child_sock = socket.socketpair()
-    env = dict(os.environ)
-    # Workers are single-threaded; keep numeric libraries from starting thread pools.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-      env[var] = "1"
-    try:
-      self._zygote = subprocess.Popen(
-          [sys.executable, "-c", _BOOTSTRAP, os.path.abspath(__file__), str(child_sock.fileno()),
-           PROCESS_MARKER],
-          pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL,
-          stdout=2,   # stray prints of workers go to stderr, never into the caller's stdout
-          env=env, close_fds=True)
-    finally:
-      child_sock.close()
-    self._ctl = parent_sock
-    sys_path = [p for p in sys.path if p not in ("", ".")]
-    try:
-      parent_sock.settimeout(self.startup_timeout_s)
-      _send_obj(parent_sock, {"sys_path": sys_path, "fn": self._fn_spec, "init": self._init_spec,
-                              "memory_limit_mb": self.memory_limit_mb, "parent_pid": os.getpid()})
-      _recv_obj(parent_sock)                       # ("ready", pid)
-      parent_sock.settimeout(_FORK_REPLY_TIMEOUT_S)
-    except (OSError, EOFError) as e:                 # socket.timeout is an OSError
-      code = self._zygote.poll()
-      self._stop_zygote()
-      raise RuntimeError(
-          f"WorkerPool could not start worker processes for {self._fn_spec[2]} "
-          f"({self._fn_spec[1]}): {type(e).__name__} {e} (exit code {code}). Its traceback, if "
-          f"any, is on stderr above; check that the module imports in a fresh `{sys.executable}`."
-      ) from e
-
-  def _fork(self) -> _Worker:
-    """A warm worker forked from the zygote (restarting the zygote once if it has died)."""
-    for attempt in (0, 1):
-      if self._closed:
-        raise RuntimeError("WorkerPool was closed while a call was running.")
-      if self._zygote is None:
-        self._start_zygote()
-      try:
-        self._ctl.sendall(b"F")
-        data, fds, _, _ = socket.recv_fds(self._ctl, 8, 1)
-        if not data:
-          raise EOFError("the zygote closed its socket")
-        data += _recv_exact(self._ctl, 8 - len(data)) if len(data) < 8 else b""
-      except (OSError, EOFError):
-        self._stop_zygote()
-        if attempt:
-          raise
-        continue
-      (pid,) = struct.unpack("!q", data)
-      if not fds:
-        raise RuntimeError(f"WorkerPool: fork of a worker failed: {os.strerror(-pid)}.")
-      os.set_inheritable(fds[0], False)
-      return _Worker(pid, Connection(fds[0]))
-    raise AssertionError("unreachable")
-
-  def _replace(self, w: _Worker, stats: PoolStats) -> None:
-    _kill(w.pid)
-    w.conn.close()
-    self._workers[self._workers.index(w)] = self._fork()
-    stats.restarts += 1
+  def _stop_pebble(self) -> None:
+    pool, self._pool = self._pool, None
+    if pool is None:
+      return
+    pids = [pid for pid in list(pool._pool_manager.worker_manager.workers) if pid is not None]
+    pool.stop()
+    pool.join()
+    if not _wait_gone(pids, _GONE_TIMEOUT_S):
+      for pid in pids:
+        _kill(pid)
+      _wait_gone(pids, _GONE_TIMEOUT_S)
 
   # -- work -------------------------------------------------------------------------------
 
@@ -566,7 +270,8 @@ class WorkerPool:
     """Runs fn(*args) for every args tuple; returns values, per-item status and counters.
 
     Never raises for a bad item: an item that raises, overruns `deadline_s` (default: the pool's)
-    or kills its worker gets `fallback`. Raises RuntimeError only if workers cannot start at all.
+    or kills its worker gets `fallback`. Raises RuntimeError only if workers cannot start at all
+    or the pool is closed during the call.
     """
     deadline_s = self.deadline_s if deadline_s is None else float(deadline_s)
     if not deadline_s > 0:
@@ -574,69 +279,83 @@ class WorkerPool:
     soft_s = self.soft_fraction * deadline_s
     n = len(args_list)
     values = [self.fallback] * n
-    status = ["pending"] * n
+    status = ["timeout"] * n
     stats = PoolStats(items=n)
     t0 = time.monotonic()
     with self._lock:
       self.start()
-      queue = collections.deque(range(n))
-      remaining = n
       try:
-        while remaining:
-          for w in list(self._workers):
-            if w.state == "idle" and queue:
-              i = queue.popleft()
-              self._next_ticket += 1
-              try:
-                w.conn.send((self._next_ticket, tuple(args_list[i]), soft_s))
-              except OSError:      # died while idle (e.g. the OOM killer): retry the item
-                queue.appendleft(i)
-                self._replace(w, stats)
-                continue
-              w.state, w.item, w.ticket = "busy", i, self._next_ticket
-              w.deadline = time.monotonic() + deadline_s
-          busy = [w for w in self._workers if w.state == "busy"]
-          timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-          ready = set(wait([w.conn for w in busy], timeout))
-          for w in busy:
-            if w.conn not in ready:
-              continue
-            try:
-              kind, ticket, value = w.conn.recv()
-            except (EOFError, OSError):  # the worker died on this item (segfault, OOM kill)
-              status[w.item] = "error"
-              stats.errors += 1
-              remaining -= 1
-              self._replace(w, stats)
-              continue
-            if ticket != w.ticket:       # cannot happen: each call drains its workers
-              continue
-            if kind == "ok":
-              values[w.item] = value
-            elif kind == "timeout":
-              stats.timeouts += 1
-            else:
-              stats.errors += 1
-            status[w.item] = kind
-            remaining -= 1
-            w.state = "idle"
-          now = time.monotonic()
-          for w in list(self._workers):
-            if w.state == "busy" and now >= w.deadline:
-              status[w.item] = "timeout"
-              stats.timeouts += 1
-              stats.kills += 1
-              remaining -= 1
-              self._replace(w, stats)
+        futures = self._schedule(args_list, soft_s, deadline_s, stats)
+        # Each item ends by its deadline once taken; this bound only guards against a pool that stops
+        # taking items (every worker lost at once).
+        bound = t0 + self.startup_timeout_s + math.ceil(n / self.num_workers) * (deadline_s + _REPLACE_S)
+        pending = set(futures)
+        while pending and time.monotonic() < bound and not self._closed:
+          _, pending = concurrent.futures.wait(pending, timeout=0.1)
+        if self._closed:    # close() from another thread stopped the workers under this call
+          raise RuntimeError("WorkerPool was closed while a call was running.")
+        if pending:         # the pool is broken: start afresh on the next call
+          for f in pending:
+            f.cancel()
+          self._stop_pebble()
+          stats.restarts += self.num_workers
+        for i, f in enumerate(futures):
+          if f in pending:
+            stats.timeouts += 1
+            continue
+          status[i], value = self._outcome(f, stats)
+          if status[i] == "ok":
+            values[i] = value
+        if stats.restarts and self._pool is not None:
+          self._wait_for_workers()
       finally:
-        # Only after an abnormal exit (e.g. KeyboardInterrupt) is a worker still busy; its
-        # reply would land in the next call, so replace it.
-        for w in list(self._workers):
-          if w.state == "busy":
-            self._replace(w, stats)
         stats.seconds = time.monotonic() - t0
         self.total.add(stats)
     return MapResult(values=values, status=status, stats=stats)
+
+  def _wait_for_workers(self) -> None:
+    """Waits (up to startup_timeout_s) until pebble has replaced the workers it stopped, so that a call
+    returns with the pool at full strength, as it began."""
+    end = time.monotonic() + self.startup_timeout_s
+    while len(self.pids()) < self.num_workers and time.monotonic() < end:
+      time.sleep(0.01)
+
+  def _schedule(self, args_list, soft_s: float, deadline_s: float, stats: PoolStats) -> list:
+    """Futures of every item; restarts a pool that pebble reports broken (a worker died while idle)."""
+    for attempt in (0, 1):
+      try:
+        return [self._pool.schedule(pool_worker.run_item, args=(self.fn, tuple(args), soft_s), timeout=deadline_s)
+                for args in args_list]
+      except RuntimeError:
+        if attempt or self._closed:
+          raise
+        self._stop_pebble()
+        stats.restarts += self.num_workers
+        self.start()
+    raise AssertionError("unreachable")
+
+  @staticmethod
+  def _outcome(future, stats: PoolStats) -> tuple[str, Any]:
+    """(status, value) of one finished future, counting it in stats."""
+    try:
+      kind, value = future.result(timeout=0)
+    except concurrent.futures.TimeoutError:           # pebble's hard deadline: the worker was killed
+      stats.timeouts += 1
+      stats.kills += 1
+      stats.restarts += 1
+      return "timeout", None
+    except pebble.ProcessExpired:                      # the worker died on this item (segfault, OOM kill)
+      stats.errors += 1
+      stats.restarts += 1
+      return "error", None
+    except Exception:  # noqa: BLE001 - unpicklable arguments or result, a broken pool: this item only
+      stats.errors += 1
+      return "error", None
+    if kind == "timeout":
+      stats.timeouts += 1
+    elif kind == "error":
+      stats.errors += 1
+    return kind, value
 
 
 def _kill(pid: int) -> None:
@@ -650,7 +369,7 @@ def _wait_gone(pids: Sequence[int], timeout_s: float) -> bool:
   """Waits until none of `pids` is alive; False if some still are after timeout_s."""
   end = time.monotonic() + timeout_s
   while True:
-    left = [p for p in pids if _alive(p)]
+    left = [p for p in pids if pool_worker.alive(p)]
     if not left:
       return True
     if time.monotonic() >= end:
