@@ -21,19 +21,7 @@ from jaxghpo.data import tokenizer as tok_lib
 from jaxghpo.data.example import Example
 from jaxghpo.data.tasks import get_task
 
-ASSETS = os.path.join(os.path.dirname(__file__), "assets")
-
-
-def resolve_model_path(path: str) -> str:
-  """"builtin:NAME" -> the directory of a model shipped in jaxghpo/assets/; anything else unchanged."""
-  if path.startswith("builtin:"):
-    name = path.split(":", 1)[1]
-    out = os.path.join(ASSETS, name)
-    if not os.path.isdir(out):
-      raise FileNotFoundError(f"config.model.path={path!r}: no shipped model {name!r} in {ASSETS}; "
-                              "make it with tools/make_base_policy.py")
-    return out
-  return path
+from jaxghpo.models.hf import ASSETS, resolve_model_path  # noqa: E402,F401  (re-exported: tools and tests call it here)
 
 
 def parse_levels(text) -> list[int]:

@@ -103,9 +103,9 @@ def check(config, mesh_shape, devices, model_cfg=None) -> None:
   limit, source = device_memory(devices)
   if limit is None:
     return
-  from jaxghpo import experiment, memory_estimate, models
+  from jaxghpo import memory_estimate, models
   if model_cfg is None:
-    model_cfg = models.load_config(experiment.resolve_model_path(str(config.model.path)))
+    model_cfg = models.load_config(models.hf.resolve_model_path(str(config.model.path)))
   platform = "tpu" if devices and devices[0].platform == "tpu" else "cpu"  # whose compiler's constants
   est = memory_estimate.estimate(config, model_cfg, tuple(int(x) for x in mesh_shape), platform)
   if est.total > limit:

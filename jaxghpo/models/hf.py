@@ -24,6 +24,21 @@ from jaxghpo.models.transformer import Transformer, abstract_model
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 
 
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+
+
+def resolve_model_path(path: str) -> str:
+  """"builtin:NAME" -> the directory of a model shipped in jaxghpo/assets/; anything else unchanged."""
+  if path.startswith("builtin:"):
+    name = path.split(":", 1)[1]
+    out = os.path.join(ASSETS, name)
+    if not os.path.isdir(out):
+      raise FileNotFoundError(f"config.model.path={path!r}: no shipped model {name!r} in {ASSETS}; "
+                              "make it with tools/make_base_policy.py")
+    return out
+  return path
+
+
 def hf_name(path: tuple) -> tuple[str, bool]:
   """Our state path -> (HF tensor name, whether the HF tensor is the transpose of ours)."""
   parts = [str(p) for p in path]
