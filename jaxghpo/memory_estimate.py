@@ -74,13 +74,17 @@ K_QKV = 2.5         # [b, T, (H + 2 KV) hd] in compute dtype: rotated q and k, v
 K_LOGITS = 4.0      # float32 [b, C, V] logits of one block of C response positions: values, softmax, gradients
 K_PREFILL_SCORES = 1.5  # float32 prefill scores [B, H, P, P] of one layer
 
-# XLA:TPU (libtpu, tools/compile_tpu.py; BENCHMARKS.md "XLA:TPU"): it fuses more of a layer's working set than
-# XLA:CPU (the attention, mlp, hidden and qkv terms x TPU_WORKING_SET), and under remat it keeps two more
-# copies of every block's input than the policy names: one in float32 and one in the compute dtype, per layer
-# (TPU_SAVED_INPUT_BYTES_EXTRA + c bytes per element of [b, T, D]; the per-layer growth of the 7B step between
-# a 2-layer and the 28-layer compile, f32 and bf16 [8, 4096, 3584] buffers in its memory-usage report).
-TPU_WORKING_SET = 0.65
-TPU_SAVED_INPUT_BYTES_EXTRA = 4
+# XLA:TPU (libtpu, tools/compile_tpu.py; BENCHMARKS.md "XLA:TPU"), calibrated on three compiles, not a model
+# validated beyond them: configs/smoke.py (remat none, v5p-8: 25.3 MB), the 7B config with dots_saveable
+# (8 x 4096 tokens per device: 60.35 GB) and with qkv_context (16 x 4096: 38.32 GB). One layer's working set
+# (the attention, mlp, hidden and qkv terms) is x TPU_WORKING_SET[remat] of XLA:CPU's: XLA:TPU fuses more,
+# except where the backward recomputes the MLP (qkv_context). Under dots_saveable XLA:TPU also keeps, per layer
+# and token, the block's input (c bytes x D: the checkpoint's argument, not a dot) and the o and down
+# projections' outputs in float32 (2 x 2 more bytes x D): TPU_DOTS_EXTRA_BYTES + c bytes per element of
+# [b, T, D] (the 7B step's per-layer growth, 1.95 GB a layer, against the dots' 1.17 GB).
+TPU_WORKING_SET = {"none": 0.65, "full": 0.65, "dots_saveable": 0.65, "qkv_context": 1.5,
+                   "qkv_context_offload_mlp": 1.5}
+TPU_DOTS_EXTRA_BYTES = 4
 PLATFORMS = ("cpu", "tpu")
 
 GB = 1e9
@@ -216,7 +220,7 @@ def train_activation_parts(model_cfg: models.ModelConfig, rows: int, prompt_len:
   }
   remat = model_cfg.remat
   layers_live = L if remat == "none" else 1  # layers whose whole activations are live at once
-  working = TPU_WORKING_SET if platform == "tpu" else 1.0
+  working = TPU_WORKING_SET[model_cfg.remat] if platform == "tpu" else 1.0
   parts = {k: layers_live * v * working for k, v in per_layer.items()}
   if remat == "full":
     parts["saved block inputs"] = L * b * T * D * c
@@ -224,8 +228,8 @@ def train_activation_parts(model_cfg: models.ModelConfig, rows: int, prompt_len:
     parts["saved matmul outputs"] = L * b * T * ((H + 2 * KV) * hd + 2 * F + 2 * D) * c
   elif remat in ("qkv_context", "qkv_context_offload_mlp"):  # q, k, v, attention's output, the block input
     parts["saved q, k, v, context, inputs"] = L * b * T * ((H + 2 * KV) * hd + H * hd + D) * c
-  if platform == "tpu" and remat != "none":
-    parts["block input copies (XLA:TPU)"] = L * b * T * D * (TPU_SAVED_INPUT_BYTES_EXTRA + c)
+  if platform == "tpu" and remat == "dots_saveable":
+    parts["block inputs, o/down in float32 (XLA:TPU)"] = L * b * T * D * (TPU_DOTS_EXTRA_BYTES + c)
   cols = rl_losses.chunk_columns(global_rows or b, N, logprob_chunk_tokens)
   parts["logits"] = b * cols * V * 4 * K_LOGITS
   if f > 1:
