@@ -2,10 +2,10 @@
 
 Everything as configs/qwen25_math_7b_ghpo.py (read its docstring: settings, precision, mesh, memory);
 only the model differs. Qwen2.5-7B has the same shapes as Qwen2.5-Math-7B (RoPE theta 1e6 and a
-131072-token window instead of 10000 and 4096), so the per-device memory is the same:
+131072-token window instead of 10000 and 4096), so the per-device memory is the same: the train step
+compiles by XLA:TPU for v5p-64 to 38.32 GB per device (the math config's docstring, BENCHMARKS.md):
 
-    python tools/estimate_memory.py --config=configs/qwen25_7b_ghpo.py
-    peak (max of the two)                                      42.04 GB of 95 GB per device (44%)
+    python tools/compile_tpu.py --config=configs/qwen25_7b_ghpo.py --slice=v5p-64
 
 Run (the workdir may be a gs:// URL, as in the math config):
 

@@ -17,42 +17,30 @@ Mesh: a v5p-64 slice is 32 chips (JAX sees one device per chip) on 8 hosts of 4 
 (data, fsdp, tensor) = (1, 8, 4): parameters are sharded 8-way over fsdp (model dim) and 4-way over
 tensor (Qwen2.5-7B's 28 heads, 4 KV heads, 18944 MLP units and 152064 vocabulary all divide by 4);
 sequences are split 8-way. Attention is the Pallas splash kernel (model.attention = "splash": no
-[heads, T, T] scores), each block is rematerialised keeping only its weight matmuls' outputs
-(model.remat = "dots_saveable"), and logprobs come from the LM head in blocks of 4096 tokens
-(rl.logprob_chunk_tokens), so a micro-batch holds 8 sequences of 4096 tokens per device: 8
-micro-batches per step (512 sequences / 8 batch shards / 8).
+[heads, T, T] scores, compiled by Mosaic), each block is rematerialised keeping only the rotated q, k, v and
+attention's output (model.remat = "qkv_context": the backward pass recomputes the norms and the MLP's gate and
+up projections, never the attention), and logprobs come from the LM head in blocks of 4096 tokens
+(rl.logprob_chunk_tokens), so a micro-batch holds 16 sequences of 4096 tokens (65,536 tokens) per device:
+4 micro-batches per step (512 sequences / 8 batch shards / 16), 4 fsdp weight gathers per step instead of 8.
 
-Memory per device (python tools/estimate_memory.py --config=configs/qwen25_math_7b_ghpo.py), GB = 1e9 bytes:
+Memory per device, compiled (never run) by XLA:TPU for v5p-64 on a CPU host (libtpu 0.0.42.1,
+`python tools/compile_tpu.py --config=configs/qwen25_math_7b_ghpo.py --slice=v5p-64`; BENCHMARKS.md, XLA:TPU),
+GB = 1e9 bytes; these are compile-time figures, not measurements on a TPU:
 
-    mesh (data, fsdp, tensor) = (1, 8, 4) on 32 devices; model qwen2 7.62B params; compute bfloat16, params float32
-    params (float32, sharded)                                   0.95 GB
-    optimizer (AdamW mu + nu, float32)                          1.91 GB
-    -- train step (512 rows / 8 batch shards / 8 micro-batches = 8 rows x 4096 tokens per device)
-    gradients (+ accumulator)                                   1.91 GB
-    activations                                                37.28 GB
-      attention                                                 0.00 GB
-      mlp                                                       2.02 GB
-      hidden                                                    1.88 GB
-      qkv                                                       0.19 GB
-      saved matmul outputs                                     32.65 GB
-      logits                                                    0.31 GB
-      gathered weights                                          0.23 GB
-    train step total                                           42.04 GB
-    -- training sampler (64 prompts x 8 samples, 2048 + 2048 slots)
-    KV cache (bfloat16)                                         3.76 GB
-    sampler activations                                         0.35 GB
-    sampler total                                               6.97 GB
-    peak (max of the two)                                      42.04 GB of 95 GB per device (44%)
+    train step                38.32 GB per device (40% of 95 GB; 35.45 GB temporaries, 2.86 GB params + AdamW)
+    training sampler           5.53 GB (prefill 2.31 GB, one decode step 4.88 GB; 64 prompts x 8 samples,
+                                        2048 + 2048 KV slots: 3.76 GB of cache)
+    evaluation sampler         5.54 GB
+    (the optimizer state, 1.91 GB, stays resident while the samplers run)
 
-Compiled (not run) on 32 fake CPU devices with `--compile` (splash in Pallas interpret mode, XLA:CPU's
-sequential scheduler; 2 to 18 minutes on 2 cores, with the load): train step 49.34 GB per device
-(2.86 GB of arguments, 46.47 GB of temporaries), 52% of a v5p chip; sampler 5.98 GB. Before each
-rematerialised block's backward work was tied to its turn (models.transformer.recompute_after_cotangent)
-and the skipped update became a lax.cond, XLA:CPU kept several layers' recomputed activations live and
-the step compiled to 69.04 GB (73%). The compiled number is still 7 GB above the estimate (not
-analysed); TPU's scheduler is memory-aware, so read the CPU number as an upper bound. Before these changes
-(xla attention, no remat, full-vocabulary logits) the same slice held only one sequence per device per
-micro-batch (66.9 GB estimated, 64 micro-batches).
+The analytic estimate (jaxghpo/memory_estimate.py with XLA:TPU's constants, `tools/estimate_memory.py
+--platform=tpu`) gives 38.23 GB for the train step. Before this wave the config kept every weight matmul's
+output (dots_saveable) at 8 sequences per device per micro-batch: XLA:TPU compiled that step to 60.35 GB
+(71.89 GB with optimization barriers ordering the remat, now a data dependency on TPU too), where fake CPU
+devices had reported 49.34 GB and the estimate 42.04 GB: the CPU figure was not an upper bound. The saved
+activations per token and layer fell from about 57 KB (the dots, the block input and the o/down outputs in
+float32) to 11 KB (q, k, v, attention's output, the block input); the price is the MLP's gate and up
+projections computed twice (+19% of the step's model FLOPs).
 
 Run (every host, through tools/launch_tpu.sh). The model and data are read from local paths on every
 host (a copy on each host's disk or a gcsfuse mount; no hub downloads). The workdir must be shared by
@@ -95,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
   c.model.attention = "splash"  # TPU Pallas kernel, per device over the mesh
-  c.model.remat = "dots_saveable"
+  c.model.remat = "qkv_context"  # keep q, k, v and attention's output; recompute the MLP
 
   c.mesh.shape = (1, 8, 4)
 
@@ -131,7 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.clip_high = 0.2
   c.rl.ppo_epochs = 1
   c.rl.loss_agg = "token-mean"
-  c.rl.micro_batches = 8  # 8 sequences x 4096 tokens per device per micro-batch
+  c.rl.micro_batches = 4  # 16 sequences x 4096 tokens per device per micro-batch
   c.rl.logprob_chunk_tokens = 4096
 
   c.curriculum.mode = "ghpo"
