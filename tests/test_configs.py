@@ -19,7 +19,7 @@ import estimate_memory as em  # noqa: E402
 
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if os.path.basename(p) not in ("__init__.py", "base.py"))
-BIG = ["qwen25_math_7b_ghpo.py", "qwen25_7b_ghpo.py", "qwen25_math_7b_ghpo_32k.py"]
+BIG = ["qwen25_math_7b_ghpo.py", "qwen25_7b_ghpo.py"]
 CHIPS_PER_HOST = 4  # v4 and v5p TPU VMs
 
 
@@ -190,3 +190,22 @@ def test_prompt_room_counts_hints_only_in_modes_that_give_them():
   config.curriculum.mode = "ghpo"
   with pytest.raises(ValueError, match="max_prompt_len=32 is too short"):
     experiment.check_prompt_room(config, problems, tok)
+
+
+def test_32k_config_is_for_a_model_with_the_positions():
+  """configs/qwen25_math_7b_ghpo_32k.py: 32,768 tokens per sequence need Qwen2.5-7B's 131k positions (the Math
+  model's end at 4,096: the position check refuses it), at least one sequence per device per micro-batch, and
+  the TPU estimate within 90% of a v5p chip."""
+  from jaxghpo.aot import shapes
+  module = load(os.path.join(ROOT, "configs", "qwen25_math_7b_ghpo_32k.py"))
+  c = module.get_config()
+  cfg = models.ModelConfig(**module.MODEL_SHAPE)
+  assert c.rollout.max_prompt_len + c.rollout.max_new_tokens == 32_768
+  shapes.check_positions(c, cfg)
+  math_model = load(os.path.join(ROOT, "configs", "qwen25_math_7b_ghpo.py")).MODEL_SHAPE
+  with pytest.raises(ValueError, match="max_position_embeddings=4096"):
+    shapes.check_positions(c, models.ModelConfig(**math_model))
+  d, f, t = tuple(c.mesh.shape)
+  assert c.data.prompts_per_step * c.rollout.group_size // (d * f) // c.rl.micro_batches >= 1
+  est = em.estimate(c, cfg, (d, f, t), platform="tpu")
+  assert est.total < 0.9 * module.HBM_BYTES_PER_CHIP
