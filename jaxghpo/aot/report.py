@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 
 from jaxghpo import models
@@ -65,11 +66,23 @@ def loop_repeats(name: str, config) -> int:
   return int(config.rl.micro_batches) if name in ("train_step", "reference_logprobs") else 1
 
 
+_OUT_OF_HBM = re.compile(r"Ran out of memory[^(]*\(([\d.]+)([KMGT]?)i?B?\) exceeds available HBM \(([\d.]+)([KMGT]?)")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
 def analyse(name: str, lowered, repeats: int = 1) -> ProgramReport:
   """Compiles `lowered` (never runs it) and reads XLA's memory and cost analyses; flops and bytes accessed
-  are XLA's count x `repeats` (loop_repeats)."""
+  are XLA's count x `repeats` (loop_repeats). XLA:TPU refuses to compile a program whose temporaries exceed
+  the chip's HBM: that comes back as a report whose temporaries are the bytes XLA said it needs (no cost)."""
   t0 = time.time()
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # pylint: disable=broad-except  (only XLA's out-of-memory refusal is a result)
+    found = _OUT_OF_HBM.search(str(e))
+    if found is None:
+      raise
+    need = float(found.group(1)) * _UNITS[found.group(2)]
+    return ProgramReport(name, CompiledMemory(0, 0, 0, int(need)), 0.0, 0.0, -1.0, time.time() - t0)
   seconds = time.time() - t0
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
