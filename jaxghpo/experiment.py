@@ -430,7 +430,8 @@ def setup(config) -> Setup:
   tip = {where: penalties.from_config(config.rollout, tokenizer, where) for where in ("train", "eval")}
   rollout = groups_lib.GroupSampler(model, mesh, tokenizer, score, config, P=P,
                                     max_prompt_len=int(config.rollout.max_prompt_len),
-                                    max_new_tokens=int(config.rollout.max_new_tokens), penalty=tip["train"])
+                                    max_new_tokens=int(config.rollout.max_new_tokens), penalty=tip["train"],
+                                    guide=bool(rl_cfg.guide))
   # Evaluation reaches longer (out-of-distribution) chains than training: its own sizes; it also returns
   # DeepConf token confidences (confidence-filtered voting in the report, DeepConf online stopping).
   eval_rollout = groups_lib.GroupSampler(

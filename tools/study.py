@@ -373,7 +373,7 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
                      f"= {factor}")
     lines.append("")
   lines += primary_markdown(summaries, arms)
-  budget_hit = {arm: sum(1 for r in runs[arm] if (r.get("gen_tokens") or 0) >= settings["budget_tokens"])
+  budget_hit = {arm: sum(1 for r in runs[arm] if (r.get("budget_spent", r.get("gen_tokens")) or 0) >= settings["budget_tokens"])
                 for arm in arms}
   short = [f"{ARM_LABELS[a]} ({n}/{len(runs[a])})" for a, n in budget_hit.items() if n < len(runs[a])]
   if short:
