@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.train_fixtures import make_tiny_policy
@@ -134,3 +135,82 @@ def test_miniature_study_table_resume_and_reproducibility(tmp_path, capsys):
   _study("--out", again, "--model", policy, "--arms", "grpo", "--seeds", "1", *TINY, *BUDGET, cache=cache)
   rerun = json.load(open(os.path.join(again, "grpo", "seed1", "summary.json")))
   assert _untimed(rerun) == _untimed(summaries[("grpo", 1)])
+
+
+# ------------------------------------------------------------------------------------ tests over seeds
+STUDY_JSON = os.path.join(ROOT, "docs", "results", "study", "study.json")
+P_COLUMNS = ("t p", "exact p", "t p (Holm)", "exact p (Holm)")
+SEED_TESTS = "tests over seeds"
+
+
+def _p_values(table):
+  """Every printed p of the seed-test table as a number ("< x" reads x; "-" is left out)."""
+  out = []
+  for row in table.values():
+    for column in P_COLUMNS:
+      text = row[column]
+      if text != "-":
+        out.append(float(text.lstrip("< ")))
+  return out
+
+
+def _settings(arms, seeds):
+  return {"config": "configs/default.py", "preset": "full", "steps": 25, "budget_tokens": 100, "max_steps": 100,
+          "seeds": seeds, "arms": arms, "overrides": {}}
+
+
+def test_seed_tests_on_the_committed_study():
+  data = json.load(open(STUDY_JSON))
+  md = study.markdown(data["runs"], data["settings"], None, problem_comparisons=data["comparisons"])
+  committed = open(os.path.join(ROOT, "docs", "results", "study", "study.md")).read()
+  assert committed.split(study.PROVENANCE)[0] == md + "\n"  # the committed report is this tool's output
+  table = _table(md, SEED_TESTS)
+  floor = 1 / 2 ** 5
+  assert len(table) == 8 and min(_p_values(table)) >= floor
+  primary = table["GHPO 0.25/0.5/0.75 (primary)"]
+  assert primary["seeds"] == "5 paired" and primary["difference"] == "-0.146"
+  assert primary["95% t-interval"] == "[-0.276, -0.016]" and primary["exact p"] == "0.0625"
+  assert float(primary["t p"]) == pytest.approx(0.0355, abs=1e-3) and primary["r"] == "-0.28"
+  # Holm over the 7 secondary arms: only the valid-trace reward's t p stays below 0.05; no exact p does.
+  holm_t = {arm: float(row["t p (Holm)"].lstrip("< ")) for arm, row in table.items() if "primary" not in arm}
+  assert [arm for arm, p in holm_t.items() if p < 0.05] == ["GRPO, valid-trace reward"]
+  assert table["adaptive"]["t p (Holm)"] == "0.237" and table["UFT (anneal + hint NLL)"]["t p (Holm)"] == "0.163"
+  assert {row["exact p (Holm)"] for row in table.values()} >= {"0.438"}
+  assert "a 0.10 difference needs 11 seeds" in md and "detects a difference of 0.176 with 80% power" in md
+  # The bootstrap stays, as a description without a p-value.
+  within = _table(md, "## Within-run description (problems), not a test over seeds")
+  assert within["GHPO 0.25/0.5/0.75 (primary)"]["95% interval (seeds, problems)"] == "[-0.232, -0.062]"
+  assert not any("p" in column.split() for column in next(iter(within.values())))
+  # Harm per level is shown seed by seed: level 3 fell to 0.805 (GRPO seed 3) and 0.863 (GHPO seed 4).
+  lowest = _table(md, "## Per level: the lowest seed's")
+  assert lowest["GRPO (no hints)"]["L3"] == "0.805 (s3)" and lowest["GHPO 0.25/0.5/0.75"]["L3"] == "0.863 (s4)"
+
+
+def test_seed_tests_never_print_below_the_seed_floor(tmp_path):
+  # 5 seeds, every one of them 0.3 worse with the arm: the t p is ~1e-6, the exact p its floor 2/32.
+  rng = np.random.default_rng(0)
+  base = 0.9 + 0.01 * rng.standard_normal(5)
+  runs = ([{"arm": "grpo", "seed": s, study.PRIMARY_KEY: float(base[s])} for s in range(5)]
+          + [{"arm": "ghpo", "seed": s, study.PRIMARY_KEY: float(base[s] - 0.3 - 0.01 * s)} for s in range(5)])
+  md = study.markdown(runs, _settings(["grpo", "ghpo"], list(range(5))), None, problem_comparisons={})
+  row = _table(md, SEED_TESTS)["GHPO 0.25/0.5/0.75 (primary)"]
+  assert study.seed_comparisons(runs, ["grpo", "ghpo"])["ghpo"]["p"] < 1e-4
+  assert row["t p"] == "< 0.0313" and row["exact p"] == "0.0625"
+  assert min(_p_values(_table(md, SEED_TESTS))) >= 1 / 2 ** 5
+  assert "Within-run description" not in md  # no run directories: no bootstrap to describe
+  # --from_json writes the same report and keeps a hand-written provenance section.
+  path = tmp_path / "study.json"
+  path.write_text(json.dumps({"settings": _settings(["grpo", "ghpo"], list(range(5))), "runs": runs,
+                              "comparisons": {}}))
+  (tmp_path / "study.md").write_text("old table\n\n## Provenance\n\nRun by hand.\n")
+  study.main(["--from_json", str(path), "--out", str(tmp_path)])
+  assert (tmp_path / "study.md").read_text() == md + "\n## Provenance\n\nRun by hand.\n"
+
+
+def test_seed_tests_unpaired_when_seeds_differ():
+  runs = ([{"arm": "grpo", "seed": s, study.PRIMARY_KEY: v} for s, v in ((0, 0.5), (1, 0.6))]
+          + [{"arm": "adaptive", "seed": s, study.PRIMARY_KEY: v} for s, v in ((2, 0.7), (3, 0.8))])
+  result = study.seed_comparisons(runs, ["grpo", "adaptive"])["adaptive"]
+  assert not result["paired"] and result["diff"] == pytest.approx(0.2) and result["p_exact"] == pytest.approx(1 / 3)
+  md = study.markdown(runs, _settings(["grpo", "adaptive"], [0, 1, 2, 3]), None, problem_comparisons={})
+  assert _table(md, SEED_TESTS)["adaptive"]["seeds"] == "2 + 2 unpaired"

@@ -21,10 +21,23 @@ schedule runs over the same `max_steps`, so the rate at a given update does not 
 updates the arm's budget buys. Evaluation is on the fixed evaluation set (evaluation.fixed_level_set):
 the same problems for every arm and seed.
 
-Statistics: one pre-declared primary comparison, unhinted valid pass@1 on the hard levels after
-training, GHPO minus GRPO (PRIMARY_ARM, BASELINE), with a paired bootstrap over seeds and the fixed
-problems; every other arm against GRPO is secondary, with Holm-corrected p-values. Tables also give
-mean ± 95% t-interval over seeds per metric and per-seed paired differences.
+Statistics (jaxghpo/seed_stats.py): the seed, one training run, is the unit of replication. One
+pre-declared primary comparison, unhinted valid pass@1 on the hard levels after training, GHPO minus
+GRPO (PRIMARY_ARM, BASELINE); every other arm against GRPO is secondary. Each comparison is tested over
+seeds: the paired t-interval (Welch when the arms' seeds differ) and an exact permutation test (sign
+flips of the per-seed differences over all 2^n patterns; label permutations unpaired), both reported,
+with Holm's correction across the secondary arms on each; the seed-level correlation of the two arms;
+a power line (the difference detectable at 80% power from the observed SD of the per-seed differences,
+and the seeds a 0.10 difference needs). No p-value is printed below 1/2^n for n seeds (a smaller t p
+reads "< 1/2^n"). The paired bootstrap over seeds and problems stays as a within-run description of
+problem-level uncertainty, without a p-value: it is not a test over seeds. Tables also give mean ±
+95% t-interval over seeds per metric, per-seed paired differences, and the lowest seed per level.
+
+    python tools/study.py --from_json docs/results/study/study.json --out docs/results/study
+
+rewrites study.md from a finished study's study.json (no run directories needed; the plots and
+study.json are left as they are, and a hand-written "## Provenance" section at the end of the old
+study.md is kept).
 
 Outputs in OUT: study.md (tables), study.json (every run's summary, the comparisons), and PNG plots:
 study_hard_pass.png (hard valid pass@1 without hint against generated tokens; one point per
@@ -54,7 +67,7 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from jaxghpo import report  # noqa: E402
+from jaxghpo import report, seed_stats  # noqa: E402
 
 from jaxghpo.arms import ARM_LABELS, ARMS, parse_arms, set_dotted  # noqa: E402,F401  (the arms live with the trainer)
 
@@ -64,6 +77,9 @@ BASELINE = "grpo"
 # Every other arm's difference to the baseline is secondary, with Holm's correction.
 PRIMARY_ARM = "ghpo"
 PRIMARY_SPLIT = "hard"
+PRIMARY_KEY = f"valid_pass@1/{PRIMARY_SPLIT}/sampled/after"
+POWER_DIFFERENCE = 0.10  # the power line gives the seeds needed to detect this difference
+PROVENANCE = "## Provenance"  # a hand-written last section of study.md that --from_json keeps
 
 # Presets: overrides of the base config file. `steps` is the nominal length (the budget and cap derive from it).
 FULL = {"steps": None, "overrides": {"export_at_end": False}, "eval_every": None}
@@ -268,8 +284,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return None, None, 0
   if x.size == 1:
     return float(x[0]), None, 1
-  from scipy import stats  # a dependency of jax
-  half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+  half = float(seed_stats.t_quantile(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
   return float(x.mean()), half, int(x.size)
 
 
@@ -313,7 +328,10 @@ def paired_to_baseline(summaries: Sequence[Mapping], key: str, arm: str) -> list
           if s.get(key) is not None and base.get(s["seed"]) is not None]
 
 
-def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float | None) -> str:
+def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float | None,
+             problem_comparisons: Mapping[str, Mapping] | None = None) -> str:
+  """study.md. problem_comparisons: the within-run bootstrap per arm (default: computed from the run
+  directories; --from_json passes the one stored in study.json)."""
   runs = by_arm(summaries)
   arms = [a for a in settings["arms"] if a in runs]
   seeds = settings["seeds"]
@@ -348,6 +366,16 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
       lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cell([r.get(key) for r in runs[arm]], key)
                                                           for key, _ in levels) + " |")
     lines.append("")
+    lines += ["## Per level: the lowest seed's valid pass@1 without hints after training (harm shows in single runs)", "",
+              "| arm | " + " | ".join(label for _, label in levels) + " |",
+              "| --- | " + " | ".join("---:" for _ in levels) + " |",
+              "| base policy (before), lowest run | " + " | ".join(
+                  _lowest([s.get(key.replace("/after/", "/before/")) for s in summaries], [s["seed"] for s in summaries])
+                  for key, _ in levels) + " |"]
+    for arm in arms:
+      lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(
+          _lowest([r.get(key) for r in runs[arm]], [r["seed"] for r in runs[arm]]) for key, _ in levels) + " |")
+    lines.append("")
   needed = t_interval([s.get(NEEDED) for s in summaries])[0]
   if needed is not None:
     lines += [f"Shortcut rate: fraction of completions to hard problems (no hint, sampled, after training) that give "
@@ -372,7 +400,8 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
         lines.append(f"- signal yield on hard groups, {ARM_LABELS[arm]} / GRPO: {arm_yield:.3f} / {base_yield:.3f} "
                      f"= {factor}")
     lines.append("")
-  lines += primary_markdown(summaries, arms)
+  lines += seed_tests_markdown(summaries, arms)
+  lines += within_run_markdown(summaries, arms, problem_comparisons)
   budget_hit = {arm: sum(1 for r in runs[arm] if (r.get("budget_spent", r.get("gen_tokens")) or 0) >= settings["budget_tokens"])
                 for arm in arms}
   short = [f"{ARM_LABELS[a]} ({n}/{len(runs[a])})" for a, n in budget_hit.items() if n < len(runs[a])]
@@ -392,20 +421,13 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
   return "\n".join(lines)
 
 
-def holm(p_values: Mapping[str, float]) -> dict[str, float]:
-  """Holm-adjusted p-values (family-wise error control over the secondary comparisons)."""
-  order = sorted(p_values, key=lambda k: p_values[k])
-  out, running = {}, 0.0
-  for i, key in enumerate(order):
-    running = max(running, min(1.0, (len(order) - i) * p_values[key]))
-    out[key] = running
-  return out
+holm = seed_stats.holm  # Holm-adjusted p-values (kept under this name for callers of the tool)
 
 
 def comparisons(summaries: Sequence[Mapping], arms: Sequence[str]) -> dict[str, dict]:
   """{arm: paired bootstrap of its unhinted valid pass@1 on PRIMARY_SPLIT minus the baseline's},
-  over the seeds both have and the fixed evaluation problems both evaluated; Holm-adjusted p for
-  every arm but the primary one."""
+  over the seeds both have and the fixed evaluation problems both evaluated: a within-run description
+  of problem-level uncertainty (its p, kept in study.json, is not a test over seeds and is not printed)."""
   runs = by_arm(summaries)
   if BASELINE not in runs:
     return {}
@@ -423,29 +445,105 @@ def comparisons(summaries: Sequence[Mapping], arms: Sequence[str]) -> dict[str, 
         b_rows.append([mine[i] for i in ids])
     if a_rows and len({len(r) for r in a_rows}) == 1:
       out[arm] = report.paired_bootstrap(a_rows, b_rows)
-  adjusted = holm({arm: v["p"] for arm, v in out.items() if arm != PRIMARY_ARM})
-  for arm, p in adjusted.items():
-    out[arm]["p_holm"] = p
   return out
 
 
-def primary_markdown(summaries: Sequence[Mapping], arms: Sequence[str]) -> list[str]:
-  result = comparisons(summaries, arms)
+def per_seed(summaries: Sequence[Mapping], arm: str, key: str = PRIMARY_KEY) -> dict[int, float]:
+  """{seed: the arm's value of key} over its runs that have it."""
+  return {r["seed"]: float(r[key]) for r in by_arm(summaries).get(arm, []) if r.get(key) is not None}
+
+
+def seed_comparisons(summaries: Sequence[Mapping], arms: Sequence[str], key: str = PRIMARY_KEY) -> dict[str, dict]:
+  """{arm: seed_stats.compare_seeds(baseline, arm)} on key, for every arm with at least 2 seeds (and the
+  baseline's); Holm across the secondary arms (all but PRIMARY_ARM) on the t p ("p_holm") and on the
+  exact permutation p ("p_exact_holm")."""
+  base = per_seed(summaries, BASELINE, key)
+  out = {}
+  for arm in arms:
+    mine = per_seed(summaries, arm, key)
+    if arm == BASELINE or len(mine) < 2 or len(base) < 2:
+      continue
+    out[arm] = seed_stats.compare_seeds(base, mine, power_difference=POWER_DIFFERENCE)
+  secondary = [arm for arm in out if arm != PRIMARY_ARM]
+  for field, adjusted in (("p_holm", holm({a: out[a]["p"] for a in secondary})),
+                          ("p_exact_holm", holm({a: out[a]["p_exact"] for a in secondary}))):
+    for arm, p in adjusted.items():
+      out[arm][field] = p
+  return out
+
+
+def _corr(value) -> str:
+  return "-" if value is None else f"{value:+.2f}"
+
+
+def seed_tests_markdown(summaries: Sequence[Mapping], arms: Sequence[str]) -> list[str]:
+  result = seed_comparisons(summaries, arms)
   if not result:
     return []
-  lines = [f"## Unhinted valid pass@1 on the {PRIMARY_SPLIT} levels after training, minus {ARM_LABELS[BASELINE]}", "",
-           f"Primary comparison (declared before running): {ARM_LABELS[PRIMARY_ARM]} vs {ARM_LABELS[BASELINE]}. "
-           "Paired bootstrap over seeds and the fixed evaluation problems (95% interval, two-sided p); the other "
-           "arms are secondary, their p-values Holm-corrected.", "",
-           "| arm | difference | 95% interval | p | p (Holm) | seeds x problems |",
-           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  n_max = max(r["n"] for r in result.values())
+  lines = [f"## Unhinted valid pass@1 on the {PRIMARY_SPLIT} levels after training, minus {ARM_LABELS[BASELINE]}: "
+           "tests over seeds", "",
+           f"The seed (one training run) is the unit of replication. Primary comparison (declared before running): "
+           f"{ARM_LABELS[PRIMARY_ARM]} vs {ARM_LABELS[BASELINE]}; the other arms are secondary, Holm-corrected "
+           "across them. Difference: mean over seeds of the per-seed difference; 95% paired t-interval and two-sided "
+           "t p (Welch when the arms' seeds differ); exact p: two-sided sign-flip test over all 2^n sign patterns of "
+           "the per-seed differences (label permutations when unpaired), whose smallest possible value at n seeds "
+           f"is 2/2^n ({seed_stats.format_p(seed_stats.sign_flip_floor(n_max), 0.0)} at {n_max}). No p-value is "
+           f"printed below 1/2^n ({seed_stats.format_p(seed_stats.p_floor(n_max), 0.0)} at {n_max} seeds; unpaired: "
+           "1 over the number of label splits): a smaller t p rests on the normal model alone and reads "
+           "\"< 1/2^n\". r: seed-level correlation of the two "
+           "arms' values (what pairing by seed buys). Detectable: the difference the paired t-test detects with 80% "
+           "power (two-sided 0.05) at the observed SD of the per-seed differences; seeds: those a "
+           f"{POWER_DIFFERENCE:.2f} difference needs at that SD.", "",
+           "| arm | seeds | difference | 95% t-interval | t p | exact p | t p (Holm) | exact p (Holm) | r | "
+           f"detectable (80%) | seeds for {POWER_DIFFERENCE:.2f} |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+  for arm in arms:
+    if arm not in result:
+      continue
+    r = result[arm]
+    n, floor = r["n"], r["p_print_floor"]
+    primary = arm == PRIMARY_ARM
+    seeds = f"{n} paired" if r["paired"] else f"{r['n_a']} + {r['n_b']} unpaired"
+    need = r["seeds_for_difference"]
+    lines.append(f"| {ARM_LABELS[arm]}{' (primary)' if primary else ''} | {seeds} | {r['diff']:+.3f} "
+                 f"| [{r['low']:+.3f}, {r['high']:+.3f}] | {seed_stats.format_p(r['p'], floor)} "
+                 f"| {seed_stats.format_p(r['p_exact'], floor)} "
+                 f"| {'-' if primary else seed_stats.format_p(r.get('p_holm'), floor)} "
+                 f"| {'-' if primary else seed_stats.format_p(r.get('p_exact_holm'), floor)} | {_corr(r['correlation'])} "
+                 f"| {r['detectable_80']:.3f} | {need if need is not None else '> 10000'} |")
+  lines.append("")
+  if PRIMARY_ARM in result:
+    r = result[PRIMARY_ARM]
+    need = r["seeds_for_difference"]
+    lines += [f"Power (primary): with {r['n']} seeds and the observed SD of the per-seed differences "
+              f"({r['sd_difference']:.3f}), the {'paired' if r['paired'] else 'two-sample'} t-test (two-sided 0.05) "
+              f"detects a difference of {r['detectable_80']:.3f} with 80% power; a {POWER_DIFFERENCE:.2f} difference "
+              f"needs {need if need is not None else 'more than 10000'} seeds. Per-seed "
+              f"{ARM_LABELS[PRIMARY_ARM]} minus {ARM_LABELS[BASELINE]}: "
+              + ", ".join(f"{d:+.3f}" for d in r.get("per_seed", [])) + ".", ""]
+  return lines
+
+
+def within_run_markdown(summaries: Sequence[Mapping], arms: Sequence[str],
+                        problem_comparisons: Mapping[str, Mapping] | None = None) -> list[str]:
+  """The paired bootstrap over seeds and problems: a description of problem-level uncertainty, no p-value."""
+  result = comparisons(summaries, arms) if problem_comparisons is None else problem_comparisons
+  if not result:
+    return []
+  lines = ["## Within-run description (problems), not a test over seeds", "",
+           "Paired bootstrap over the seeds and the fixed evaluation problems (95% interval) of the same difference. "
+           "It describes how precisely the evaluation measures these runs; it is not a test over seeds (with few "
+           "seeds it is narrower than the t-interval, and its p would be 0 whenever every seed agrees), so no "
+           "p-value is given.", "",
+           "| arm | difference | 95% interval (seeds, problems) | seeds x problems |",
+           "| --- | ---: | ---: | ---: |"]
   for arm in arms:
     if arm in result:
       r = result[arm]
       tag = " (primary)" if arm == PRIMARY_ARM else ""
-      holm_p = "-" if arm == PRIMARY_ARM else f"{r.get('p_holm', float('nan')):.3f}"
-      lines.append(f"| {ARM_LABELS[arm]}{tag} | {r['diff']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] | {r['p']:.3f} "
-                   f"| {holm_p} | {r['seeds']} x {r['problems']} |")
+      lines.append(f"| {ARM_LABELS[arm]}{tag} | {r['diff']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] "
+                   f"| {r['seeds']} x {r['problems']} |")
   return lines + [""]
 
 
@@ -467,6 +565,15 @@ def level_keys(summaries: Sequence[Mapping], when: str = "after") -> list[tuple[
         level = int(parts[4][len("level_"):])
         found[key] = ((parts[1] == "ood_ops", level), f"{'ops ' if parts[1] == 'ood_ops' else ''}L{level}")
   return [(key, label) for key, (_, label) in sorted(found.items(), key=lambda kv: kv[1][0])]
+
+
+def _lowest(values, seeds) -> str:
+  """The lowest value and its seed ("0.805 (s3)")."""
+  pairs = [(float(v), s) for v, s in zip(values, seeds) if v is not None and math.isfinite(float(v))]
+  if not pairs:
+    return "-"
+  value, seed = min(pairs, key=lambda p: p[0])
+  return f"{value:.3f} (s{seed})"
 
 
 def _signed(values) -> str:
@@ -611,9 +718,31 @@ def write_outputs(out: str, summaries: Sequence[Mapping], settings: Mapping, ela
   with open(os.path.join(out, "study.json"), "w", encoding="utf-8") as f:
     json.dump(report._jsonable({"settings": settings, "aggregate": aggregate(summaries),
                                 "comparisons": comparisons(summaries, settings["arms"]),
+                                "seed_comparisons": seed_comparisons(summaries, settings["arms"]),
                                 "runs": [dict(s) for s in summaries]}), f, indent=1, sort_keys=True)
   plots(out, summaries, settings)
   return path
+
+
+def write_from_json(path: str, out: str) -> str:
+  """study.md in out, rewritten from a finished study's study.json (its runs' summaries and its stored
+  within-run bootstrap); a "## Provenance" section at the end of the existing study.md is kept."""
+  with open(path, encoding="utf-8") as f:
+    study = json.load(f)
+  for field in ("settings", "runs", "comparisons"):
+    if field not in study:
+      raise KeyError(f"{path}: no {field!r}; --from_json needs a study.json written by tools/study.py")
+  md_path = os.path.join(out, "study.md")
+  provenance = ""
+  if os.path.exists(md_path):
+    with open(md_path, encoding="utf-8") as f:
+      old = f.read()
+    if PROVENANCE in old:
+      provenance = old[old.index(PROVENANCE):]
+  text = markdown(study["runs"], study["settings"], None, problem_comparisons=study["comparisons"])
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write(text + ("\n" + provenance if provenance else ""))
+  return md_path
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -633,7 +762,12 @@ def main(argv: Sequence[str] | None = None) -> str:
   p.add_argument("--compile_cache", default="<out>/.jax_cache",
                  help="persistent JAX compilation cache directory ('' to disable)")
   p.add_argument("--report_only", action="store_true", help="write the tables and plots from finished runs")
+  p.add_argument("--from_json", default="", help="rewrite OUT/study.md from this study.json (nothing runs)")
   args = p.parse_args(argv)
+  if args.from_json:
+    path = write_from_json(args.from_json, args.out)
+    print(f"[study] {path} written from {args.from_json}", flush=True)
+    return path
 
   t0 = time.perf_counter()
   os.makedirs(args.out, exist_ok=True)
