@@ -123,6 +123,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # the probability of the unique valid trace, the log-probability of its first line, the exact pass@1 with
   # a one-step hint (jaxghpo/exact_eval.py; one process only). "" = none.
   c.eval.exact_levels = ""
+  c.eval.sample_before = True  # False: no sampled evaluation before training (the exact measures still run)
   c.eval.greedy = True  # also greedy pass@1 (without hint)
   c.eval.temperature = 1.0
   c.eval.max_prompt_len = 0  # 0: config.rollout.max_prompt_len (evaluation may reach longer chains)

@@ -57,6 +57,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # of the cost: the harm and length secondaries read them).
   c.eval.num_problems = 64
   c.eval.num_samples = 4
+  c.eval.sample_before = False  # the base policy's sampled profile is in its report; step 0 logs the exact ones
   c.eval.easy_levels = "1,2,3"
   c.eval.mid_levels = "5,6"
   c.eval.hard_levels = "7"

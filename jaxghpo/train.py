@@ -203,10 +203,13 @@ class Trainer:
     return metrics
 
   # ------------------------------------------------------------------------------------ evaluation
-  def evaluate(self, step: int) -> dict:
+  def evaluate(self, step: int, sampled: bool = True) -> dict:
     """Every eval split without a hint, and the splits in config.eval.hint_splits with each hint ratio;
-    sampled (avg@k, pass@k at config.eval.temperature) and, with config.eval.greedy, greedy pass@1."""
+    sampled (avg@k, pass@k at config.eval.temperature) and, with config.eval.greedy, greedy pass@1; then the
+    exact measures of config.eval.exact_levels. sampled=False: the exact measures only."""
     c = self.config.eval
+    if not sampled:
+      return self.evaluate_exact()
     ratios = [float(r) for r in str(c.hint_ratios).split(",") if r.strip()]
     hint_splits = {s.strip() for s in str(c.get("hint_splits", "")).split(",") if s.strip()}
     out = {}
@@ -296,7 +299,9 @@ class Trainer:
       self.checkpointer.close()
       return {"already_finished": True}
     if self.start_step == 0:
-      summary["eval_before"] = self.evaluate(0)
+      # eval.sample_before=False: the policy before training is the same for every arm and seed; only its
+      # (cheap, exact) measures are logged at step 0.
+      summary["eval_before"] = self.evaluate(0, sampled=bool(c.eval.get("sample_before", True)))
       self.writer.write(0, summary["eval_before"])
     eval_every = int(c.eval_every_steps)
     t_prev = time.perf_counter()
