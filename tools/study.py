@@ -456,12 +456,17 @@ def per_seed(summaries: Sequence[Mapping], arm: str, key: str = PRIMARY_KEY) -> 
 
 def seed_comparisons(summaries: Sequence[Mapping], arms: Sequence[str], key: str = PRIMARY_KEY) -> dict[str, dict]:
   """{arm: seed_stats.compare_seeds(baseline, arm)} on key, for every arm with at least 2 seeds (and the
-  baseline's); Holm across the secondary arms (all but PRIMARY_ARM) on the t p ("p_holm") and on the
+  baseline's), paired on the seeds both have when they share at least 2; Holm across the secondary arms (all but PRIMARY_ARM) on the t p ("p_holm") and on the
   exact permutation p ("p_exact_holm")."""
-  base = per_seed(summaries, BASELINE, key)
+  base_all = per_seed(summaries, BASELINE, key)
   out = {}
   for arm in arms:
     mine = per_seed(summaries, arm, key)
+    # Paired on the seeds both arms have (an arm run on fewer seeds than the baseline keeps its pairing);
+    # unpaired only when fewer than 2 seeds are shared.
+    common = sorted(set(mine) & set(base_all))
+    base = {s: base_all[s] for s in common} if len(common) >= 2 else base_all
+    mine = {s: mine[s] for s in common} if len(common) >= 2 else mine
     if arm == BASELINE or len(mine) < 2 or len(base) < 2:
       continue
     out[arm] = seed_stats.compare_seeds(base, mine, power_difference=POWER_DIFFERENCE)
