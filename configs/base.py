@@ -13,7 +13,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mode = "rl"  # "rl" | "sft"
   c.seed = 0
   c.num_steps = 100
-  c.max_gen_tokens = 0  # > 0: stop once this many tokens were generated (retries included); for equal budgets
+  c.max_gen_tokens = 0  # > 0: stop once this many budget tokens were spent (retries included); for equal budgets
+  # What the budget counts (jaxghpo/budget.py): "generated" (sampled tokens only) | "context_and_generated"
+  # (every token the policy conditions on or is trained on: prompt and hint of every sampled row, plus
+  # its generated tokens).
+  c.budget_rule = "generated"
   c.checkpoint_every_steps = 50
   c.keep_checkpoints = 3
   # Stop with an error after this many updates in a row were skipped for a non-finite loss or gradient
@@ -117,6 +121,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.ood_ops_levels = ""     # operator OOD, e.g. "3,4": offsets trained only in 1-2 step chains
   c.eval.hint_ratios = "0.0,0.5"
   c.eval.hint_splits = "hard"  # splits also evaluated with the hint ratios above 0
+  # Levels (of the evaluated splits) whose exact teacher-forced measures are logged at every evaluation:
+  # the probability of the unique valid trace, the log-probability of its first line, the exact pass@1 with
+  # a one-step hint (jaxghpo/exact_eval.py; one process only). "" = none.
+  c.eval.exact_levels = ""
+  c.eval.sample_before = True  # False: no sampled evaluation before training (the exact measures still run)
   c.eval.greedy = True  # also greedy pass@1 (without hint)
   c.eval.temperature = 1.0
   c.eval.max_prompt_len = 0  # 0: config.rollout.max_prompt_len (evaluation may reach longer chains)

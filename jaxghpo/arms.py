@@ -30,13 +30,24 @@ ARMS: dict[str, dict[str, Any]] = {
     "ghpo_other": {**GHPO, "hints.corruption": "other"},
     "ghpo_shuffle": {**GHPO, "hints.corruption": "shuffle"},
     "ghpo_garble": {**GHPO, "hints.corruption": "garble"},
+    # The frontier experiment's hinted arms (configs/frontier.py; README, "Frontier experiment (E1)").
+    # GHPO's trigger with response-placed hints trained by likelihood (UFT's term on GHPO's hints).
+    "ghpo_nll": {**GHPO, **RESPONSE, "rl.hint_nll_coef": 1.0},
+    # A backward curriculum (R3 / AdaBack): adaptive, response placement, every problem starts at half its
+    # trace and the hint fades as the problem is learned; no likelihood term.
+    "backfade": {"curriculum.mode": "adaptive", "curriculum.initial_ratio": 0.5, "hints.corruption": "none",
+                 **RESPONSE, "rl.hint_nll_coef": 0.0},
+    # Guide-GRPO (arXiv 2506.13923): GHPO's trigger, hinted samples trained in the unhinted context with the
+    # ratio against the hinted sampling distribution (rl.guide; docs/DESIGN.md, "The Guide loss").
+    "guide": {**GHPO, "rl.guide": True},
 }
 ARM_LABELS = {"grpo": "GRPO (no hints)", "grpo_valid": "GRPO, valid-trace reward", "filter": "DAPO filter",
               "ghpo": "GHPO 0.25/0.5/0.75",
               "ghpo_steps": "GHPO step ladder", "ghpo_response": "GHPO, hint as response prefix",
               "adaptive": "adaptive", "anneal": "anneal", "uft": "UFT (anneal + hint NLL)",
               "ghpo_other": "GHPO, other problem's trace", "ghpo_shuffle": "GHPO, shuffled steps",
-              "ghpo_garble": "GHPO, earlier hint lines garbled"}
+              "ghpo_garble": "GHPO, earlier hint lines garbled", "ghpo_nll": "GHPO, response hint + NLL",
+              "backfade": "backward fade (adaptive, response)", "guide": "Guide (hinted samples, unhinted context)"}
 
 
 def parse_arms(text: str) -> list[str]:

@@ -89,6 +89,10 @@ def validate(config) -> None:
     raise ValueError(f"config.rl.hint_nll_coef={config.rl.hint_nll_coef} needs config.hints.placement="
                      f"'response' (hint tokens in the prompt are context, not targets); got "
                      f"config.hints.placement={config.hints.placement!r}")
+  if bool(config.rl.get("guide", False)) and config.curriculum.mode in ("none", "filter"):
+    raise ValueError(f"config.rl.guide=True trains hinted samples in the unhinted context, but "
+                     f"config.curriculum.mode={config.curriculum.mode!r} never hints; use a hinting mode "
+                     "(ghpo, adaptive, anneal) or set rl.guide=False")
   if float(config.rollout.temperature) <= 0:
     raise ValueError(f"config.rollout.temperature={config.rollout.temperature} must be > 0 for RL: the loss "
                      "recomputes logprobs at the sampling temperature (greedy sampling has no ratio)")

@@ -422,7 +422,7 @@ def setup(config) -> Setup:
   tip = {where: penalties.from_config(config.rollout, tokenizer, where) for where in ("train", "eval")}
   sizes = sampler_sizes(config)
   rollout = groups_lib.GroupSampler(model, mesh, tokenizer, score, config, P=P, penalty=tip["train"],
-                                    **sizes["train"])
+                                    guide=bool(rl_cfg.guide), **sizes["train"])
   eval_rollout = groups_lib.GroupSampler(model, mesh, tokenizer, score, config, P=P, divisors=(1,),
                                          penalty=tip["eval"], **sizes["eval"])
   return Setup(mesh, model, model_cfg, tokenizer, problems, pipeline, scheduler, rl_cfg, graphdef, params,

@@ -109,7 +109,8 @@ class MetricWriter:
   is_main_process: only the main process (jax.process_index() == 0) writes; others do nothing.
   total_steps: for the progress line's percentage and ETA (None: neither is shown).
   token_budget: config.max_gen_tokens when set (None or 0: none): the progress line shows the tokens
-    generated against it (row key gen_tokens_total), and the ETA is to whichever ends the run first.
+    spent against it (row key budget_tokens_total: config.budget_rule's count; gen_tokens_total in rows
+    without it), and the ETA is to whichever ends the run first.
   tensorboard: write scalar event files under ``workdir/tensorboard`` (tensorboardX).
   progress: console output. On a terminal (stderr is a tty) a progress line on stderr redrawn in
     place; otherwise one plain summary line on stdout every ``print_every`` steps (and the last).
@@ -205,7 +206,7 @@ class MetricWriter:
 
   def _console(self, step: int, row: dict) -> None:
     now = time.perf_counter()
-    tokens = row.get("gen_tokens_total")
+    tokens = row.get("budget_tokens_total", row.get("gen_tokens_total"))  # the budget's tokens (jaxghpo/budget.py)
     tokens = float(tokens) if isinstance(tokens, (int, float)) else None
     if self._t_first is None:
       self._t_first, self._step_first = now, step

@@ -21,6 +21,8 @@ Keys of the summary (T = before | after; S = easy | hard | ood, or whatever spli
   train_pass_rate/hard/{first_quarter,last_quarter}
   gen_tokens, steps, retries, time/steps_s (sum of time/step_s), time/wall_s (train.run's wall clock)
   complete (the run reached its last step or token budget and evaluated), diag/... (jaxghpo.diagnostics)
+  budget_spent                            the budget's tokens spent (config.budget_rule; jaxghpo/budget.py)
+  exact/level_L/<metric>/T                exact teacher-forced measures (config.eval.exact_levels, exact_eval.py)
 Values that a run cannot give (a split not evaluated, no hard groups drawn) are None.
 """
 from __future__ import annotations
@@ -173,6 +175,12 @@ def summarize(workdir: str, config=None, summary: Mapping | None = None, *,
         continue
       where = f"{split}/{mode}" if float(ratio) == 0.0 else f"{split}/hint{ratio}/{mode}"
       out[f"{name}/{where}/{when}" + (f"/{level}" if level else "")] = value
+  # Exact teacher-forced measures (config.eval.exact_levels; jaxghpo/exact_eval.py).
+  step0 = evals[0] if evals and int(evals[0]["step"]) == 0 else None
+  for when, row in (("before", step0), ("after", after_row)):
+    for key, value in (row or {}).items():
+      if key.startswith("eval/exact/"):
+        out[f"exact/{key[len('eval/exact/'):]}/{when}"] = _number(value)
   for split in splits:
     for mode in ("greedy", "sampled"):
       for when in ("before", "after"):
@@ -195,6 +203,7 @@ def summarize(workdir: str, config=None, summary: Mapping | None = None, *,
   out["train_pass_rate/hard/first_quarter"], out["train_pass_rate/hard/last_quarter"] = first_last_quarter(hard_pass)
 
   # Cost.
+  _, budget_total = _series(rows, "budget_tokens_total")
   _, gen_total = _series(rows, "gen_tokens_total")
   _, gen_step = _series(rows, "gen_tokens")
   out["gen_tokens"] = float(gen_total[-1]) if gen_total.size else (float(gen_step.sum()) if gen_step.size else None)
@@ -203,8 +212,10 @@ def summarize(workdir: str, config=None, summary: Mapping | None = None, *,
   _, step_s = _series(rows, "time/step_s")
   out["time/steps_s"] = float(step_s.sum()) if step_s.size else None
   out["time/wall_s"] = float(summary["wall_s"]) if summary and "wall_s" in summary else None
+  # What config.max_gen_tokens counted (jaxghpo/budget.py; runs from before budget_tokens_total: generated).
+  out["budget_spent"] = float(budget_total[-1]) if budget_total.size else out["gen_tokens"]
   budget = int(out["budget_tokens"] or 0)
-  reached_end = out["steps"] == out["num_steps"] or (budget > 0 and (out["gen_tokens"] or 0) >= budget)
+  reached_end = out["steps"] == out["num_steps"] or (budget > 0 and (out["budget_spent"] or 0) >= budget)
   out["complete"] = bool(reached_end and after_row is not None and int(after_row["step"]) == out["steps"])
 
   if with_diagnostics:

@@ -17,13 +17,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import (curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, health, models,
-                     parallel, paths, resume_check, rl, stopping, validation)
+from jaxghpo import (budget, curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, health,
+                     models, parallel, paths, resume_check, rl, stopping, validation)
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
 from jaxghpo.parallel import hosts
+from jaxghpo.rollout import crn
 from jaxghpo.rollout import groups as groups_lib
+
+# fold_in tags of the step key's streams other than sampling (crn.problem_keys folds the step into the base key).
+_UPDATE_KEY, _HINT_KEY = 0x5EED_0001, 0x5EED_0002
 
 
 # ---------------------------------------------------------------------------------- state on disk
@@ -71,6 +75,8 @@ class Trainer:
     self.gen_tokens_total = 0
     self.signals = stopping.StopSignals()  # SIGTERM / SIGINT on this host; agreed at step boundaries
     self.stop_reason = None  # why run() stopped (stopping.REASONS)
+    self.budget_rule = budget.check_rule(str(config.get("budget_rule", "generated")))
+    self.budget_tokens_total = 0  # config.max_gen_tokens is spent in these (jaxghpo/budget.py)
 
   def restore(self) -> None:
     s = self.setup
@@ -83,6 +89,7 @@ class Trainer:
       self.pipeline.set_state(host["pipeline"])
       self.rng = host["rng"]
       self.gen_tokens_total = int(host["gen_tokens_total"])
+      self.budget_tokens_total = int(host.get("budget_tokens_total", host["gen_tokens_total"]))
       self.start_step = int(host["step"])
     # Written once the resume is accepted: a resume refused for changed data keeps the run's own report.
     experiment.write_data_report(s.problems, self.workdir, jax.process_index() == 0)
@@ -99,7 +106,8 @@ class Trainer:
       return
     save(self.checkpointer, step, self.params, self.opt_state,
          {"scheduler": self.scheduler.state_dict(), "pipeline": self.pipeline.get_state(), "rng": self.rng,
-          "gen_tokens_total": int(self.gen_tokens_total), "health": self.health.at_save(self.params)})
+          "gen_tokens_total": int(self.gen_tokens_total), "budget_tokens_total": int(self.budget_tokens_total),
+          "health": self.health.at_save(self.params)})
 
   def _roll_back(self, step: int) -> bool:
     """At a skip streak: the params and optimizer state of the newest checkpoint recorded healthy (not used
@@ -121,10 +129,16 @@ class Trainer:
 
   # ------------------------------------------------------------------------------------ the step
   def rl_step(self, step: int, rng) -> tuple[dict, dict]:
-    """One RL step; returns (host metrics, device metrics of the update, not yet fetched)."""
+    """One RL step; returns (host metrics, device metrics of the update, not yet fetched).
+
+    Random numbers (common random numbers, jaxghpo/rollout/crn.py): each problem's samples in sampler call
+    `round` of the step draw from a key of (seed, step, problem id, round, occurrence), never from a
+    running key, so a retry in one arm changes no other draw; rng (= fold_in(run key, step)) keys the
+    update and the hint corruption."""
     c = self.config
     timer = {"reward_s": 0.0}
     drawn = next(self.pipeline)  # this host's problems; refills (filter) append theirs
+    calls = [0]  # sampler calls of this step so far: the round of the next one
 
     def draw():
       batch = next(self.pipeline)
@@ -132,9 +146,13 @@ class Trainer:
       return [ex.problem_id for ex in batch], [ex.level for ex in batch]
 
     def sample(rows, ratios, width):
-      nonlocal rng
-      rng, key = jax.random.split(rng)
-      return self.setup.rollout(self.params, [drawn[i] for i in rows], ratios, key, width=width, timer=timer)
+      round_ = calls[0]
+      calls[0] += 1
+      ids = np.asarray([ex.problem_id for ex in drawn], np.int64)
+      keys = crn.problem_keys(self.rng, step, ids[rows], round_, crn.occurrences(ids)[rows])
+      hint_key = jax.random.fold_in(jax.random.fold_in(rng, _HINT_KEY), round_)
+      return self.setup.rollout(self.params, [drawn[i] for i in rows], ratios, hint_key, width=width, timer=timer,
+                                keys=keys)
 
     # The previous update runs on the device while the host drew problems; sampling needs its params.
     t_wait = time.perf_counter()
@@ -150,17 +168,20 @@ class Trainer:
     adv_BxG = np.asarray(rl.group_advantages(out.groups.rewards, self.rl_cfg.advantage_estimator,
                                              eps=self.rl_cfg.adv_eps))
     train_hint = c.hints.placement == "response" and float(self.rl_cfg.hint_nll_coef) > 0
-    batch = groups_lib.to_batch(out.groups, adv_BxG, out.keep, train_hint=train_hint)
+    batch = groups_lib.to_batch(out.groups, adv_BxG, out.keep, train_hint=train_hint, guide=bool(self.rl_cfg.guide))
     batch = batch.to_global(parallel.batch_sharding(self.setup.mesh, 1))
     if self.setup.ref_logprobs is not None:
       batch = batch.replace(ref_logp=self.setup.ref_logprobs(batch))
 
     t1 = time.perf_counter()
-    rng, key = jax.random.split(rng)
+    key = jax.random.fold_in(rng, _UPDATE_KEY)
     self.params, self.opt_state, train_metrics = self.setup.train_step(self.params, self.opt_state, batch, key)
-    gen_tokens = multihost.agreed_sum(sum(int(g.lengths.sum()) for g in out.sampled))
+    gen_tokens = multihost.agreed_sum(budget.generated_tokens(out.sampled))
+    budget_tokens = multihost.agreed_sum(budget.step_tokens(out.sampled, self.budget_rule))
     self.gen_tokens_total += gen_tokens
+    self.budget_tokens_total += budget_tokens
     metrics = self.host_metrics(out, gen_tokens, [drawn[i] for i in out.rows])
+    metrics.update({"budget_tokens": float(budget_tokens), "budget_tokens_total": float(self.budget_tokens_total)})
     metrics.update({"time/reward_s": timer["reward_s"], "time/rollout_s": rollout_s,
                     "time/train_wait_s": timer["train_wait_s"],
                     "time/train_s": time.perf_counter() - t1 + timer["train_wait_s"]})
@@ -202,10 +223,13 @@ class Trainer:
     return metrics
 
   # ------------------------------------------------------------------------------------ evaluation
-  def evaluate(self, step: int) -> dict:
+  def evaluate(self, step: int, sampled: bool = True) -> dict:
     """Every eval split without a hint, and the splits in config.eval.hint_splits with each hint ratio;
-    sampled (avg@k, pass@k at config.eval.temperature) and, with config.eval.greedy, greedy pass@1."""
+    sampled (avg@k, pass@k at config.eval.temperature) and, with config.eval.greedy, greedy pass@1; then the
+    exact measures of config.eval.exact_levels. sampled=False: the exact measures only."""
     c = self.config.eval
+    if not sampled:
+      return self.evaluate_exact()
     ratios = [float(r) for r in str(c.hint_ratios).split(",") if r.strip()]
     hint_splits = {s.strip() for s in str(c.get("hint_splits", "")).split(",") if s.strip()}
     out = {}
@@ -222,6 +246,32 @@ class Trainer:
           rows = [row for share in hosts.allgather_json(rows) for row in share]  # every host's, in order
           if jax.process_index() == 0:
             evaluation.write_rows(evaluation.eval_rows_path(self.workdir, name, step, ratio, tag=mode), rows)
+    out.update(self.evaluate_exact())
+    return out
+
+  def evaluate_exact(self) -> dict:
+    """eval/exact/level_L/<metric> (jaxghpo/exact_eval.py) for each level of config.eval.exact_levels: exact
+    teacher-forced measures, without sampling noise, on the first eval.num_problems problems of the fixed
+    test set of that level (evaluation.fixed_level_set, "test" split: disjoint from training by the task's
+    hash rule, also at trained levels)."""
+    levels = experiment.parse_levels(self.config.eval.get("exact_levels", ""))
+    if not levels:
+      return {}
+    if jax.process_count() > 1:
+      raise ValueError("config.eval.exact_levels runs on one process only (it scores the whole set on every "
+                       "host's copy); set it to '' for multi-process runs and score the export with "
+                       "jaxghpo.exact_eval instead")
+    from jaxghpo import exact_eval  # noqa: PLC0415
+    s = self.setup
+    model = nnx.merge(s.graphdef, self.params)
+    if self.config.data.source != "task":
+      raise ValueError("config.eval.exact_levels needs data.source='task' (a task whose valid trace is unique)")
+    task = experiment.get_task(self.config.data.task)
+    out = {}
+    for level in levels:
+      examples = evaluation.fixed_level_set(task, "test", int(level), int(self.config.eval.num_problems))
+      metrics = exact_eval.trace_metrics(model, s.tokenizer, examples, style=self.config.data.style)
+      out.update({f"eval/exact/level_{level}/{k}": v for k, v in metrics.items()})
     return out
 
   def eval_split(self, examples, ratio, temperature, k, step):
@@ -286,7 +336,7 @@ class Trainer:
     if self.start_step == 0 and jax.process_index() == 0:
       paths.write_text(paths.join(self.workdir, "config.json"), c.to_json_best_effort(indent=2))
     summary = {}
-    spent = bool(c.max_gen_tokens) and self.gen_tokens_total >= int(c.max_gen_tokens)
+    spent = bool(c.max_gen_tokens) and self.budget_tokens_total >= int(c.max_gen_tokens)
     if self.start_step >= num_steps or (self.start_step > 0 and spent):
       self.writer.close()  # a finished run: nothing to train, its files are complete
       self.stop_reason = "already finished"
@@ -294,7 +344,9 @@ class Trainer:
       self.checkpointer.close()
       return {"already_finished": True}
     if self.start_step == 0:
-      summary["eval_before"] = self.evaluate(0)
+      # eval.sample_before=False: the policy before training is the same for every arm and seed; only its
+      # (cheap, exact) measures are logged at step 0.
+      summary["eval_before"] = self.evaluate(0, sampled=bool(c.eval.get("sample_before", True)))
       self.writer.write(0, summary["eval_before"])
     eval_every = int(c.eval_every_steps)
     t_prev = time.perf_counter()
@@ -308,9 +360,9 @@ class Trainer:
       self.write(self.deferred.push(step + 1, train_metrics, host_metrics))
       done = step + 1
       stop = self.stop_agreed()
-      # An equal budget of generated tokens (retries included) compares arms fairly: stop when it is spent
-      # (gen_tokens_total is summed over hosts, so every host reads the same).
-      if bool(c.max_gen_tokens) and self.gen_tokens_total >= int(c.max_gen_tokens):
+      # An equal budget (config.budget_rule's tokens, retries included) compares arms fairly: stop when it
+      # is spent (budget_tokens_total is summed over hosts, so every host reads the same).
+      if bool(c.max_gen_tokens) and self.budget_tokens_total >= int(c.max_gen_tokens):
         num_steps, self.stop_reason = done, "token budget"
       evaluate_now = done == num_steps or (eval_every and done % eval_every == 0)
       if done % int(c.checkpoint_every_steps) == 0 or evaluate_now or stop:
@@ -335,7 +387,7 @@ class Trainer:
 
   def _print_stop(self, step: int, num_steps: int) -> None:
     if jax.process_index() == 0:
-      print(stopping.stop_line(self.stop_reason, step=step, num_steps=num_steps, gen_tokens=self.gen_tokens_total,
+      print(stopping.stop_line(self.stop_reason, step=step, num_steps=num_steps, gen_tokens=self.budget_tokens_total,
                                max_gen_tokens=int(self.config.max_gen_tokens), saved=self.checkpointer.latest_step()),
             flush=True)
 

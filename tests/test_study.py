@@ -214,3 +214,25 @@ def test_seed_tests_unpaired_when_seeds_differ():
   assert not result["paired"] and result["diff"] == pytest.approx(0.2) and result["p_exact"] == pytest.approx(1 / 3)
   md = study.markdown(runs, _settings(["grpo", "adaptive"], [0, 1, 2, 3]), None, problem_comparisons={})
   assert _table(md, SEED_TESTS)["adaptive"]["seeds"] == "2 + 2 unpaired"
+
+
+def test_exact_tables_tests_over_seeds_and_manipulation_check():
+  # Two arms x 3 seeds with exact measures on levels 3 and 7 (7 the primary split): every metric of level 7 and
+  # p_valid of level 3 are tested over seeds; the co-primaries of the primary arm are Holm-corrected as a pair.
+  summaries = []
+  for arm, shift, ratio in (("grpo", 0.0, 0.0), ("ghpo", 1.0, 0.3)):
+    for seed in range(3):
+      s = {"arm": arm, "seed": seed, "valid_pass@1/hard/sampled/after/level_7": 0.0,
+           "hint_ratio/hard/mean": ratio if arm != "grpo" else 0.0}
+      for when in ("before", "after"):
+        d = shift + 0.1 * seed if when == "after" else 0.0
+        s.update({f"exact/level_3/p_valid/{when}": 0.9, f"exact/level_3/first_line_logp/{when}": -0.1,
+                  f"exact/level_7/p_valid/{when}": 1e-40, f"exact/level_7/first_line_logp/{when}": -60.0 + d})
+      summaries.append(s)
+  assert study.exact_tested_keys(summaries) == ["exact/level_3/p_valid/after", "exact/level_7/p_valid/after",
+                                                "exact/level_7/first_line_logp/after"]
+  text = "\n".join(study.exact_markdown(summaries, ["grpo", "ghpo"]))
+  assert "| L7 first-line log p | GHPO 0.25/0.5/0.75 (primary) | 3 | +1 |" in text
+  assert "Holm-corrected as a pair" in text
+  assert "| GHPO 0.25/0.5/0.75 | 0.300 ± 0.000 | 0.300 | pass |" in text
+  assert "L3 first-line log p" in text.splitlines()[4]  # shown in the table, not tested

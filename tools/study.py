@@ -173,7 +173,7 @@ def plan(args) -> tuple[list[tuple[str, int, Any]], dict]:
   settings = {"config": args.config, "preset": "quick" if args.quick else "full", "steps": steps,
               "budget_tokens": budget, "max_steps": max_steps, "eval_every_steps": eval_every,
               "overrides": {k: v for k, v in overrides.items()}, "seeds": parse_ints(args.seeds),
-              "arms": parse_arms(args.arms)}
+              "arms": parse_arms(args.arms or base.get("arms", "") or ",".join(ARMS))}
   runs = []
   for arm in settings["arms"]:
     for seed in settings["seeds"]:
@@ -401,8 +401,9 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
                      f"= {factor}")
     lines.append("")
   lines += seed_tests_markdown(summaries, arms)
+  lines += exact_markdown(summaries, arms)
   lines += within_run_markdown(summaries, arms, problem_comparisons)
-  budget_hit = {arm: sum(1 for r in runs[arm] if (r.get("gen_tokens") or 0) >= settings["budget_tokens"])
+  budget_hit = {arm: sum(1 for r in runs[arm] if (r.get("budget_spent", r.get("gen_tokens")) or 0) >= settings["budget_tokens"])
                 for arm in arms}
   short = [f"{ARM_LABELS[a]} ({n}/{len(runs[a])})" for a, n in budget_hit.items() if n < len(runs[a])]
   if short:
@@ -455,12 +456,17 @@ def per_seed(summaries: Sequence[Mapping], arm: str, key: str = PRIMARY_KEY) -> 
 
 def seed_comparisons(summaries: Sequence[Mapping], arms: Sequence[str], key: str = PRIMARY_KEY) -> dict[str, dict]:
   """{arm: seed_stats.compare_seeds(baseline, arm)} on key, for every arm with at least 2 seeds (and the
-  baseline's); Holm across the secondary arms (all but PRIMARY_ARM) on the t p ("p_holm") and on the
+  baseline's), paired on the seeds both have when they share at least 2; Holm across the secondary arms (all but PRIMARY_ARM) on the t p ("p_holm") and on the
   exact permutation p ("p_exact_holm")."""
-  base = per_seed(summaries, BASELINE, key)
+  base_all = per_seed(summaries, BASELINE, key)
   out = {}
   for arm in arms:
     mine = per_seed(summaries, arm, key)
+    # Paired on the seeds both arms have (an arm run on fewer seeds than the baseline keeps its pairing);
+    # unpaired only when fewer than 2 seeds are shared.
+    common = sorted(set(mine) & set(base_all))
+    base = {s: base_all[s] for s in common} if len(common) >= 2 else base_all
+    mine = {s: mine[s] for s in common} if len(common) >= 2 else mine
     if arm == BASELINE or len(mine) < 2 or len(base) < 2:
       continue
     out[arm] = seed_stats.compare_seeds(base, mine, power_difference=POWER_DIFFERENCE)
@@ -522,6 +528,102 @@ def seed_tests_markdown(summaries: Sequence[Mapping], arms: Sequence[str]) -> li
               f"needs {need if need is not None else 'more than 10000'} seeds. Per-seed "
               f"{ARM_LABELS[PRIMARY_ARM]} minus {ARM_LABELS[BASELINE]}: "
               + ", ".join(f"{d:+.3f}" for d in r.get("per_seed", [])) + ".", ""]
+  return lines
+
+
+# Exact teacher-forced measures (config.eval.exact_levels; jaxghpo/exact_eval.py): summary keys
+# exact/level_L/<metric>/{before,after}. The levels of the primary split get every metric tested over seeds;
+# the others their p_valid (the expected unhinted valid pass@1 of that level, without sampling noise).
+EXACT_LABELS = {"p_valid": "exact valid p", "trace_logp": "trace log p", "first_line_logp": "first-line log p",
+                "p_rest_given_line1": "exact p, 1-line hint"}
+MANIPULATION_KEY, MANIPULATION_MIN = "hint_ratio/hard/mean", 0.2  # frontier (E1): hint ratio of trained hard groups
+
+
+def _exact_keys(summaries: Sequence[Mapping], when: str = "after") -> list[tuple[int, str, str]]:
+  """(level, metric, key) of the exact measures present, by level then metric."""
+  found = set()
+  for s in summaries:
+    for key in s:
+      parts = key.split("/")
+      if len(parts) == 4 and parts[0] == "exact" and parts[3] == when and parts[1].startswith("level_"):
+        found.add((int(parts[1][len("level_"):]), parts[2], key))
+  order = list(EXACT_LABELS)
+  return sorted(found, key=lambda t: (t[0], order.index(t[1]) if t[1] in order else len(order), t[1]))
+
+
+def exact_tested_keys(summaries: Sequence[Mapping]) -> list[str]:
+  """The exact keys tested over seeds: every metric of the primary split's levels, p_valid of the others."""
+  hard = {int(s["hard_level"]) for s in summaries if s.get("hard_level") is not None}
+  if not hard:  # the hard split's levels from the per-level keys of the primary metric
+    hard = {int(k.rsplit("_", 1)[1]) for s in summaries for k in s if k.startswith(PRIMARY_KEY + "/level_")}
+  return [key for level, metric, key in _exact_keys(summaries) if level in hard or metric == "p_valid"]
+
+
+def exact_markdown(summaries: Sequence[Mapping], arms: Sequence[str]) -> list[str]:
+  """Tables of the exact measures (mean ± t half-width over seeds), their tests over seeds against the
+  baseline (seed_comparisons on each key: t-interval, t p, exact sign-flip p, Holm across the secondary
+  arms), the primary arm's co-primaries Holm-corrected as a pair, and the manipulation check."""
+  keys = _exact_keys(summaries)
+  if not keys:
+    return []
+  runs = by_arm(summaries)
+  fmt = lambda v, key: cell(v, key)  # noqa: E731
+  lines = ["## Exact measures (teacher-forced, no sampling noise)", "",
+           "Per level L: exact valid p = mean over the fixed test problems of the probability of the unique valid "
+           "trace (the expected unhinted valid pass@1); trace log p = mean log-probability of that trace; first-line "
+           "log p = mean log-probability of its first line; exact p, 1-line hint = the expected valid pass@1 after a "
+           "one-line hint placed as the start of the response.", "",
+           "| arm | " + " | ".join(f"L{lv} {EXACT_LABELS.get(m, m)}" for lv, m, _ in keys) + " |",
+           "| --- | " + " | ".join("---:" for _ in keys) + " |",
+           "| base policy (before) | " + " | ".join(fmt([s.get(k.replace("/after", "/before")) for s in summaries], k)
+                                                  for _, _, k in keys) + " |"]
+  for arm in arms:
+    if arm in runs:
+      lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(fmt([r.get(k) for r in runs[arm]], k) for _, _, k in keys)
+                   + " |")
+  lines.append("")
+  tested = exact_tested_keys(summaries)
+  labels = {k: f"L{lv} {EXACT_LABELS.get(m, m)}" for lv, m, k in keys}
+  results = {key: seed_comparisons(summaries, arms, key) for key in tested}
+  if any(results.values()):
+    lines += [f"Tests over seeds against {ARM_LABELS[BASELINE]} (per-seed differences; t-interval, t p, exact sign-flip "
+              "p; Holm across the secondary arms on each measure):", "",
+              "| measure | arm | seeds | difference | 95% t-interval | t p | exact p | exact p (Holm) | r |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key in tested:
+      for arm in arms:
+        r = results[key].get(arm)
+        if r is None:
+          continue
+        floor, primary = r["p_print_floor"], arm == PRIMARY_ARM
+        lines.append(f"| {labels[key]} | {ARM_LABELS[arm]}{' (primary)' if primary else ''} | {r['n']} | {r['diff']:+.4g} "
+                     f"| [{r['low']:+.4g}, {r['high']:+.4g}] | {seed_stats.format_p(r['p'], floor)} "
+                     f"| {seed_stats.format_p(r['p_exact'], floor)} "
+                     f"| {'-' if primary else seed_stats.format_p(r.get('p_exact_holm'), floor)} "
+                     f"| {_corr(r['correlation'])} |")
+    lines.append("")
+    # The co-primaries: p_valid and first_line_logp of the level(s) that have a first-line measure in the tests.
+    firsts = [k for k in tested if "/first_line_logp/" in k]
+    co = {k: results[k][PRIMARY_ARM] for first in firsts for k in (first.replace("/first_line_logp/", "/p_valid/"), first)
+          if PRIMARY_ARM in results.get(k, {})}
+    if len(co) == 2:
+      t_holm, e_holm = (holm({k: v[f] for k, v in co.items()}) for f in ("p", "p_exact"))
+      floor = min(v["p_print_floor"] for v in co.values())
+      lines += [f"Co-primaries ({ARM_LABELS[PRIMARY_ARM]} minus {ARM_LABELS[BASELINE]}), Holm-corrected as a pair: "
+                + "; ".join(f"{labels[k]} {co[k]['diff']:+.4g}, t p (Holm) {seed_stats.format_p(t_holm[k], floor)}, "
+                            f"exact p (Holm) {seed_stats.format_p(e_holm[k], floor)}" for k in co) + ".", ""]
+  checks = [(arm, t_interval([r.get(MANIPULATION_KEY) for r in runs[arm]])) for arm in arms
+            if arm in runs and arm != BASELINE]
+  checks = [(arm, stat) for arm, stat in checks if stat[0] is not None]
+  if checks:
+    lines += [f"Manipulation check: mean hint ratio of the trained hard groups (`{MANIPULATION_KEY}`), pass when the "
+              f"lowest seed is > {MANIPULATION_MIN}:", "", "| arm | mean ± t | lowest seed | check |",
+              "| --- | ---: | ---: | --- |"]
+    for arm, (mean, half, _) in checks:
+      low = min(r.get(MANIPULATION_KEY) for r in runs[arm] if r.get(MANIPULATION_KEY) is not None)
+      lines.append(f"| {ARM_LABELS[arm]} | {mean:.3f}{f' ± {half:.3f}' if half is not None else ''} | {low:.3f} "
+                   f"| {'pass' if low > MANIPULATION_MIN else 'FAIL'} |")
+    lines.append("")
   return lines
 
 
@@ -719,6 +821,8 @@ def write_outputs(out: str, summaries: Sequence[Mapping], settings: Mapping, ela
     json.dump(report._jsonable({"settings": settings, "aggregate": aggregate(summaries),
                                 "comparisons": comparisons(summaries, settings["arms"]),
                                 "seed_comparisons": seed_comparisons(summaries, settings["arms"]),
+                                "exact_seed_comparisons": {key: seed_comparisons(summaries, settings["arms"], key)
+                                                           for key in exact_tested_keys(summaries)},
                                 "runs": [dict(s) for s in summaries]}), f, indent=1, sort_keys=True)
   plots(out, summaries, settings)
   return path
@@ -751,7 +855,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   p.add_argument("--out", required=True, help="study directory: one workdir per arm and seed, study.md, plots")
   p.add_argument("--config", default="configs/default.py", help="base config file (path[:arg])")
   p.add_argument("--model", default="", help="override config.model.path (an HF directory or builtin:NAME)")
-  p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {list(ARMS)}")
+  p.add_argument("--arms", default="", help=f"comma-separated subset of {list(ARMS)} (default: the config's "
+                 "config.arms, e.g. configs/frontier.py's six; every arm when the config names none)")
   p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (at least 5 for the study's power)")
   p.add_argument("--quick", action="store_true", help=f"small preset (about 15 minutes on 2 cores): {QUICK}")
   p.add_argument("--steps", type=int, default=0, help="nominal run length in steps (default: preset / config)")

@@ -63,10 +63,11 @@ def lower_all(config, model_cfg: models.ModelConfig, mesh, only=None) -> dict[st
   model, graphdef, params, shardings, rl_cfg, optimizer, opt_state = abstract_state(config, model_cfg, mesh)
   out = {}
   for name, sampler in samplers(config, model, mesh).items():
+    row_keys = name == "train_sampler"  # training draws by per-problem keys (rollout/crn.py); evaluation does not
     if want(name):
-      out[name] = sampler.lower_abstract(params)
+      out[name] = sampler.lower_abstract(params, row_keys=row_keys)
     if want(f"{name}/prefill") or want(f"{name}/decode_step"):
-      out.update({f"{name}/{part}": lowered for part, lowered in sampler.lower_parts(params).items()
+      out.update({f"{name}/{part}": lowered for part, lowered in sampler.lower_parts(params, row_keys=row_keys).items()
                   if want(f"{name}/{part}")})
   batch = abstract_batch(config, rl_cfg, mesh)
   if float(rl_cfg.kl_coef) != 0 and want("reference_logprobs"):

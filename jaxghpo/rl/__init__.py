@@ -9,7 +9,7 @@
     params, opt_state, metrics = step(params, opt_state, batch, rng)
 """
 from jaxghpo.rl.advantages import ESTIMATORS, group_advantages, register_estimator
-from jaxghpo.rl.batch import HINT, PAD, PROMPT, RESPONSE, RLBatch, make_batch
+from jaxghpo.rl.batch import HINT, PAD, PROMPT, RESPONSE, RLBatch, guide_batch, make_batch
 from jaxghpo.rl.config import (
     KL_ESTIMATORS,
     LOSS_AGG_MODES,
@@ -45,7 +45,7 @@ from jaxghpo.rl.train_step import (
 
 __all__ = [
     "ESTIMATORS", "HINT", "KL_ESTIMATORS", "LOSS_AGG_MODES", "PAD", "PROMPT", "RESPONSE",
-    "RLBatch", "TrainStep", "batch_logprobs", "default_config", "finalize", "group_advantages",
+    "RLBatch", "TrainStep", "batch_logprobs", "default_config", "finalize", "group_advantages", "guide_batch",
     "init_opt_state", "kl_penalty", "loss_and_grads", "loss_counts", "make_batch", "make_grad_fn",
     "make_logprob_fn", "make_lr_schedule", "make_optimizer", "make_train_step", "merge_terms",
     "optimizer_shardings", "policy_loss", "policy_loss_terms", "register_estimator", "resolve_config",

@@ -143,3 +143,29 @@ def make_batch(prompt_tokens, prompt_valid, response_tokens, response_valid, adv
       ref_logp=response_cols(ref_logp, "ref_logp"),
       prompt_len=Lp,
   )
+
+
+def guide_batch(batch: RLBatch, prompt_hint) -> RLBatch:
+  """The Guide loss's batch (rl.guide; docs/DESIGN.md, "The Guide loss") from a host batch whose prompt
+  columns end with a trace-prefix hint laid out as the response would start (templates' "response"
+  rendering): the hint tokens become policy-gradient tokens (segment RESPONSE) with old logprob 0, and
+  prompt_len becomes 1, so the step computes logprobs over them.
+
+  Why old logprob 0: the importance ratio is pi_theta(token | unhinted prompt, tokens before) over the
+  probability the hinted sampling distribution gave the token; the hint's tokens were given, not drawn
+  (probability 1), and the sampled tokens keep the sampler's logprobs (drawn with the hint in context).
+  prompt_hint: bool [B, prompt_len], the hint columns (on real prompt tokens, never column 0).
+  """
+  prompt_hint = np.asarray(prompt_hint, bool)
+  B, Lp = prompt_hint.shape
+  if batch.prompt_len != Lp or B != batch.batch_size:
+    raise ValueError(f"prompt_hint has shape {prompt_hint.shape}; expected [B, prompt_len] = "
+                     f"{(batch.batch_size, batch.prompt_len)}")
+  seg = np.asarray(batch.segment_ids).copy()
+  if np.any(prompt_hint & (seg[:, :Lp] == PAD)) or np.any(prompt_hint[:, 0]):
+    raise ValueError("prompt_hint must lie on real prompt tokens after the first column (the prompt before "
+                     "the hint is the context every hint token is scored in)")
+  seg[:, :Lp] = np.where(prompt_hint, RESPONSE, seg[:, :Lp])
+  old = np.asarray(batch.old_logp).copy()
+  old[:, :Lp] = np.where(prompt_hint, 0.0, old[:, :Lp])
+  return batch.replace(segment_ids=seg, old_logp=old, prompt_len=1)

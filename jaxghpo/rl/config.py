@@ -46,6 +46,14 @@ def default_config() -> ml_collections.ConfigDict:
   # adds a separate negative log-likelihood term on them (UFT), reported as metric hint_nll either way
   # (jaxghpo/derived.py checks that hint_nll_coef > 0 comes with hints.placement="response").
   c.hint_nll_coef = 0.0
+  # The Guide loss (Guide-GRPO, arXiv 2506.13923, adapted to trace-prefix hints; docs/DESIGN.md): every
+  # hinted sample is trained in the context WITHOUT the hint. Its row is [unhinted prompt | hint + sampled
+  # response]; every token of hint + response is a policy-gradient token whose importance ratio is
+  # pi_theta(token | unhinted prompt, tokens before) / pi_old(token | hinted context), with old = the
+  # sampler's logprob for sampled tokens and 1 (log 0) for the given hint tokens, clipped as PPO
+  # ([1 - clip_low, 1 + clip_high] per token, dual clip clip_c). Needs a curriculum that hints and
+  # hint_nll_coef = 0 (checked by jaxghpo/derived.py).
+  c.guide = False
 
   # Logprobs are log_softmax(logits / temperature): the sampler's temperature. In a run it is derived
   # from config.rollout.temperature (jaxghpo/derived.py) and is not a key of the experiment config.
@@ -104,5 +112,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     fail(f"kl_estimator={c.kl_estimator!r} is not one of {KL_ESTIMATORS}")
   if c.loss_agg not in LOSS_AGG_MODES:
     fail(f"loss_agg={c.loss_agg!r} is not one of {LOSS_AGG_MODES}")
+  if c.guide and c.hint_nll_coef > 0:
+    fail(f"guide=True trains the hint tokens by the policy gradient; hint_nll_coef={c.hint_nll_coef} would "
+         "train them a second time by likelihood: set one of them (hint_nll_coef=0 or guide=False)")
   if c.lr_schedule not in LR_SCHEDULES:
     fail(f"lr_schedule={c.lr_schedule!r} is not one of {LR_SCHEDULES}")

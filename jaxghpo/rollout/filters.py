@@ -91,8 +91,11 @@ def filter_top_k_top_p(scaled_BxV, top_k, top_p):
   return jnp.where(scaled_BxV >= threshold_Bx1, scaled_BxV, -jnp.inf)
 
 
-def sample_categorical(key, logits_BxV):
+def sample_categorical(key, logits_BxV, u_B=None):
   """int32 [B]: one draw per row from softmax(logits) by inverting the cumulative distribution.
+
+  u_B: float32 [B] uniforms in [0, 1), one per row (the sampler's per-row keys draw them); None: drawn
+  from `key`.
 
   Needs one uniform number per row (not one per vocabulary entry, as the Gumbel trick does), which makes
   the draw cheap on CPU. Tokens with zero probability (logit -inf) are never drawn: the chosen index is
@@ -101,15 +104,19 @@ def sample_categorical(key, logits_BxV):
   B, V = logits_BxV.shape
   probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
   cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
-  u_Bx1 = jax.random.uniform(key, (B, 1), jnp.float32) * cdf_BxV[:, -1:]
+  if u_B is None:
+    u_B = jax.random.uniform(key, (B,), jnp.float32)
+  u_Bx1 = u_B[:, None] * cdf_BxV[:, -1:]
   index_B = jnp.sum(cdf_BxV <= u_Bx1, axis=-1, dtype=jnp.int32)
   iota = jax.lax.broadcasted_iota(jnp.int32, probs_BxV.shape, 1)
   last_B = jnp.max(jnp.where(probs_BxV > 0, iota, 0), axis=-1)
   return jnp.minimum(index_B, last_B)
 
 
-def choose_tokens(key, logits_BxV, temperature, top_k, top_p):
+def choose_tokens(key, logits_BxV, temperature, top_k, top_p, u_B=None):
   """int32 [B]: greedy argmax when temperature == 0, else a draw from the filtered softmax(logits / T).
+
+  u_B: float32 [B], each row's uniform for the draw (per-row keys); None: from `key`.
 
   Both choices are ``lax.cond`` branches on the traced controls: greedy decoding pays for no random
   numbers, and the top-k/top-p cut runs only when a filter is on.
@@ -121,7 +128,7 @@ def choose_tokens(key, logits_BxV, temperature, top_k, top_p):
     scaled = logits / effective_temperature(temperature)
     filtering = ((top_k > 0) & (top_k < logits.shape[-1])) | (top_p < 1.0)
     scaled = jax.lax.cond(filtering, lambda x: filter_top_k_top_p(x, top_k, top_p), lambda x: x, scaled)
-    return sample_categorical(key, scaled)
+    return sample_categorical(key, scaled, u_B)
 
   return jax.lax.cond(temperature > 0, sample, greedy, logits_BxV)
 

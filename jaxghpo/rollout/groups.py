@@ -48,6 +48,11 @@ class Groups:
   hint_text: np.ndarray     # object [B]: the hint as cut ("" for none)
   confidence: np.ndarray | None = None  # float32 [B, G, N]: DeepConf token confidence (evaluation)
   stopped: np.ndarray | None = None     # bool [B, G]: ended by DeepConf online stopping (with confidence)
+  # The Guide layout (rl.guide): the unhinted prompt followed by the hint as response tokens
+  # (templates' "response" rendering), left-padded in Lp columns; the hint's columns. None otherwise.
+  guide_prompt_ids: np.ndarray | None = None    # int32 [B, Lp]
+  guide_prompt_valid: np.ndarray | None = None  # bool [B, Lp]
+  guide_hint_mask: np.ndarray | None = None     # bool [B, Lp]
 
 
 def hint_texts(examples: Sequence[Example], ratios: np.ndarray, *, unit: str, corruption: str, tokenizer,
@@ -140,8 +145,9 @@ class GroupSampler:
 
   def __init__(self, model, mesh, tokenizer, score: Callable, config, *, P: int, max_prompt_len: int,
                max_new_tokens: int, divisors=(1, 2, 4), return_confidence: bool = False,
-               penalty: penalties.ThoughtSwitchPenalty | None = None):
+               penalty: penalties.ThoughtSwitchPenalty | None = None, guide: bool = False):
     self.config, self.tokenizer, self.score = config, tokenizer, score
+    self.guide = bool(guide)  # also lay out each group for the Guide loss (Groups.guide_*)
     self.G = int(config.rollout.group_size)
     self.eos_id = tokenizer.eos_token_id
     self.pad_id = tokenizer.pad_token_id or 0
@@ -160,10 +166,12 @@ class GroupSampler:
 
   def __call__(self, params, examples: Sequence[Example], ratios, rng, *, width: int | None = None,
                temperature: float | None = None, timer: dict | None = None, stop_threshold=None,
-               stop_window: int = 1) -> Groups:
+               stop_window: int = 1, keys=None) -> Groups:
     """Groups for `examples` (this host's) at hint `ratios` float32 [B]; width >= B (default B) problems
     per host are sampled, the rows past B inactive. timer["reward_s"] accumulates the scoring time.
-    stop_threshold float32 [B], stop_window: DeepConf online stopping (Sampler; needs return_confidence)."""
+    stop_threshold float32 [B], stop_window: DeepConf online stopping (Sampler; needs return_confidence).
+    keys: None, or raw key data [B, ...] of one key per problem (rollout/crn.py): each problem's samples
+    draw from its own key (common random numbers); `rng` then only seeds the hint corruption."""
     c = self.config
     G, n_proc = self.G, jax.process_count()
     width = len(examples) if width is None else int(width)
@@ -182,7 +190,8 @@ class GroupSampler:
       chunk = prompts[start:start + bucket // n_proc]
       rng, key = jax.random.split(rng)
       stops = None if stop_threshold is None else np.asarray(stop_threshold, np.float32)[start:start + len(chunk)]
-      out = self.samplers[bucket](params, chunk, rng=key,
+      chunk_keys = None if keys is None else np.asarray(keys)[start:start + len(chunk)]
+      out = self.samplers[bucket](params, chunk, rng=key, row_keys=chunk_keys,
                                   temperature=c.rollout.temperature if temperature is None else temperature,
                                   top_p=c.rollout.top_p, top_k=c.rollout.top_k, eos_id=self.eos_id,
                                   pad_id=self.pad_id, penalty=self.penalty, stop_threshold=stops,
@@ -211,6 +220,11 @@ class GroupSampler:
     if timer is not None:
       timer["reward_s"] = timer.get("reward_s", 0.0) + time.perf_counter() - t0
     confidence, stopped = arrays.get("confidence"), arrays.get("stopped")
+    guide = {}
+    if self.guide:
+      guide = guide_layout(examples, texts, style=c.data.style, tokenizer=self.tokenizer,
+                           max_prompt_len=self.max_prompt_len, Lp=arrays["prompt_ids"].shape[1],
+                           pad_id=self.pad_id)
     return Groups(
         prompt_ids=arrays["prompt_ids"], prompt_valid=arrays["prompt_valid"],
         hint_mask=hint_mask(arrays["prompt_valid"], hint_start, hint_tokens),
@@ -219,10 +233,32 @@ class GroupSampler:
         rewards=np.asarray(total, np.float32).reshape(B, G), accuracy=np.asarray(accuracy, np.float32).reshape(B, G),
         completions=np.asarray(completions, object).reshape(B, G), hint_text=np.asarray(texts, object).reshape(B),
         confidence=None if confidence is None else confidence.reshape(B, G, N),
-        stopped=None if stopped is None else stopped.reshape(B, G))
+        stopped=None if stopped is None else stopped.reshape(B, G), **guide)
 
 
-def to_batch(groups: Groups, adv_BxG: np.ndarray, keep_B: np.ndarray, *, train_hint: bool) -> rl.RLBatch:
+def guide_layout(examples: Sequence[Example], hint_text: Sequence[str], *, style: str, tokenizer,
+                 max_prompt_len: int, Lp: int, pad_id: int) -> dict[str, np.ndarray]:
+  """The Guide layout of B problems: {guide_prompt_ids int32 [B, Lp], guide_prompt_valid bool [B, Lp],
+  guide_hint_mask bool [B, Lp]}: the prompt WITHOUT the hint followed by the hint as the first response
+  tokens (templates' "response" rendering, whatever placement the samples were drawn with), left-padded.
+
+  A trace-prefix hint is the start of the unhinted context's own answer, so "the hinted sample trained for
+  the context without the hint" is the whole trace, hint + continuation, after the unhinted prompt
+  (docs/DESIGN.md, "The Guide loss")."""
+  prompts, hint_start, hint_tokens = render(examples, hint_text, placement="response", style=style,
+                                            tokenizer=tokenizer, max_prompt_len=max_prompt_len)
+  B = len(prompts)
+  ids = np.full((B, Lp), pad_id, np.int32)
+  valid = np.zeros((B, Lp), bool)
+  for i, p in enumerate(prompts):
+    ids[i, Lp - len(p):] = p
+    valid[i, Lp - len(p):] = True
+  return {"guide_prompt_ids": ids, "guide_prompt_valid": valid,
+          "guide_hint_mask": hint_mask(valid, hint_start, hint_tokens)}
+
+
+def to_batch(groups: Groups, adv_BxG: np.ndarray, keep_B: np.ndarray, *, train_hint: bool,
+             guide: bool = False) -> rl.RLBatch:
   """The train step's RLBatch (numpy, this host's R = B * G rows) from the final groups.
 
   adv_BxG: advantages; keep_B: groups to train on (the others keep their rows, without loss tokens).
@@ -230,7 +266,14 @@ def to_batch(groups: Groups, adv_BxG: np.ndarray, keep_B: np.ndarray, *, train_h
   prompt_len becomes 1, so that the step computes logprobs over the forced hint (the last tokens of the
   prompt columns) and its hint-NLL term sees them as response hint tokens; the policy-gradient loss
   tokens are unchanged. Otherwise the hint tokens are context (segment HINT, prompt columns).
+  guide: the Guide loss (rl.guide; docs/DESIGN.md): every row is [unhinted prompt | hint + sampled
+  response]: the hint tokens become policy-gradient tokens (segment RESPONSE) whose old logprob is 0 (the
+  hinted sampling distribution gave them probability 1: they were given, not drawn), the sampled tokens
+  keep the sampler's logprobs (drawn with the hint in context), and prompt_len is 1 so the step computes
+  logprobs over the hint columns. Rows without a hint are the plain layout.
   """
+  if guide:
+    return _guide_batch(groups, adv_BxG, keep_B)
   B, G, N = groups.tokens.shape
   R = B * G
   keep_R = np.repeat(np.asarray(keep_B, bool), G)
@@ -243,3 +286,19 @@ def to_batch(groups: Groups, adv_BxG: np.ndarray, keep_B: np.ndarray, *, train_h
                         response_valid, np.where(keep_R, np.asarray(adv_BxG).reshape(R), 0.0),
                         groups.logprobs.reshape(R, N), prompt_hint=prompt_hint)
   return batch.replace(prompt_len=1) if train_hint else batch
+
+
+def _guide_batch(groups: Groups, adv_BxG: np.ndarray, keep_B: np.ndarray) -> rl.RLBatch:
+  """to_batch's Guide layout (see there)."""
+  if groups.guide_prompt_ids is None:
+    raise ValueError("to_batch(guide=True) needs Groups sampled with GroupSampler(guide=True) (rl.guide)")
+  B, G, N = groups.tokens.shape
+  R = B * G
+  keep_R = np.repeat(np.asarray(keep_B, bool), G)
+  response_valid = (np.arange(N)[None, :] < groups.lengths.reshape(R, 1)) & keep_R[:, None]
+  prompt_valid = np.repeat(groups.guide_prompt_valid, G, axis=0)
+  hint_RxLp = np.repeat(groups.guide_hint_mask, G, axis=0) & prompt_valid & keep_R[:, None]
+  batch = rl.make_batch(np.repeat(groups.guide_prompt_ids, G, axis=0), prompt_valid, groups.tokens.reshape(R, N),
+                        response_valid, np.where(keep_R, np.asarray(adv_BxG).reshape(R), 0.0),
+                        groups.logprobs.reshape(R, N))
+  return rl.guide_batch(batch, hint_RxLp)

@@ -21,6 +21,13 @@ Outputs (:class:`SampleOutput`):
   stopped bool [R] or None: rows ended by DeepConf online stopping (with confidence and a stop threshold:
     a row ends, without EOS, once the mean confidence of its last ``stop_window`` tokens falls below its
     prompt's threshold; see jaxghpo/deepconf.py).
+
+Random numbers. With one ``rng`` per call, token t of every row is drawn from ``fold_in(rng, t)``, so a
+row's draws depend on where it sits in the call. With ``row_keys`` (one key per prompt, as raw key data)
+sample g of prompt b draws token t from ``fold_in(fold_in(row_keys[b], g), t)``: its draws depend on its
+own key only, whatever the call's size, the row's position or the process it came from (common random
+numbers, jaxghpo/rollout/crn.py). The mode is static (each Sampler compiles the one its caller uses);
+the keys themselves are data, so new keys never compile again.
 """
 from __future__ import annotations
 
@@ -213,6 +220,12 @@ class Sampler:
     prompt_len_R = rows(jnp.sum(prompt_valid_BxLp, axis=1, dtype=jnp.int32))
     prompt_valid_RxLp = rows(prompt_valid_BxLp)
     row_controls = dict(controls, stop_threshold_B=rows(controls["stop_threshold_B"]))
+    row_key_data = row_controls.pop("row_key_data_B", None)
+    if row_key_data is not None:  # per-row keys (common random numbers): sample g of prompt b: fold_in(key_b, g)
+      prompt_keys_B = jax.random.wrap_key_data(row_key_data, impl=key_impl) if key_impl else row_key_data
+      B = prompt_ids_BxLp.shape[0]
+      row_controls["row_keys_R"] = jax.vmap(jax.random.fold_in)(rows(prompt_keys_B),
+                                                                jnp.tile(jnp.arange(G, dtype=jnp.uint32), B))
     init = self._initial_rows(~rows(active_B), controls["pad_id"])
 
     def cond(carry):
@@ -251,7 +264,9 @@ class Sampler:
   def _decode_step(self, model, rng, controls, prompt_len_R, prompt_valid_RxLp, carry):
     """One turn of the decode loop: choose token t of every row, then feed it (the loop's body).
 
-    controls: the call's controls with stop_threshold_B already repeated to rows [R]."""
+    controls: the call's controls with stop_threshold_B already repeated to rows [R], and row_keys_R (each row's
+    own key, common random numbers) when the call brought row_keys: token t of a row is then drawn from
+    fold_in(its key, t), else from fold_in(rng, t)."""
     N, Lp = self.max_new_tokens, prompt_valid_RxLp.shape[1]
     t, logits_RxV, cache, st = carry
     temperature, top_k, top_p = controls["temperature"], controls["top_k"], controls["top_p"]
@@ -261,7 +276,10 @@ class Sampler:
 
     # Choose token t of every row and record it; rows that have ended write pad.
     penalised = penalties.apply_thought_switch_penalty(logits_RxV, st.since_switch, switch_V, alpha, beta)
-    token_R = filters.choose_tokens(jax.random.fold_in(rng, t), penalised, temperature, top_k, top_p)
+    u_R = None
+    if "row_keys_R" in controls:
+      u_R = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t), (), jnp.float32))(controls["row_keys_R"])
+    token_R = filters.choose_tokens(jax.random.fold_in(rng, t), penalised, temperature, top_k, top_p, u_R)
     logp_RxV = filters.log_probs(logits_RxV, temperature)
     logp_R = jnp.take_along_axis(logp_RxV, token_R[:, None], axis=1)[:, 0]
     live = ~st.done
@@ -293,7 +311,7 @@ class Sampler:
   def __call__(self, params, prompts: Sequence[Sequence[int]], *, rng, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, eos_id=None, pad_id: int = 0,
                penalty: penalties.ThoughtSwitchPenalty | None = None, stop_threshold=None,
-               stop_window: int = 1) -> SampleOutput:
+               stop_window: int = 1, row_keys=None) -> SampleOutput:
     """Samples ``num_samples`` continuations of each prompt.
 
     params: the model (nnx.Module) or its state from ``nnx.split(model)`` (same structure as at build).
@@ -305,11 +323,15 @@ class Sampler:
       threshold per prompt (or a float for all); a row ends once the mean confidence of its last
       ``stop_window`` tokens is below its prompt's threshold (SampleOutput.stopped). None: off. Both are
       traced inputs: turning stopping on or off, or changing them, compiles nothing.
+    row_keys: None, or raw key data [len(prompts), ...] (jax.random.key_data of one key per prompt, of
+      `rng`'s implementation): every row draws from its own key (module docstring); `rng` is then unused
+      for tokens. A Sampler is called either always with row_keys or always without (one compile each).
     Rows beyond ``len(prompts) * num_samples`` are inactive: length 0, all pad.
     """
     (args, kwargs), local = self._arguments(params, prompts, rng=rng, temperature=temperature, top_p=top_p,
                                             top_k=top_k, eos_id=eos_id, pad_id=pad_id, penalty=penalty,
-                                            stop_threshold=stop_threshold, stop_window=stop_window)
+                                            stop_threshold=stop_threshold, stop_window=stop_window,
+                                            row_keys=row_keys)
     with platform.targeting(self.mesh):
       out, cache = self._fn(*args, **kwargs)
     if self.donate_cache:
@@ -324,7 +346,7 @@ class Sampler:
       return self._fn.lower(*args, **kwargs)
 
   # ---- ahead of time: lowering from shapes alone -------------------------------------------------------
-  def abstract_arguments(self, params, key_impl: str = "threefry2x32"):
+  def abstract_arguments(self, params, key_impl: str = "threefry2x32", row_keys: bool = False):
     """(args, kwargs) of a call as ShapeDtypeStructs with their shardings (params: abstract or real).
 
     Nothing is placed on a device, so a program for another machine's devices (a TPU slice compiled on a
@@ -337,18 +359,20 @@ class Sampler:
             self._abstract((B,), bool, ("batch",)), self._abstract(key_data.shape, key_data.dtype, None), key_impl,
             {k: self._abstract(np.shape(v), np.asarray(v).dtype, None)
              for k, v in self._controls(V, B, np.float32(1.0), 1.0, 0, None, 0, None, None, 1).items()})
+    if row_keys:  # the training sampler's calls bring one key per prompt (common random numbers)
+      args[-1]["row_key_data_B"] = self._abstract((B,) + key_data.shape, key_data.dtype, None)
     kwargs = {}
     if self.donate_cache:
       kwargs["cache"] = jax.eval_shape(self._empty_cache)
     return args, kwargs
 
-  def lower_abstract(self, params, key_impl: str = "threefry2x32") -> jax.stages.Lowered:
+  def lower_abstract(self, params, key_impl: str = "threefry2x32", row_keys: bool = False) -> jax.stages.Lowered:
     """The whole sampling program (prefill and the decode loop) lowered from shapes (see abstract_arguments)."""
-    args, kwargs = self.abstract_arguments(params, key_impl)
+    args, kwargs = self.abstract_arguments(params, key_impl, row_keys)
     with platform.targeting(self.mesh):
       return self._fn.lower(*args, **kwargs)
 
-  def lower_parts(self, params, key_impl: str = "threefry2x32") -> dict[str, jax.stages.Lowered]:
+  def lower_parts(self, params, key_impl: str = "threefry2x32", row_keys: bool = False) -> dict[str, jax.stages.Lowered]:
     """{"prefill", "decode_step"}: the two parts of the program, each lowered alone from shapes.
 
     The decode loop's trip count is data (it ends when every row has), so a cost analysis of the whole
@@ -371,6 +395,8 @@ class Sampler:
     carry = (self._abstract((), np.int32, None), self._abstract((R, self.cfg.vocab_size), np.float32,
                                                                 ("batch", "vocab")), cache, rows)
     row_controls = dict(controls, stop_threshold_B=self._abstract((R,), np.float32, ("batch",)))
+    if row_keys:
+      row_controls["row_keys_R"] = self._abstract((R,), jax.random.key(0, impl=key_impl).dtype, ("batch",))
     with platform.targeting(self.mesh):
       return {"prefill": jax.jit(prefill).lower(params, ids, valid),
               "decode_step": jax.jit(decode_step, donate_argnums=(5,)).lower(
@@ -411,8 +437,20 @@ class Sampler:
       local[:num_prompts] = values
     return local if n == 1 else hosts.allgather(local)
 
+  def _row_keys(self, row_keys, num_prompts: int, key_data: np.ndarray) -> np.ndarray:
+    """uint32 [B, ...] (global): each prompt's raw key data; zeros for inactive rows."""
+    n = jax.process_count()
+    row_keys = np.asarray(row_keys)
+    if row_keys.shape != (num_prompts,) + key_data.shape or row_keys.dtype != key_data.dtype:
+      raise ValueError(f"row_keys has shape {row_keys.shape} and dtype {row_keys.dtype}; expected one raw key "
+                       f"per prompt, {(num_prompts,) + key_data.shape} {key_data.dtype} (jax.random.key_data of "
+                       "keys of rng's implementation)")
+    local = np.zeros((self.batch_size // n,) + key_data.shape, key_data.dtype)
+    local[:num_prompts] = row_keys
+    return local if n == 1 else hosts.allgather(local)
+
   def _arguments(self, params, prompts, *, rng, temperature=0.0, top_p=1.0, top_k=0, eos_id=None, pad_id=0,
-                 penalty=None, stop_threshold=None, stop_window=1):
+                 penalty=None, stop_threshold=None, stop_window=1, row_keys=None):
     """Checks the inputs and turns them into the jitted function's fixed-shape (sharded) arguments."""
     if isinstance(params, nnx.Module):
       params = nnx.split(params)[1]
@@ -432,6 +470,8 @@ class Sampler:
     # numpy values, so that neither is tied to one device (several processes share one mesh).
     key_impl = str(jax.random.key_impl(rng)) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else None
     key_data = np.asarray(jax.random.key_data(rng) if key_impl else rng)
+    if row_keys is not None:
+      controls["row_key_data_B"] = self._row_keys(row_keys, len(prompts), key_data)
     args = (params, self._put(ids, ("batch", None)), self._put(valid, ("batch", None)),
             self._put(active, ("batch",)), key_data, key_impl, controls)
     if not self.donate_cache:
