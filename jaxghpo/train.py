@@ -69,6 +69,7 @@ class Trainer:
     self.skip_guard = faults.SkipGuard(config, before_stop=self.checkpointer.wait, on_limit=self._roll_back)
     self.health = None  # health.HealthTracker, made in restore(): each checkpoint's health record
     self._rolled_back_to: set[int] = set()
+    self._last_rollback_step: int | None = None  # the step of the last roll-back (a streak right after it stops)
     self.deferred = DeferredMetrics()
     self.writer = None  # opened in restore(), once the resume step is known
     self.start_step = 0
@@ -111,7 +112,13 @@ class Trainer:
 
   def _roll_back(self, step: int) -> bool:
     """At a skip streak: the params and optimizer state of the newest checkpoint recorded healthy (not used
-    before) replace the wrecked ones; data, curriculum and step count go on (jaxghpo/health.py)."""
+    before) replace the wrecked ones; data, curriculum and step count go on (jaxghpo/health.py). A streak that
+    began right after the previous roll-back (no update took since) stops the run instead: rolling back again
+    would only reload the same params, a checkpoint saved after that roll-back included, and learn nothing."""
+    # The step after a roll-back is not observed (its update ran before the restore: SkipGuard ignores it), so a
+    # streak that starts on the step after that one followed the roll-back directly.
+    if self._last_rollback_step is not None and self.skip_guard.first_skipped_step <= self._last_rollback_step + 2:
+      return False
     self.checkpointer.wait()
     target = health.rollback_target(self.checkpointer, self._rolled_back_to)
     if target is None:
@@ -121,6 +128,7 @@ class Trainer:
     self.params, self.opt_state, _ = self.checkpointer.restore(
         target, abstract_target(self.params, s.param_shardings), abstract_target(self.opt_state, opt_shardings))
     self._rolled_back_to.add(target)
+    self._last_rollback_step = int(step)
     self.health.reset()
     print(f"step {step}: {self.skip_guard.in_a_row} updates in a row were skipped as non-finite: rolled back to "
           f"the params and optimizer state of checkpoint {target}, the newest recorded healthy; data, curriculum "

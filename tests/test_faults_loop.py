@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from jaxghpo import checkpoint, rl, train
+from jaxghpo import rl, train
 from tests.train_fixtures import make_tiny_policy, tiny_config
 
 
@@ -61,7 +61,7 @@ def test_a_resume_refused_for_changed_data_keeps_the_runs_data_report(policy, tm
 
 
 @pytest.mark.slow  # the guard itself is tested in test_faults_checkpoint.py; this runs it in the loop
-def test_skipped_updates_in_a_row_stop_the_run_and_keep_the_good_checkpoints(policy, tmp_path, monkeypatch):
+def test_skipped_updates_in_a_row_stop_the_run_and_keep_the_good_checkpoints(policy, tmp_path, monkeypatch, capsys):
   workdir = str(tmp_path / "run")
   train.run(config(policy, num_steps=2), workdir)
   assert steps_on_disk(workdir) == [1, 2]
@@ -76,7 +76,13 @@ def test_skipped_updates_in_a_row_stop_the_run_and_keep_the_good_checkpoints(pol
     return skipping
 
   monkeypatch.setattr(rl, "make_train_step", make_skipping_step)
-  with pytest.raises(RuntimeError, match=r"step 5: the last 3 updates \(since step 3\) were all skipped"):
-    train.run(config(policy, num_steps=8), workdir)
-  assert steps_on_disk(workdir) == [1, 2]
-  assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 2
+  # Every update skipped: the first streak of 3 (steps 3-5) rolls back to checkpoint 2, the newest healthy one;
+  # the next streak (steps 7-9; step 6's update ran before the restore and is not counted) begins right after
+  # that roll-back, nothing took since, so the run stops instead of reloading the same params forever.
+  with pytest.raises(RuntimeError, match=r"step 9: the last 3 updates \(since step 7\) were all skipped"):
+    train.run(config(policy, num_steps=14), workdir)
+  out = capsys.readouterr().out
+  assert "step 5: 3 updates in a row were skipped as non-finite: rolled back to the params and optimizer state " \
+         "of checkpoint 2" in out
+  assert out.count("rolled back") == 1
+  assert not set(steps_on_disk(workdir)) & {3, 4, 7, 8, 9}, "a checkpoint was saved inside a skip streak"
