@@ -378,7 +378,7 @@ class Sampler:
     The decode loop's trip count is data (it ends when every row has), so a cost analysis of the whole
     program counts its body once; one decode step lowered alone is what N steps repeat."""
     (params, ids, valid, active, key_data, key_impl, controls), _ = self.abstract_arguments(params, key_impl)
-    R, N, Lp = self.num_rows, self.max_new_tokens, self.max_prompt_len
+    R, Lp = self.num_rows, self.max_prompt_len
 
     def prefill(params, ids, valid):
       return self._prefill(nnx.merge(self.graphdef, params), ids, valid)
