@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import portpicker
+
+from tests.hosts_harness import wait  # one deadline-and-kill wait for every multi-process test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,22 +28,6 @@ def launch(config: str, workdir: str, num_processes: int, overrides: dict, devic
          f"--num_cpu_devices={devices}", *flags], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
     log.close()
   return procs
-
-
-def wait(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
-  """Exit codes (None: still running at the deadline, then killed)."""
-  deadline = time.monotonic() + timeout
-  for p in procs:
-    try:
-      p.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-      pass
-  codes = [p.poll() for p in procs]
-  for p in procs:
-    if p.poll() is None:
-      p.kill()
-      p.wait()
-  return codes
 
 
 def log(workdir: str, process: int, log_tag: str = "") -> str:
