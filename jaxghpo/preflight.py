@@ -13,10 +13,9 @@ import os
 
 def run(config, config_path: str, slice_name: str) -> int:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; the slice's devices come from libtpu
-  from jaxghpo import aot, derived, experiment
+  from jaxghpo import aot, experiment
   slice_ = aot.slices.parse(slice_name)
-  experiment.validate(config, slice_.num_chips, slice_.num_hosts)
-  derived.derive(config)  # fails on a derived key set by hand, as a run would
+  experiment.validate(config, slice_.num_chips, slice_.num_hosts)  # derived keys included, as a run checks them
   model_cfg = aot.shapes.resolve_model_config(config, None, aot.shapes.load_config_module(config_path))
   reports, summary, slice_ = aot.compile_for_slice(config, slice_name, model_cfg)
   print(aot.report.format_text(reports, summary, slice_), flush=True)
