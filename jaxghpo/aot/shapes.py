@@ -24,9 +24,8 @@ def load_config_module(path: str):
 
 def resolve_model_config(config, model_config: str | None = None, module=None) -> models.ModelConfig:
   """--model_config (config.json, HF dir or builtin:NAME), else module.MODEL_SHAPE, else config.model.path."""
-  from jaxghpo import experiment
   if model_config:
-    path = experiment.resolve_model_path(model_config)
+    path = models.hf.resolve_model_path(model_config)
     if os.path.isfile(path):
       with open(path) as f:
         return models.ModelConfig.from_hf_dict(json.load(f), source=path)
@@ -34,7 +33,7 @@ def resolve_model_config(config, model_config: str | None = None, module=None) -
   shape = getattr(module, "MODEL_SHAPE", None) if module is not None else None
   if shape:
     return models.ModelConfig(**shape)
-  path = experiment.resolve_model_path(str(config.model.path))
+  path = models.hf.resolve_model_path(str(config.model.path))
   if not path or not os.path.isfile(os.path.join(path, "config.json")):
     raise ValueError(f"no model shape: config.model.path={config.model.path!r} has no config.json and the config "
                      "file defines no MODEL_SHAPE; pass --model_config=PATH/config.json (or an HF dir)")
