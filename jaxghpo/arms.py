@@ -23,6 +23,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "ghpo_steps": {**GHPO, "curriculum.ladder_kind": "steps"},
     "ghpo_response": {**GHPO, **RESPONSE},
     "adaptive": {"curriculum.mode": "adaptive", "hints.corruption": "none"},
+    # The mechanism test (E2): adaptive plus GHPO's in-step ladder; adaptive whose hints grow only after a
+    # group with 0 of G successes (GHPO's trigger on the adaptive schedule).
+    "adaptive_retry": {"curriculum.mode": "adaptive", "curriculum.adaptive_retry": True, "hints.corruption": "none"},
+    "adaptive_fail": {"curriculum.mode": "adaptive", "curriculum.adaptive_raise": "all_fail", "hints.corruption": "none"},
     "anneal": {"curriculum.mode": "anneal", "hints.corruption": "none"},
     # UFT: hint length ~ Binomial(n, p(t)) annealed to 0, response placement, a likelihood term on the hint.
     "uft": {"curriculum.mode": "anneal", "curriculum.anneal_random": True, "hints.corruption": "none",
@@ -44,7 +48,8 @@ ARMS: dict[str, dict[str, Any]] = {
 ARM_LABELS = {"grpo": "GRPO (no hints)", "grpo_valid": "GRPO, valid-trace reward", "filter": "DAPO filter",
               "ghpo": "GHPO 0.25/0.5/0.75",
               "ghpo_steps": "GHPO step ladder", "ghpo_response": "GHPO, hint as response prefix",
-              "adaptive": "adaptive", "anneal": "anneal", "uft": "UFT (anneal + hint NLL)",
+              "adaptive": "adaptive", "adaptive_retry": "adaptive + GHPO ladder",
+              "adaptive_fail": "adaptive, raised only after 0 of G", "anneal": "anneal", "uft": "UFT (anneal + hint NLL)",
               "ghpo_other": "GHPO, other problem's trace", "ghpo_shuffle": "GHPO, shuffled steps",
               "ghpo_garble": "GHPO, earlier hint lines garbled", "ghpo_nll": "GHPO, response hint + NLL",
               "backfade": "backward fade (adaptive, response)", "guide": "Guide (hinted samples, unhinted context)"}

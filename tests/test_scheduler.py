@@ -345,3 +345,22 @@ def test_load_rejects_incompatible_config():
     _sched(ratio_grid=0.25).load_state_dict(sched.state_dict())
   with pytest.raises(ValueError, match="max_levels"):
     _sched(max_levels=8).load_state_dict(sched.state_dict())
+
+
+def test_adaptive_raise_all_fail_grows_the_hint_only_after_zero_successes():
+  # The pass-rate estimate is per ratio bucket with a Jeffreys prior: at ratio 0.25 problem 1 has 1 of 8,
+  # (0.5 + 1) / (1 + 8) = 0.167 < target_low 0.25, below the band like problem 2's 0 of 8 (0.056).
+  def run(raise_on):
+    sched = _sched(mode="adaptive", adaptive_raise=raise_on)
+    ids = np.array([1, 2])
+    sched.update(ids, np.zeros(2), _rewards([0, 0], g=4))  # both fail: both move 0 -> 0.25
+    assert sched.plan(ids).tolist() == [0.25, 0.25]
+    sched.update(ids, np.full(2, 0.25), _rewards([1, 0], g=8))  # at 0.25: problem 1 has 1 of 8, 2 has 0 of 8
+    return sched.plan(ids).tolist()
+  assert run("below_band") == [0.5, 0.5]  # both below the band: both grow
+  assert run("all_fail") == [0.25, 0.5]  # problem 1 had a success: its hint stays
+
+
+def test_adaptive_raise_rejects_an_unknown_rule():
+  with pytest.raises(ValueError, match="adaptive_raise='sometimes' is not one of"):
+    _sched(mode="adaptive", adaptive_raise="sometimes")

@@ -173,7 +173,8 @@ def plan(args) -> tuple[list[tuple[str, int, Any]], dict]:
   settings = {"config": args.config, "preset": "quick" if args.quick else "full", "steps": steps,
               "budget_tokens": budget, "max_steps": max_steps, "eval_every_steps": eval_every,
               "overrides": {k: v for k, v in overrides.items()}, "seeds": parse_ints(args.seeds),
-              "arms": parse_arms(args.arms or base.get("arms", "") or ",".join(ARMS))}
+              "arms": parse_arms(args.arms or base.get("arms", "") or ",".join(ARMS)),
+              "baseline": BASELINE, "primary_arm": PRIMARY_ARM}
   runs = []
   for arm in settings["arms"]:
     for seed in settings["seeds"]:
@@ -192,6 +193,15 @@ def plan(args) -> tuple[list[tuple[str, int, Any]], dict]:
       c.curriculum.anneal_steps = steps  # the anneal arm decays over the nominal length, not the cap
       runs.append((arm, int(seed), c))
   return runs, settings
+
+
+def set_comparison(baseline: str, primary: str) -> None:
+  """Sets the baseline arm and the primary arm of every table and test (--baseline, --primary)."""
+  global BASELINE, PRIMARY_ARM
+  parse_arms(f"{baseline},{primary}")
+  if baseline == primary:
+    raise ValueError(f"--primary {primary!r} is the baseline: compare it with another arm")
+  BASELINE, PRIMARY_ARM = baseline, primary
 
 
 def parse_ints(text: str) -> list[int]:
@@ -397,7 +407,7 @@ def markdown(summaries: Sequence[Mapping], settings: Mapping, elapsed_s: float |
       if arm != BASELINE and arm_yield is not None and base_yield is not None:
         factor = (f"{arm_yield / base_yield:.1f}x" if base_yield > 0 else
                   "undefined (both 0)" if arm_yield == 0 else "unbounded (GRPO's is 0)")
-        lines.append(f"- signal yield on hard groups, {ARM_LABELS[arm]} / GRPO: {arm_yield:.3f} / {base_yield:.3f} "
+        lines.append(f"- signal yield on hard groups, {ARM_LABELS[arm]} / {ARM_LABELS[BASELINE]}: {arm_yield:.3f} / {base_yield:.3f} "
                      f"= {factor}")
     lines.append("")
   lines += seed_tests_markdown(summaries, arms)
@@ -836,6 +846,8 @@ def write_from_json(path: str, out: str) -> str:
   for field in ("settings", "runs", "comparisons"):
     if field not in study:
       raise KeyError(f"{path}: no {field!r}; --from_json needs a study.json written by tools/study.py")
+  settings = study["settings"]
+  set_comparison(settings.get("baseline", "grpo"), settings.get("primary_arm", "ghpo"))
   md_path = os.path.join(out, "study.md")
   provenance = ""
   if os.path.exists(md_path):
@@ -868,7 +880,10 @@ def main(argv: Sequence[str] | None = None) -> str:
                  help="persistent JAX compilation cache directory ('' to disable)")
   p.add_argument("--report_only", action="store_true", help="write the tables and plots from finished runs")
   p.add_argument("--from_json", default="", help="rewrite OUT/study.md from this study.json (nothing runs)")
+  p.add_argument("--baseline", default=BASELINE, help="the arm every other arm is compared with")
+  p.add_argument("--primary", default=PRIMARY_ARM, help="the arm of the one pre-declared primary comparison")
   args = p.parse_args(argv)
+  set_comparison(args.baseline, args.primary)
   if args.from_json:
     path = write_from_json(args.from_json, args.out)
     print(f"[study] {path} written from {args.from_json}", flush=True)

@@ -50,9 +50,14 @@ def first_error(problem: str, completion: str) -> tuple[str, int]:
   return ("short", len(lines)) if len(lines) < len(want) else ("valid", -1)
 
 
+def eval_step(path: str) -> int:
+  return int(os.path.basename(path).split("_step")[1].split("_")[0])
+
+
 def after_training_files(run_dir: str, split: str) -> list[str]:
-  files = sorted(glob.glob(os.path.join(run_dir, "eval", f"{split}_step*_hint0.00_sampled.jsonl")))
-  return files[-1:] if len(files) > 1 else []  # the last evaluation, if there was one after step 0
+  """The run's last sampled evaluation of `split`, if there was one after step 0 (none: [])."""
+  files = sorted(glob.glob(os.path.join(run_dir, "eval", f"{split}_step*_hint0.00_sampled.jsonl")), key=eval_step)
+  return files[-1:] if files and eval_step(files[-1]) > 0 else []
 
 
 def _classify(path: str, kinds: collections.Counter) -> tuple[int, int]:
@@ -76,7 +81,7 @@ def by_step(out: str, arm: str, split: str) -> list[dict]:
     for path in sorted(glob.glob(os.path.join(run_dir, "eval", f"{split}_step*_hint0.00_sampled.jsonl"))):
       kinds = collections.Counter()
       completions, valid_count = _classify(path, kinds)
-      step = int(os.path.basename(path).split("_step")[1].split("_")[0])
+      step = eval_step(path)
       rows.append({"arm": arm, "run": os.path.basename(run_dir), "step": step,
                    "valid_pass@1": valid_count / max(completions, 1),
                    **{k: kinds.get(k, 0) / max(completions, 1) for k in KINDS}})

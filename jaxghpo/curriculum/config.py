@@ -14,6 +14,7 @@ MODES = ("none", "filter", "ghpo", "adaptive", "anneal")
 HINTLESS_MODES = ("none", "filter")  # modes whose scheduler never puts a hint in a prompt
 ANNEAL_SCHEDULES = ("linear", "cosine")
 LADDER_KINDS = ("ratios", "steps")
+ADAPTIVE_RAISES = ("below_band", "all_fail")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -59,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.ratio_grid = 0.125  # also the width of the statistics' ratio buckets; 1 / ratio_grid must be an integer
   c.max_ratio = 0.75  # never plan more than this (a hint of 1.0 is the whole solution, answer included)
   c.adaptive_retry = False  # also climb the ghpo ladder within the step for difficult groups
+  # When the hint may grow: "below_band" (the pass-rate estimate is below target_low) or "all_fail"
+  # (below the band AND the problem's last group had no success: GHPO's trigger on the adaptive schedule).
+  c.adaptive_raise = "below_band"
 
   # anneal: ratio(step) decays from anneal_start_ratio to 0 over anneal_steps (0: use total_steps).
   c.anneal_start_ratio = 0.5
@@ -116,6 +120,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     fail(f"initial_ratio={c.initial_ratio} exceeds max_ratio={c.max_ratio}")
   if c.ladder_kind not in LADDER_KINDS:
     fail(f"ladder_kind={c.ladder_kind!r} is not one of {LADDER_KINDS}")
+  if c.adaptive_raise not in ADAPTIVE_RAISES:
+    fail(f"adaptive_raise={c.adaptive_raise!r} is not one of {ADAPTIVE_RAISES}")
   if c.anneal_schedule not in ANNEAL_SCHEDULES:
     fail(f"anneal_schedule={c.anneal_schedule!r} is not one of {ANNEAL_SCHEDULES}")
   if c.mode == "anneal" and c.anneal_steps <= 0 and c.total_steps <= 0:

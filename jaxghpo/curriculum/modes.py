@@ -65,15 +65,20 @@ def step_ladder_next(ratio_B: np.ndarray, steps_B: np.ndarray) -> np.ndarray:
 
 
 def adaptive_next_ratio(ratio_B, pass_mean_B, *, target_low, target_high, step_up, step_down, grid,
-                        max_ratio) -> np.ndarray:
+                        max_ratio, may_raise_B=None) -> np.ndarray:
   """float32 [B]: the next first-attempt ratio after a group sampled at ratio_B.
 
   pass_mean_B is the pass-rate estimate at ratio_B (the Beta posterior mean). Above the band the
   hint shrinks (the model no longer needs it), below the band it grows, inside it stays.
+  may_raise_B (bool [B], default all True): where False the hint does not grow even below the band
+  (curriculum.adaptive_raise = "all_fail" passes "the last group had no success", GHPO's trigger).
   """
   ratio = np.asarray(ratio_B, np.float64)
   p = np.asarray(pass_mean_B, np.float64)
-  moved = np.where(p > target_high, ratio - step_down, np.where(p < target_low, ratio + step_up, ratio))
+  up = p < target_low
+  if may_raise_B is not None:
+    up &= np.asarray(may_raise_B, bool)
+  moved = np.where(p > target_high, ratio - step_down, np.where(up, ratio + step_up, ratio))
   return snap_to_grid(moved, grid, max_ratio)
 
 

@@ -209,7 +209,8 @@ class HintScheduler:
     next_ratios = modes.adaptive_next_ratio(ratios[last], self.problems.posterior_mean(slots_u),
                                     target_low=c.target_low, target_high=c.target_high,
                                     step_up=c.ratio_step_up, step_down=c.ratio_step_down,
-                                    grid=c.ratio_grid, max_ratio=c.max_ratio)
+                                    grid=c.ratio_grid, max_ratio=c.max_ratio,
+                                    may_raise_B=None if c.adaptive_raise == "below_band" else successes[last] == 0)
     self.problems.ratio[slots_u] = next_ratios
     level_idx = self.problems.level[slots] + 1
     self.levels.record(level_idx, buckets, successes, samples, next_ratios, level_idx[last], ema_decay=c.ema_decay)
