@@ -38,6 +38,12 @@ class Problems:
   load_report: object = None  # list[files.LoadReport] of `train`, one per source (file or task), in order
   eval_reports: dict = dataclasses.field(default_factory=dict)  # eval set name -> files.LoadReport
   check_trace: object = None  # (problem, written trace) -> bool: every step valid (a task's checker), or None
+  # (problem text, written text: hint + completion) -> (valid trace, right answer): the task's checker, or None
+  # (a task without a trace check: evaluation reports answer pass@k only).
+  check_completion: object = None
+  # {name: problems} scored by exact teacher-forced measures (a task whose valid trace is unique), e.g.
+  # {"level_7": [...]}: evaluation logs eval/exact/<name>/<metric>. Empty for other tasks.
+  exact_sets: dict = dataclasses.field(default_factory=dict)
 
 
 def _task_report(name: str, examples) -> files_lib.LoadReport:
@@ -86,8 +92,12 @@ def load_problems(config: ml_collections.ConfigDict) -> Problems:
                            for ex in evaluation.fixed_level_set(task, split, level, int(e.num_problems))]
         eval_reports[name] = _task_report(f"task:{d.task}/{name}", eval_sets[name])
     check = getattr(task, "check_completion", None)
+    exact_sets = {f"level_{level}": evaluation.fixed_level_set(task, "test", int(level), int(e.num_problems))
+                  for level in parse_levels(e.get("exact_levels", ""))}
     return Problems(train, eval_sets, task.extract_answer, [_task_report(f"task:{d.task}/train", train)],
-                    eval_reports, check_trace=None if check is None else (lambda p, text: check(p, text)[0]))
+                    eval_reports, check_trace=None if check is None else (lambda p, text: check(p, text)[0]),
+                    check_completion=None if check is None else (lambda p, text: tuple(check(p, text)[:2])),
+                    exact_sets=exact_sets)
   if d.source == "files":
     paths = [p for p in str(d.files).split(",") if p.strip()]
     if not paths:

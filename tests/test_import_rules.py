@@ -21,7 +21,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 FLOORS = {
     # 0: imports nothing of jaxghpo
     "sections": 0, "faults": 0, "parallel": 0, "rewards": 0, "voting": 0, "disk_full": 0, "stopping": 0,
-    "seed_stats": 0, "health": 0, "budget": 0,
+    "seed_stats": 0, "health": 0, "budget": 0, "registry": 0,
     "paths": 1, "deepconf": 1,
     "logging_utils": 2, "checkpoint": 2, "validation": 2, "workdir_lock": 2, "models": 2,
     "curriculum": 3, "rl": 3, "resume_check": 3,
