@@ -6,6 +6,7 @@ Every key can be overridden on the command line: --config.rollout.group_size=16.
 import ml_collections
 
 from jaxghpo import curriculum, derived, rewards, rl
+from jaxghpo.data import tasks
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -25,7 +26,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.max_skipped_updates_in_a_row = 3
   c.log_every_steps = 10  # console lines when not on a terminal
   c.eval_every_steps = 0  # 0: evaluate at the start and the end only
-  c.arms = ""  # e.g. "ghpo,grpo": run these arms (jaxghpo/arms.py) side by side in DIR/ARM, then compare
+  # e.g. ("ghpo", "grpo"): python -m jaxghpo.main runs these arms of the embedded experiment
+  # (jaxghpo/experiments/chains/arms.py) side by side in DIR/ARM, then compares them.
+  c.arms = ()
   c.export_at_end = True  # models.save_pretrained(workdir/export) after the last step
 
   # The policy: a Hugging Face directory (safetensors + config.json + tokenizer), or "builtin:NAME"
@@ -51,9 +54,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Problems: a procedural task that ships with the package, or files (JSONL / Parquet).
   c.data = ml_collections.ConfigDict()
   c.data.source = "task"  # "task" | "files"
-  c.data.task = "chains"
-  c.data.train_levels = ml_collections.ConfigDict({str(l): 1.0 for l in range(1, 7)})  # level -> weight
-  c.data.num_train = 20000
+  c.data.task = "chains"  # a registered task (jaxghpo.data.tasks.TASKS) for source="task"
+  # Each registered task's own keys (its default_config), under its name; a run reads its task's section only.
+  # The shipped task's: the training levels and pool size, the named evaluation sets of the fixed evaluation
+  # set, the levels of exact measures; the files task's: the levels its training metrics call hard.
+  c.data.task_configs = ml_collections.ConfigDict({name: tasks.TASKS.get(name).default_config()
+                                                   for name in tasks.TASKS.names()})
   c.data.files = ""  # comma-separated paths for source="files"
   c.data.fields = ml_collections.ConfigDict({"problem": "problem", "solution": "solution", "answer": "answer",
                                              "solution_hint": "solution_hint", "level": "level"})
@@ -97,8 +103,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.sft = ml_collections.ConfigDict()
   c.sft.batch_size = 128
-  c.sft.levels = "1,2,3"
-  c.sft.hinted_levels = "4,5,6"  # seen only with a hint leaving at most sft.max_remaining steps to write
+  c.sft.levels = (1, 2, 3)
+  c.sft.hinted_levels = (4, 5, 6)  # seen only with a hint leaving at most sft.max_remaining steps to write
   c.sft.max_remaining = 3
   c.sft.hint_prob = 0.5
   c.sft.max_len = 48
@@ -113,18 +119,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.files = ""  # data.source="files": comma-separated eval JSONL/Parquet paths, one split each (file name)
   c.eval.num_problems = 64  # per level of each eval split (data.source="files": per file)
   c.eval.num_samples = 8  # k of pass@k / avg@k
-  # The fixed evaluation set (evaluation.fixed_level_set): the same problems for every arm and seed.
-  c.eval.easy_levels = "1,2,3"   # the harm measure: valid pass@1 here must not fall
-  c.eval.mid_levels = ""         # e.g. "4" (configs/default.py)
-  c.eval.hard_levels = "5,6"     # the primary comparison: unhinted valid pass@1 on these
-  c.eval.ood_levels = "7,8"      # length OOD: chains longer than any trained
-  c.eval.ood_ops_levels = ""     # operator OOD, e.g. "3,4": offsets trained only in 1-2 step chains
   c.eval.hint_ratios = "0.0,0.5"
   c.eval.hint_splits = "hard"  # splits also evaluated with the hint ratios above 0
-  # Levels (of the evaluated splits) whose exact teacher-forced measures are logged at every evaluation:
-  # the probability of the unique valid trace, the log-probability of its first line, the exact pass@1 with
-  # a one-step hint (jaxghpo/exact_eval.py; one process only). "" = none.
-  c.eval.exact_levels = ""
   c.eval.sample_before = True  # False: no sampled evaluation before training (the exact measures still run)
   c.eval.greedy = True  # also greedy pass@1 (without hint)
   c.eval.temperature = 1.0

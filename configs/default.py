@@ -21,13 +21,13 @@ from configs.base import get_base_config
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = get_base_config()
-  c.arms = "ghpo,grpo"
+  c.arms = ("ghpo", "grpo")
   c.max_gen_tokens = 120_000  # the equal budget of each arm (retries included)
   c.num_steps = 400  # a cap no arm reaches within the budget
   c.checkpoint_every_steps = 50
-  c.data.train_levels = ml_collections.ConfigDict(
+  c.data.task_configs.chains.train_levels = ml_collections.ConfigDict(
       {"1": 1.0, "2": 1.0, "3": 1.0, "4": 2.0, "5": 3.0, "6": 3.0})
-  c.data.num_train = 256  # a recurring pool: each problem is seen several times
+  c.data.task_configs.chains.num_train = 256  # a recurring pool: each problem is seen several times
   c.data.prompts_per_step = 16
   c.rollout.group_size = 8
   c.rollout.max_prompt_len = 80  # a level-6 problem with a 75% hint (the step ladder's last rung too)
@@ -45,11 +45,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.curriculum.mode = "ghpo"  # the arm of a single run (arms=)
   c.curriculum.ladder = (0.25, 0.5, 0.75)
   c.eval.num_problems = 32  # per level of the fixed set (a prefix of tools/evaluate.py's 128)
-  c.eval.easy_levels = "1,2,3"
-  c.eval.mid_levels = "4"
-  c.eval.hard_levels = "5,6"
-  c.eval.ood_levels = "7,8"
-  c.eval.ood_ops_levels = "3,4"
+  c.data.task_configs.chains.easy_levels = (1, 2, 3)
+  c.data.task_configs.chains.mid_levels = (4,)
+  c.data.task_configs.chains.hard_levels = (5, 6)
+  c.data.task_configs.chains.ood_levels = (7, 8)
+  c.data.task_configs.chains.ood_ops_levels = (3, 4)
   c.eval.greedy = False
   c.eval.num_samples = 4
   c.eval.hint_ratios = "0.0"
@@ -59,9 +59,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   for kv in filter(None, arg.split(",,")):
     key, value = kv.split("=", 1)
     if key == "arms":
-      c.arms = value
+      c.arms = tuple(a for a in value.split(",") if a)
     elif key == "mode":
-      c.arms, c.curriculum.mode = "", value
+      c.arms, c.curriculum.mode = (), value
     else:
       raise ValueError(f"configs/default.py: unknown argument {key!r} (known: arms, mode)")
   return c

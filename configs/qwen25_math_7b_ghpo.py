@@ -131,6 +131,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.num_problems = 500
   c.eval.num_samples = 8
   c.eval.hint_ratios = "0.0"
-  c.eval.hard_levels = "5"
+  c.data.task_configs.files.hard_levels = (5,)  # MATH level 5: the training metrics' */hard groups
   c.eval.temperature = 1.0
   return c

@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_steps = 2000
   c.log_every_steps = 100
   c.sft.batch_size = 128
-  c.sft.levels = "1,2,3,4"
+  c.sft.levels = (1, 2, 3, 4)
   c.sft.hint_prob = 0.5
   c.sft.max_len = 34
   c.sft.learning_rate = 3e-3

@@ -8,8 +8,8 @@ def get_config() -> ml_collections.ConfigDict:
   c = get_base_config()
   c.num_steps = 4
   c.checkpoint_every_steps = 2
-  c.data.num_train = 256
-  c.data.train_levels = ml_collections.ConfigDict({"2": 1.0, "5": 1.0})
+  c.data.task_configs.chains.num_train = 256
+  c.data.task_configs.chains.train_levels = ml_collections.ConfigDict({"2": 1.0, "5": 1.0})
   c.data.prompts_per_step = 4
   c.rollout.group_size = 4
   c.rollout.max_prompt_len = 64  # a level-5 problem with a 75% hint
@@ -18,9 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.curriculum.mode = "ghpo"
   c.eval.num_problems = 4
   c.eval.num_samples = 2
-  c.eval.easy_levels = "2"
-  c.eval.hard_levels = "5"
-  c.eval.ood_levels = ""
+  c.data.task_configs.chains.easy_levels = (2,)
+  c.data.task_configs.chains.hard_levels = (5,)
+  c.data.task_configs.chains.ood_levels = ()
   c.eval.hint_ratios = "0.0"
   c.export_at_end = False
   return c

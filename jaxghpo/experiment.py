@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -16,115 +15,18 @@ import ml_collections
 import numpy as np
 
 from jaxghpo import derived, memory_check, models, parallel, paths, rewards, validation
-from jaxghpo.data import files as files_lib
+from jaxghpo.data import tasks
 from jaxghpo.data import tokenizer as tok_lib
-from jaxghpo.data.example import Example
-from jaxghpo.data.tasks import get_task
+from jaxghpo.data.tasks import Problems, get_task  # noqa: F401  (re-exported: tools and tests build Problems here)
+from jaxghpo.data.tasks.base import task_report as _task_report
 
 from jaxghpo.models.hf import ASSETS, resolve_model_path  # noqa: E402,F401  (re-exported: tools and tests call it here)
 
 
-def parse_levels(text) -> list[int]:
-  if isinstance(text, (list, tuple)):
-    return [int(x) for x in text]
-  return [int(x) for x in str(text).split(",") if x.strip()]
-
-
-@dataclasses.dataclass
-class Problems:
-  train: list[Example]
-  eval_sets: dict[str, list[Example]]  # name -> problems (e.g. "easy", "hard", "ood")
-  extract_answer: object  # completion -> answer string, for the exact-match reward (None: math-verify)
-  load_report: object = None  # list[files.LoadReport] of `train`, one per source (file or task), in order
-  eval_reports: dict = dataclasses.field(default_factory=dict)  # eval set name -> files.LoadReport
-  check_trace: object = None  # (problem, written trace) -> bool: every step valid (a task's checker), or None
-  # (problem text, written text: hint + completion) -> (valid trace, right answer): the task's checker, or None
-  # (a task without a trace check: evaluation reports answer pass@k only).
-  check_completion: object = None
-  # {name: problems} scored by exact teacher-forced measures (a task whose valid trace is unique), e.g.
-  # {"level_7": [...]}: evaluation logs eval/exact/<name>/<metric>. Empty for other tasks.
-  exact_sets: dict = dataclasses.field(default_factory=dict)
-
-
-def _task_report(name: str, examples) -> files_lib.LoadReport:
-  """A LoadReport for generated problems: every row kept, rows numbered from 1."""
-  n = len(examples)
-  return files_lib.LoadReport(path=name, rows_read=n, loaded=n, example_lines=list(range(1, n + 1)), unit="row")
-
-
-def _drop_duplicates_across_files(train: list, reports: list) -> list:
-  """The same problem text in a later file is dropped and counted there (with a conflict if its answer differs)."""
-  first: dict[str, tuple] = {}  # problem text -> (report, line, answer)
-  out = []
-  start = 0
-  for report in reports:
-    exs = train[start:start + report.loaded]
-    start += report.loaded
-    keep = []
-    for ex, line in zip(exs, report.example_lines):
-      seen = first.get(ex.problem)
-      keep.append(seen is None)
-      if seen is None:
-        first[ex.problem] = (report, line, ex.answer)
-        out.append(ex)
-      elif seen[2] != ex.answer:
-        report.count_conflict(line, f"{seen[0].path}:{seen[1]}", ex.answer, seen[2])
-    if not all(keep):
-      report.drop_loaded(keep, "duplicate")
-  return out
-
-
 def load_problems(config: ml_collections.ConfigDict) -> Problems:
-  d, e = config.data, config.eval
-  if d.source == "task":
-    task = get_task(d.task)
-    weights = {int(k): float(v) for k, v in d.train_levels.items()}
-    train = task.generate("train", int(d.num_train), derived.seed(config, "train_problems"), levels=weights)
-    # The fixed evaluation set: the same problems for every arm and seed (evaluation.fixed_level_set).
-    from jaxghpo import evaluation
-    eval_sets, eval_reports = {}, {}
-    for name, split, levels in (("easy", "test", e.easy_levels), ("mid", "test", e.get("mid_levels", "")),
-                                ("hard", "test", e.hard_levels), ("ood", "ood", e.ood_levels),
-                                ("ood_ops", "ood_ops", e.get("ood_ops_levels", ""))):
-      levels = parse_levels(levels)
-      if levels and split in task.SPLITS:
-        eval_sets[name] = [ex for level in levels
-                           for ex in evaluation.fixed_level_set(task, split, level, int(e.num_problems))]
-        eval_reports[name] = _task_report(f"task:{d.task}/{name}", eval_sets[name])
-    check = getattr(task, "check_completion", None)
-    exact_sets = {f"level_{level}": evaluation.fixed_level_set(task, "test", int(level), int(e.num_problems))
-                  for level in parse_levels(e.get("exact_levels", ""))}
-    return Problems(train, eval_sets, task.extract_answer, [_task_report(f"task:{d.task}/train", train)],
-                    eval_reports, check_trace=None if check is None else (lambda p, text: check(p, text)[0]),
-                    check_completion=None if check is None else (lambda p, text: tuple(check(p, text)[:2])),
-                    exact_sets=exact_sets)
-  if d.source == "files":
-    paths = [p for p in str(d.files).split(",") if p.strip()]
-    if not paths:
-      raise ValueError("config.data.source='files' needs config.data.files (comma-separated JSONL/Parquet paths)")
-    train, reports = [], []
-    for p in paths:
-      exs, report = files_lib.load_file(p.strip(), fields=dict(d.fields), on_bad_row=d.on_bad_row)
-      if not exs:
-        raise ValueError(f"{report}: no row of this file was kept; fix the rows (see the skip reasons and "
-                         "their lines) or remove the file from config.data.files")
-      train.extend(exs)
-      reports.append(report)
-    train = _drop_duplicates_across_files(train, reports)
-    eval_paths = [p.strip() for p in str(e.get("files", "") or "").split(",") if p.strip()]
-    eval_sets, eval_reports = {}, {}
-    for p in eval_paths:
-      exs, report = files_lib.load_file(p, fields=dict(d.fields), on_bad_row=d.on_bad_row)
-      if not exs:
-        raise ValueError(f"{report}: no row of this evaluation file was kept; fix it or remove it from "
-                         "config.eval.files")
-      name = os.path.splitext(os.path.basename(p))[0]
-      n = int(e.num_problems)
-      if len(exs) > n:
-        report.drop_loaded([i < n for i in range(len(exs))], "beyond_eval_num_problems")
-      eval_sets[name], eval_reports[name] = exs[:n], report
-    return Problems(train, eval_sets, None, reports, eval_reports)
-  raise ValueError(f"config.data.source={d.source!r} is not one of 'task', 'files'")
+  """The run's problems, from its task (jaxghpo.data.tasks.task_for: training pool, named evaluation sets,
+  checker, exact sets)."""
+  return tasks.task_for(config).load(train_seed=derived.seed(config, "train_problems"))
 
 
 def load_policy(config, mesh):
@@ -218,9 +120,9 @@ def validate_values(config) -> None:
   need(c.hints.corruption in ("none", "other", "shuffle", "garble"), "hints.corruption",
        "must be none, other, shuffle or garble")
   uses_trace = "valid_trace" in c.rewards.weights or c.rewards.accuracy == "valid_trace"
-  need(not uses_trace or (c.data.source == "task" and c.data.task == "chains"), "rewards.weights",
-       "the valid_trace reward checks a written trace with a task's checker: it needs data.source='task', "
-       "data.task='chains' (use 'exact' or 'math' for other data)")
+  need(not uses_trace or tasks.TASKS.get(tasks.task_name(c)).checks_traces, "rewards.weights",
+       f"the valid_trace reward checks a written trace with a task's checker; task {tasks.task_name(c)!r} has none "
+       "(use 'exact' or 'math' for its data)")
   r = c.rollout
   if c.mode == "rl":
     need(float(r.temperature) > 0.0, "rollout.temperature",
@@ -379,12 +281,13 @@ class Setup:
   rollout: object            # rollout.groups.GroupSampler for training (P, P/2, P/4 buckets)
   eval_rollout: object       # rollout.groups.GroupSampler for evaluation (its own sizes, confidences)
   deepconf: object = None    # deepconf.DeepConfOnline of config.eval.deepconf (None: not enabled)
+  task: object = None        # data.tasks.base.Task: what the trainer, evaluator and report know of the task
 
 
 def sampler_sizes(config) -> dict[str, dict]:
   """{"train", "eval"}: the sizes of the run's two samplers (prompt columns, new tokens, confidences).
 
-  Evaluation reaches longer (out-of-distribution) chains than training: its own sizes; it also returns
+  Evaluation may reach longer (out-of-distribution) problems than training: its own sizes; it also returns
   DeepConf token confidences (confidence-filtered voting in the report, DeepConf online stopping)."""
   train = {"max_prompt_len": int(config.rollout.max_prompt_len), "max_new_tokens": int(config.rollout.max_new_tokens)}
   return {"train": train,
@@ -407,7 +310,8 @@ def setup(config) -> Setup:
     memory_check.check(config, tuple(mesh.devices.shape), jax.devices())
   model, model_cfg, tokenizer = load_policy(config, mesh)
   with validation.startup_errors():  # a bad row, a missing file, a prompt that does not fit: one line
-    problems = load_problems(config)
+    task = tasks.task_for(config)
+    problems = task.load(train_seed=derived.seed(config, "train_problems"))
     check_prompt_room(config, problems, tokenizer)
   score = reward_fn(config, problems)
   P = int(config.data.prompts_per_step)
@@ -437,4 +341,4 @@ def setup(config) -> Setup:
                                          penalty=tip["eval"], **sizes["eval"])
   return Setup(mesh, model, model_cfg, tokenizer, problems, pipeline, scheduler, rl_cfg, graphdef, params,
                param_shardings, optimizer, opt_state, train_step, ref_logprobs, rollout, eval_rollout,
-               deepconf.from_config(config.eval, int(config.eval.num_samples)))
+               deepconf.from_config(config.eval, int(config.eval.num_samples)), task)

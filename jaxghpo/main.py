@@ -53,6 +53,17 @@ def quiet_libraries() -> None:
     std_logging.getLogger(name).setLevel(std_logging.WARNING)
 
 
+def run(config, workdir: str, allow_config_change: bool = False) -> dict:
+  """train.run of the config, or, when config.arms names arms of the embedded experiment, each arm side by side
+  in workdir/ARM and their comparison (jaxghpo/experiments/; the library never imports it)."""
+  from jaxghpo import train, workdir_lock
+  if not config.get("arms", ()):
+    return train.run(config, workdir, allow_config_change=allow_config_change)
+  from jaxghpo import experiments
+  with workdir_lock.held(workdir):
+    return experiments.run_side_by_side(config, workdir, train.run, allow_config_change=allow_config_change)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -73,7 +84,7 @@ def main(argv) -> None:
   from jaxghpo import disk_full, stopping, workdir_lock
   try:
     validation.check_workdir(_WORKDIR.value)
-    summary = train.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    summary = run(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except validation.StartupError as e:  # a config value, a path, the data, the memory: one line, no traceback
     print(f"jaxghpo: cannot start: {validation.one_line(e)}", file=sys.stderr, flush=True)
     sys.exit(2)

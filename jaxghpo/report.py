@@ -219,7 +219,7 @@ def summarize(workdir: str, config=None, summary: Mapping | None = None, *,
   out["complete"] = bool(reached_end and after_row is not None and int(after_row["step"]) == out["steps"])
 
   if with_diagnostics:
-    out.update({f"diag/{k}": v for k, v in diagnostics.run_diagnostics(workdir).items()})
+    out.update({f"diag/{k}": v for k, v in diagnostics.run_diagnostics(workdir, task_of(config)).items()})
   return out
 
 
@@ -265,7 +265,35 @@ def _delta(a, b) -> str:
   return "-" if a is None or b is None else f"{b - a:+.3f}"
 
 
-def markdown(s: Mapping[str, Any]) -> str:
+def task_of(config):
+  """The run's task (jaxghpo.data.tasks.task_for) from its ConfigDict or config.json dict; None when the config
+  names none this code knows (a run from before the task interface: the generic diagnostics only)."""
+  from jaxghpo.data import tasks  # noqa: PLC0415
+  try:
+    return tasks.task_for(config if hasattr(config, "data") else _ConfigView(config))
+  except (KeyError, ValueError, TypeError, AttributeError):
+    return None
+
+
+class _ConfigView:
+  """Attribute access over a config.json dict (what task_for reads: data.source, data.task, data.task_configs)."""
+
+  def __init__(self, d):
+    self._d = d
+
+  def __getattr__(self, name):
+    value = self._d[name]
+    return _ConfigView(value) if isinstance(value, dict) else value
+
+  def get(self, name, default=None):
+    value = self._d.get(name, default)
+    return _ConfigView(value) if isinstance(value, dict) else value
+
+  def to_dict(self):
+    return dict(self._d)
+
+
+def markdown(s: Mapping[str, Any], task=None) -> str:
   """summary.md from the summary dict."""
   k = s.get("eval_k")
   lines = [f"# Run summary: `{s['workdir']}`", "",
@@ -333,38 +361,13 @@ def markdown(s: Mapping[str, Any]) -> str:
             f"{fmt(s.get('train_pass_rate/hard/first_quarter'))}, last quarter "
             f"{fmt(s.get('train_pass_rate/hard/last_quarter'))}. Groups re-sampled with a longer hint: "
             f"{fmt_count(s.get('retries'))}."]
-  lines += _diagnostics_markdown(s)
+  lines += _diagnostics_markdown(s, task)
   lines += ["", f"![curves]({CURVES_PNG})", ""]
   return "\n".join(lines)
 
 
-SHORTCUT_ROWS = (("shortcut_rate", "answered with fewer steps than the level needs (of all completions)"),
-                 ("correct_shortcut_rate", "correct with fewer steps than needed (of correct completions)"),
-                 ("skip_rate", "skipped at least one operation"),
-                 ("repeat_rate", "repeated a step or restated the answer"),
-                 ("valid_step_frac", "written steps that are valid"),
-                 ("answered_rate", "ended with an answer letter"))
-
-
-def _diagnostics_markdown(s: Mapping[str, Any]) -> list[str]:
-  lines: list[str] = []
-  for mode in ("sampled", "greedy"):
-    prefix = f"diag/shortcut/hard/hint0/{mode}"
-    if f"{prefix}/before/completions" not in s and f"{prefix}/after/completions" not in s:
-      continue
-    n0, n1 = s.get(f"{prefix}/before/completions"), s.get(f"{prefix}/after/completions")
-    lines += ["", f"## Shortcuts on hard problems (no hint, {mode}; {fmt_count(n0)} -> {fmt_count(n1)} completions)",
-              "",
-              "| fraction of completions that ... | before | after |", "| --- | ---: | ---: |"]
-    for key, label in SHORTCUT_ROWS:
-      lines.append(f"| {label} | {fmt(s.get(f'{prefix}/before/{key}'))} | {fmt(s.get(f'{prefix}/after/{key}'))} |")
-    lines += ["", f"Steps of work written per completion: {fmt(s.get(f'{prefix}/before/work_steps_mean'), 2)} before, "
-              f"{fmt(s.get(f'{prefix}/after/work_steps_mean'), 2)} after; the problems need "
-              f"{fmt(s.get(f'{prefix}/after/level_mean', s.get(f'{prefix}/before/level_mean')), 2)} on average. "
-              "A shortcut here is any answer given after fewer steps than needed (a model that cannot yet write "
-              "long chains counts too); shortcuts among correct answers are the lucky or skipped-work successes "
-              "that group normalisation rewards most."]
-    break
+def _diagnostics_markdown(s: Mapping[str, Any], task=None) -> list[str]:
+  lines: list[str] = task.diagnostics_markdown(s, fmt, fmt_count) if task is not None else []
   regress = [(mode, *(s.get(f"diag/regression/easy/{mode}/{key}")
                       for key in ("pass@1/before", "pass@1/after", "lost_frac", "gained_frac")))
              for mode in ("greedy", "sampled") if f"diag/regression/easy/{mode}/problems" in s]
@@ -481,7 +484,7 @@ def finish(workdir: str, config=None, summary: Mapping | None = None, *, is_main
   s = summarize(workdir, config, summary)
   s["files"] = {"summary_md": SUMMARY_MD, "summary_json": SUMMARY_JSON, "curves_png": CURVES_PNG}
   plot_curves(paths.join(workdir, CURVES_PNG), read_metrics(workdir), s)
-  paths.write_text(paths.join(workdir, SUMMARY_MD), markdown(s))
+  paths.write_text(paths.join(workdir, SUMMARY_MD), markdown(s, task_of(_load_config(workdir, config))))
   # Atomic (paths.write_text): the study treats summary.json as "finished".
   paths.write_text(paths.join(workdir, SUMMARY_JSON),
                    json.dumps(_jsonable(s), indent=1, sort_keys=True, allow_nan=False))
@@ -489,122 +492,3 @@ def finish(workdir: str, config=None, summary: Mapping | None = None, *, is_main
     print("\n".join(console_lines(s)), flush=True)
     print(f"  written: {paths.join(workdir, SUMMARY_MD)}, {SUMMARY_JSON}, {CURVES_PNG}", flush=True)
   return s
-
-
-# ------------------------------------------------------------------------------ arms side by side
-COMPARISON_MD = "comparison.md"
-COMPARISON_PNG = "comparison.png"
-COMPARISON_JSON = "comparison.json"
-
-
-def per_problem_valid(workdir: str, split: str, step: int | None = None) -> dict[int, float] | None:
-  """{problem_id: mean valid flag over its samples} of the unhinted sampled evaluation of `split` at
-  `step` (None: the last evaluated step); None when the run has no such rows (or no trace checker)."""
-  files = [f for f in diagnostics.list_eval_files(workdir)
-           if f.split == split and float(f.hint_ratio) == 0.0 and f.mode == "sampled"]
-  if step is not None:
-    files = [f for f in files if f.step == step]
-  if not files:
-    return None
-  rows = diagnostics.read_rows(max(files, key=lambda f: f.step).path)
-  if not rows or "valid" not in rows[0]:
-    return None
-  return {int(r["problem_id"]): float(np.mean(r["valid"])) for r in rows}
-
-
-def paired_bootstrap(a_SxP: Sequence[Sequence[float]], b_SxP: Sequence[Sequence[float]], *,
-                     num_draws: int = 4000, seed: int = 0, confidence: float = 0.95) -> dict[str, float]:
-  """Mean of b - a with a two-level paired bootstrap interval: seeds resampled, then problems.
-
-  a_SxP, b_SxP: per seed (rows, paired by seed) the per-problem values of the same fixed problems
-  (columns, paired by problem). Returns diff, low, high and p (two-sided bootstrap p-value of 0).
-  """
-  a, b = np.asarray(a_SxP, np.float64), np.asarray(b_SxP, np.float64)
-  if a.shape != b.shape or a.ndim != 2 or a.size == 0:
-    raise ValueError(f"paired_bootstrap needs two equal [seeds, problems] arrays; got {a.shape} and {b.shape}")
-  d = b - a
-  S, P = d.shape
-  rng = np.random.default_rng(seed)
-  si = rng.integers(0, S, size=(num_draws, S))
-  pi = rng.integers(0, P, size=(num_draws, S, P))
-  draws = d[si[..., None], pi].mean(axis=(1, 2))
-  lo, hi = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
-  p = 2 * min((draws <= 0).mean(), (draws >= 0).mean())
-  return {"diff": float(d.mean()), "low": float(lo), "high": float(hi), "p": float(min(1.0, p)),
-          "seeds": S, "problems": P}
-
-
-def compare(workdir: str, runs: Mapping[str, str], *, labels: Mapping[str, str] | None = None,
-            primary: tuple[str, str] = ("ghpo", "grpo"), console: bool = True) -> dict[str, Any]:
-  """DIR/comparison.md, .png, .json: arms run side by side at an equal token budget (one seed each).
-
-  runs: arm -> its workdir (each holds summary.json). The primary comparison (pre-declared): unhinted
-  valid pass@1 on the hard split after training, primary[0] minus primary[1], with a paired
-  bootstrap interval over the fixed evaluation problems.
-  """
-  labels = labels or {}
-  summaries = {}
-  for arm, d in runs.items():
-    summaries[arm] = json.loads(paths.read_text(paths.join(d, SUMMARY_JSON)))
-  splits = [s for s in ("easy", "mid", "hard", "ood", "ood_ops")
-            if any(f"valid_pass@1/{s}/sampled/after" in s_ for s_ in summaries.values())]
-  lines = ["# Arms side by side at an equal budget of generated tokens", "",
-           "valid pass@1: answer right AND every written step valid (sampled, no hint, fixed evaluation set); "
-           "before -> after. Signal yield: fraction of hard groups with non-zero advantage (with a valid success).", "",
-           "| arm | steps | generated tokens | " + " | ".join(f"{s} valid" for s in splits)
-           + " | hard answer pass@1 | signal yield hard (valid) | hint ratio hard |",
-           "| --- | ---: | ---: | " + " | ".join("---:" for _ in splits) + " | ---: | ---: | ---: |"]
-  for arm, s in summaries.items():
-    cells = [f"{fmt(s.get(f'valid_pass@1/{sp}/sampled/before'))} -> {fmt(s.get(f'valid_pass@1/{sp}/sampled/after'))}"
-             for sp in splits]
-    lines.append(f"| {labels.get(arm, arm)} | {s.get('steps')} | {fmt_count(s.get('gen_tokens'))} | " + " | ".join(cells)
-                 + f" | {fmt(s.get('pass@1/hard/sampled/after'))} | {fmt(s.get('signal_yield/hard/mean'))} "
-                 f"({fmt(s.get('signal_yield/valid_hard/mean'))}) | {fmt(s.get('hint_ratio/hard/mean'))} |")
-  out: dict[str, Any] = {"arms": list(runs), "summaries": summaries}
-  a_arm, b_arm = primary[1], primary[0]
-  if a_arm in runs and b_arm in runs:
-    a, b = per_problem_valid(runs[a_arm], "hard"), per_problem_valid(runs[b_arm], "hard")
-    if a and b and set(a) == set(b):
-      ids = sorted(a)
-      boot = paired_bootstrap([[a[i] for i in ids]], [[b[i] for i in ids]])
-      out["primary"] = boot
-      lines += ["", f"**Primary comparison** (declared before running): unhinted valid pass@1 on hard levels after "
-                f"training, {labels.get(b_arm, b_arm)} minus {labels.get(a_arm, a_arm)}: {boot['diff']:+.3f} "
-                f"(95% paired bootstrap over {boot['problems']} problems, one seed: [{boot['low']:+.3f}, "
-                f"{boot['high']:+.3f}]). One seed: the interval is over problems only, not over training runs."]
-  _plot_compare(paths.join(workdir, COMPARISON_PNG), runs, labels)
-  paths.write_text(paths.join(workdir, COMPARISON_MD), "\n".join(lines) + f"\n\n![curves]({COMPARISON_PNG})\n")
-  paths.write_text(paths.join(workdir, COMPARISON_JSON), json.dumps(_jsonable(out), indent=1, sort_keys=True))
-  if console:
-    print("\n".join(lines[4:]), flush=True)
-    print(f"  written: {paths.join(workdir, COMPARISON_MD)}, {COMPARISON_PNG}", flush=True)
-  return out
-
-
-def _plot_compare(path: str, runs: Mapping[str, str], labels: Mapping[str, str]) -> str:
-  """comparison.png: hard valid pass@1 (no hint) against generated tokens, and the valid signal yield."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  fig = Figure(figsize=(11, 3.8))
-  FigureCanvasAgg(fig)
-  axes = fig.subplots(1, 2)
-  for arm, d in runs.items():
-    rows = read_metrics(d)
-    curve = eval_curve(rows, "hard", "sampled", "valid_pass@1")
-    if curve:
-      axes[0].plot([c[1] for c in curve], [c[2] for c in curve], marker="o", label=labels.get(arm, arm))
-    _, tokens = _series(rows, "gen_tokens_total")
-    _, ys = _series(rows, "frac_groups_valid_signal/hard")
-    if ys.size and tokens.size == ys.size:
-      axes[1].plot(tokens, ys, marker=".", label=labels.get(arm, arm))
-  axes[0].set_title("hard levels: valid pass@1 without hint")
-  axes[1].set_title("hard groups with a valid success and\nnon-zero advantage (per step)")
-  for ax in axes:
-    ax.set_xlabel("generated tokens (retries included)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  with paths.local_file(path) as local:
-    fig.savefig(local, dpi=100)
-  return path

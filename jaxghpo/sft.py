@@ -114,10 +114,10 @@ def run(config, workdir: str) -> dict:
   else:
     mesh = experiment.make_mesh(config)
     model, cfg, tokenizer = experiment.load_policy(config, mesh)
-  levels = experiment.parse_levels(c.levels)
+  levels = [int(x) for x in c.levels]
   # Levels seen only with a hint that leaves at most c.max_remaining steps: every other batch, in a
   # second fixed shape long enough for the longest of them (the task knows its lengths).
-  hinted = experiment.parse_levels(c.get("hinted_levels", "")) if config.data.source == "task" else []
+  hinted = [int(x) for x in c.get("hinted_levels", ())] if config.data.source == "task" else []
   hinted_len = 0
   if config.data.source == "task":
     task = get_task(config.data.task)

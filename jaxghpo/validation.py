@@ -5,7 +5,7 @@
     check_workdir("runs/x")                the workdir is a directory this process can write (one-line error)
 
 A key's entry is a `Range` (bounds, open or closed, whole numbers or not, the config modes it applies
-to, what the value means). Keys with "*" take any name at that level (data.train_levels.4). Checks that
+to, what the value means). Keys with "*" take any name at that level (data.task_configs.chains.train_levels.4). Checks that
 relate keys (eval.num_samples <= rollout.group_size, target_low < target_high) and choices from a list
 stay with their modules; tests/test_validation.py checks that every numeric key of configs/base.py and of
 the module configs has an entry here.
@@ -87,9 +87,9 @@ RANGES: dict[str, Range] = {
     "log_every_steps": _n(1),
     "eval_every_steps": _n(0, "0: at the start and end only"),
     # data
-    "data.num_train": _n(1),
+    "data.task_configs.chains.num_train": _n(1),
     "data.prompts_per_step": _n(1),
-    "data.train_levels.*": _nonneg("a level's sampling weight"),
+    "data.task_configs.chains.train_levels.*": _nonneg("a level's sampling weight"),
     # rollout
     "rollout.group_size": _n(2, "group-relative advantages need at least 2 samples", modes=("rl",)),
     "rollout.max_prompt_len": _n(1),

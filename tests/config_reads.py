@@ -110,6 +110,15 @@ class ReadRecorder:
       mod = importlib.import_module(module)
       fn = getattr(mod, name)
       self._patch(mod, name, self._silent(fn))
+    from jaxghpo.data.tasks import base as task_base  # a task resolves its own section of data.task_configs
+    task_init = task_base.Task.__init__
+
+    def recording_task_init(task, config):
+      with rec.off():
+        task_init(task, config)
+      rec.register(task.task_config, f"data.task_configs.{task.name}.")
+
+    self._patch(task_base.Task, "__init__", recording_task_init)
     for module, name, section in RESOLVERS:
       mod = importlib.import_module(module)
       fn = getattr(mod, name)

@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-from jaxghpo import arms, paths, report
+from jaxghpo import paths
+from jaxghpo.experiments.chains import arms
+from jaxghpo.experiments.chains import compare as report
 from tests.fake_gcs import fake_gcs, read_bytes
 
 

@@ -54,8 +54,8 @@ def _sft_config():
   c.num_steps = 2  # step 2 is a hinted batch (sft.hinted_levels)
   c.log_every_steps = 1
   c.sft.batch_size = 4
-  c.sft.levels = "1,2"
-  c.sft.hinted_levels = "3"
+  c.sft.levels = (1, 2)
+  c.sft.hinted_levels = (3,)
   c.sft.random_model = dict(c.sft.random_model, hidden_size=32, intermediate_size=64, num_layers=1,
                             num_heads=2, num_kv_heads=2, head_dim=16)
   return c
@@ -141,7 +141,7 @@ def test_every_base_key_is_read(policy, tmp_path):
   exempt = set(PENDING) | set(EXEMPT)
   # Keys of the host loop, the memory savers and the embedded study, named so that losing one is loud.
   assert {"model.attention", "model.remat", "rl.logprob_chunk_tokens", "rl.hint_nll_coef", "arms",
-          "eval.mid_levels", "eval.ood_ops_levels", "max_skipped_updates_in_a_row", "curriculum.ladder_kind",
+          "data.task_configs.chains.mid_levels", "data.task_configs.chains.ood_ops_levels", "max_skipped_updates_in_a_row", "curriculum.ladder_kind",
           "curriculum.filter_refill"} <= read
 
   # The canary is caught: a key that nothing reads fails this test.

@@ -180,7 +180,7 @@ def test_prompt_room_counts_hints_only_in_modes_that_give_them():
   """A no-hint mode (GRPO "none", DAPO "filter") needs room for the bare prompt only; "ghpo" needs the hint's."""
   from jaxghpo.data import tokenizer as tok_lib
   config = load(os.path.join(ROOT, "configs", "default.py")).get_config()
-  config.data.num_train = 200
+  config.data.task_configs.chains.num_train = 200
   config.rollout.max_prompt_len = 32  # a level-6 prompt fits; with a 75% hint it does not
   problems = experiment.load_problems(config)
   tok = tok_lib.load(tok_lib.task_tokenizer_path())

@@ -85,7 +85,7 @@ def test_two_arms_of_one_seed_draw_the_same_first_round_samples_also_after_a_ret
   arms = {}
   for mode in ("none", "ghpo"):
     c = tiny_config(policy_dir, **{"curriculum.mode": mode, "rl.learning_rate": 0.0})
-    c.data.train_levels = {"3": 1.0}
+    c.data.task_configs.chains.train_levels = {"3": 1.0}
     arms[mode] = _first_round_tokens(c, str(tmp_path / mode))
   grpo, ghpo = arms["none"], arms["ghpo"]
   assert len(grpo[0]) == 1 and len(ghpo[0]) > 1, "GHPO should have retried at step 0 (a random policy fails)"

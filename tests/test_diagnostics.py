@@ -2,6 +2,7 @@
 import pytest
 
 from jaxghpo import diagnostics, evaluation
+from jaxghpo.data.tasks import chains, chains_diagnostics
 
 # "k+3-5+2=" is level 3: k+3=n-5+2 ; n-5=i+2 ; i+2=k  (answer k)
 CHAIN = "k+3-5+2="
@@ -36,27 +37,27 @@ ROW_NOT_A_CHAIN = {"problem_id": 3, "level": 1, "problem": "what is 2+2?", "answ
     (7, 2, 1, 0, True, False, False),
 ])
 def test_check_trace_per_completion(index, work, valid, skipped, repeated, answered, early):
-  t = diagnostics.check_trace(CHAIN, COMPLETIONS[index])
+  t = chains_diagnostics.check_trace(CHAIN, COMPLETIONS[index])
   assert (t.level, t.work_steps, t.valid_steps, t.skipped_ops, t.repeated, t.answered, t.early) == (
       3, work, valid, skipped, repeated, answered, early)
 
 
 def test_check_trace_counts_hint_steps_and_ignores_text_after_eos():
-  assert diagnostics.check_trace("a+1+1=", "b+1=c", hint="a+1=b+1;").early is False
-  hinted_guess = diagnostics.check_trace("a+1+1=", "c", hint="a+1=b+1;")
+  assert chains_diagnostics.check_trace("a+1+1=", "b+1=c", hint="a+1=b+1;").early is False
+  hinted_guess = chains_diagnostics.check_trace("a+1+1=", "c", hint="a+1=b+1;")
   assert (hinted_guess.work_steps, hinted_guess.skipped_ops, hinted_guess.early) == (1, 1, True)
-  t = diagnostics.check_trace(CHAIN, "k+3=n-5+2;n-5=i+2;i+2=k<eos>k;k;k")
+  t = chains_diagnostics.check_trace(CHAIN, "k+3=n-5+2;n-5=i+2;i+2=k<eos>k;k;k")
   assert (t.steps_written, t.repeated, t.answer) == (3, False, "k")
-  assert diagnostics.check_trace(CHAIN, COMPLETIONS[3]).steps_written == 4  # chains.count_steps counts "k"
+  assert chains_diagnostics.check_trace(CHAIN, COMPLETIONS[3]).steps_written == 4  # chains.count_steps counts "k"
 
 
 def test_check_trace_rejects_a_problem_that_is_not_a_chain():
   with pytest.raises(ValueError, match="malformed"):
-    diagnostics.check_trace("what is 2+2?", "4")
+    chains_diagnostics.check_trace("what is 2+2?", "4")
 
 
 def test_shortcut_stats_hand_worked():
-  s = diagnostics.shortcut_stats([ROW_A, ROW_B, ROW_NOT_A_CHAIN])
+  s = chains_diagnostics.shortcut_stats([ROW_A, ROW_B, ROW_NOT_A_CHAIN])
   # 10 completions (the non-chain row is skipped). Early answers: A1, A2, A5, B1 -> 4.
   assert s["completions"] == 10
   assert s["shortcut_rate"] == pytest.approx(4 / 10)
@@ -76,7 +77,7 @@ def test_shortcut_stats_hand_worked():
 
 def test_shortcut_stats_without_correct_completions_gives_none():
   row = dict(ROW_A, completions=["zz"], correct=[False])
-  s = diagnostics.shortcut_stats([row])
+  s = chains_diagnostics.shortcut_stats([row])
   assert s["correct_shortcut_rate"] is None and s["valid_step_frac"] is None and s["shortcut_rate"] == 0.0
 
 
@@ -116,7 +117,7 @@ def test_vote_stats():
            "correct": [True, False, False]},   # majority c: wrong
           {"problem": "a+2=", "answer": "c", "hint": "", "completions": ["a+2=c", "a+2=c", "a+2=d"],
            "correct": [True, True, False]}]    # majority c: right
-  v = diagnostics.vote_stats(rows)
+  v = diagnostics.vote_stats(rows, chains.extract_answer)
   assert v == {"problems": 2.0, "maj_accuracy": 0.5, "sample_accuracy": pytest.approx(0.5)}
 
 
@@ -126,7 +127,7 @@ CONF_ROW = {"problem": "a+1=", "answer": "b", "hint": "", "completions": ["a+1=b
 
 
 def test_confidence_stats_hand_worked():
-  c = diagnostics.confidence_stats([CONF_ROW], window=2, tail_tokens=2, keep_frac=0.5, warmup=2)
+  c = diagnostics.confidence_stats([CONF_ROW], chains.extract_answer, window=2, tail_tokens=2, keep_frac=0.5, warmup=2)
   # Plain majority: c (3 votes) is wrong. Filtered: keep 2 most confident (trace 0 at 5, trace 1 at 1,
   # the earlier of the ties); weighted vote b=5 vs c=1 -> b, right.
   assert c["maj_accuracy"] == 0.0 and c["conf_vote_accuracy"] == 1.0
@@ -142,10 +143,16 @@ def test_confidence_stats_hand_worked():
 
 def test_confidence_stats_skips_rows_without_confidences_and_uses_trace_level_ones():
   plain = {k: v for k, v in CONF_ROW.items() if k != "token_confidences"}
-  assert diagnostics.confidence_stats([plain]) == {}
+  assert diagnostics.confidence_stats([plain], chains.extract_answer) == {}
   trace_level = dict(plain, confidences=[0.9, 0.1, 0.2, 0.1])
-  c = diagnostics.confidence_stats([trace_level], keep_frac=0.25)
+  c = diagnostics.confidence_stats([trace_level], chains.extract_answer, keep_frac=0.25)
   assert c == {"problems": 1.0, "maj_accuracy": 0.0, "conf_vote_accuracy": 1.0}
+
+
+def _chains_task():
+  from configs.base import get_base_config
+  from jaxghpo.data import tasks
+  return tasks.task_for(get_base_config())
 
 
 def test_run_diagnostics_reads_first_and_last_evaluation(tmp_path):
@@ -154,7 +161,7 @@ def test_run_diagnostics_reads_first_and_last_evaluation(tmp_path):
     evaluation.write_rows(evaluation.eval_rows_path(wd, "easy", step, 0.0, tag="greedy"),
                           [_row(1, 1, easy_correct)])
     evaluation.write_rows(evaluation.eval_rows_path(wd, "hard", step, 0.0, tag="sampled"), [ROW_A])
-  d = diagnostics.run_diagnostics(wd)
+  d = diagnostics.run_diagnostics(wd, _chains_task())
   assert d["shortcut/hard/hint0/sampled/after/shortcut_rate"] == pytest.approx(3 / 8)
   assert d["shortcut/hard/hint0/sampled/before/completions"] == 8
   assert d["regression/easy/greedy/pass@1/before"] == 1.0 and d["regression/easy/greedy/pass@1/after"] == 0.0

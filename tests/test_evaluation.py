@@ -6,6 +6,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
+from jaxghpo.experiments.chains import compare
 from jaxghpo import evaluation as ev
 from jaxghpo.data.example import Example
 
@@ -248,8 +249,8 @@ def test_fixed_eval_set_is_fixed_and_prefix_stable():
 def test_paired_bootstrap_hand_worked():
   from jaxghpo import report
   a = [[0.0, 0.0, 0.5, 1.0]] * 2
-  same = report.paired_bootstrap(a, a)
+  same = compare.paired_bootstrap(a, a)
   assert same["diff"] == 0.0 and same["low"] == same["high"] == 0.0 and same["p"] == 1.0
-  better = report.paired_bootstrap(a, [[0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0]])
+  better = compare.paired_bootstrap(a, [[0.5, 0.5, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0]])
   assert better["diff"] == pytest.approx(0.375) and better["low"] > 0 and better["p"] < 0.01
   assert (better["seeds"], better["problems"]) == (2, 4)

@@ -120,7 +120,7 @@ def test_a_file_with_no_kept_row_is_named(tmp_path):
 
 def test_task_rows_are_named_by_task_and_row(tok):
   config = default_config()
-  config.data.num_train = 100
+  config.data.task_configs.chains.num_train = 100
   config.rollout.max_prompt_len = 16
   problems = experiment.load_problems(config)
   with pytest.raises(ValueError, match=r"max_prompt_len=16 is too short: .*task:chains/train:row \d+ needs"):
@@ -171,7 +171,7 @@ def test_prompt_room_of_20k_task_rows_is_batched(tok):
   problems = experiment.load_problems(config)
   counting = CountingTokenizer(tok)
   experiment.check_prompt_room(config, problems, counting)
-  assert len(problems.train) == int(config.data.num_train)
+  assert len(problems.train) == int(config.data.task_configs.chains.num_train)
   rows = len(problems.train) + sum(len(v) for v in problems.eval_sets.values())
   assert sum(len(c) for c in counting.calls) >= len(problems.train)  # every row was measured
   assert len(counting.calls) <= 2 * (rows // prompt_room.BATCH_ROWS + 1) * 2 + 16, len(counting.calls)

@@ -17,7 +17,7 @@ def policy(tmp_path_factory):
 def config(policy, **kw):
   c = tiny_config(policy, checkpoint_every_steps=1, keep_checkpoints=2, export_at_end=False, **kw)
   c.rl.lr_schedule = "warmup_constant"  # so that a resume may raise num_steps (jaxghpo/resume_check.py)
-  c.eval.easy_levels = c.eval.hard_levels = ""
+  c.eval.easy_levels = c.data.task_configs.chains.hard_levels = ()
   return c
 
 
@@ -50,8 +50,8 @@ def test_a_resume_refused_for_changed_data_keeps_the_runs_data_report(policy, tm
   report = os.path.join(workdir, "data_report.json")
   before = open(report).read()
   changed = config(policy, num_steps=2)
-  changed.data.num_train = int(changed.data.num_train) + 8  # other training rows: the saved position is invalid
-  with pytest.raises(ValueError, match=r"data\.num_train: \d+ -> \d+"):  # the config check refuses first
+  changed.data.task_configs.chains.num_train = int(changed.data.task_configs.chains.num_train) + 8  # other training rows: the saved position is invalid
+  with pytest.raises(ValueError, match=r"data\.task_configs\.chains\.num_train: \d+ -> \d+"):  # the config check refuses first
     train.run(changed, workdir)
   assert open(report).read() == before, "the refused run's data report replaced the run's own"
   # Past the config check (a researcher who means it), the data's fingerprint still refuses the saved position.

@@ -79,7 +79,7 @@ def build_table(tmp_path, monkeypatch) -> tuple[str, list]:
   rows = []
   for i, (case, overrides, kind) in enumerate(CASES):
     config = default_config()
-    config.arms = ""
+    config.arms = ()
     for key, value in overrides.items():
       _set(config, key, value.replace("DATA", str(data)) if isinstance(value, str) else value)
     workdir = str(tmp_path / f"run{i}")

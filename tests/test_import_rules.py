@@ -30,7 +30,7 @@ FLOORS = {
     "evaluation": 6, "memory_check": 6,
     "diagnostics": 7, "experiment": 7, "exact_eval": 7,
     "report": 8, "sft": 8, "aot": 8,
-    "arms": 9, "preflight": 9,
+    "experiments": 9, "preflight": 9, "train_state": 0, "rl_step": 6, "hooks": 4,
     "train": 10,
     "main": 11,
 }
@@ -192,3 +192,26 @@ def test_a_planted_upward_import_fails(tmp_path):
 ])
 def test_relative_imports_resolve(source, module, is_package, expected):
   assert _imported(ast.parse(source).body[0], module, is_package) == expected
+
+
+def test_only_the_entry_point_reaches_the_experiment():
+  """A run of another task never imports the embedded experiment: only main.py (when config.arms names arms)."""
+  graph = module_graph()
+  importers = sorted(m for m, deps in graph.items() if not m.startswith(f"{PACKAGE}.experiments")
+                     and any(d.startswith(f"{PACKAGE}.experiments") for d in deps))
+  assert importers == [f"{PACKAGE}.main"], importers
+
+
+def test_the_library_names_no_task_outside_tasks_and_experiments():
+  """The trainer, evaluator and report ask the task interface (data/tasks/base.py); none names the shipped task."""
+  offenders = []
+  for dirpath, _, names in os.walk(ROOT):
+    rel = os.path.relpath(dirpath, ROOT)
+    if rel.startswith((os.path.join("data", "tasks"), "experiments", "assets")):
+      continue
+    for name in names:
+      if name.endswith(".py"):
+        with open(os.path.join(dirpath, name), encoding="utf-8") as f:
+          offenders += [f"{os.path.join(rel, name)}:{i}" for i, line in enumerate(f, 1) if "chains" in line]
+  assert not offenders, offenders
+

@@ -18,6 +18,7 @@ import pytest
 
 from configs import base
 from jaxghpo import rewards, rl, train
+from jaxghpo import rl_step as rl_step_lib
 from tests import hf_fixtures
 
 P, G = 4, 2
@@ -87,7 +88,7 @@ def test_math_path_through_the_rl_loop(setup, monkeypatch):
     solved.append(float(groups.accuracy.sum()))  # now: a retry later writes its groups into a copy
     return groups
 
-  to_batch = train.groups_lib.to_batch
+  to_batch = rl_step_lib.groups_lib.to_batch
 
   def recording_to_batch(groups, adv, keep, **kw):
     batch = to_batch(groups, adv, keep, **kw)
@@ -95,7 +96,7 @@ def test_math_path_through_the_rl_loop(setup, monkeypatch):
     return batch
 
   trainer.setup.rollout = recording_rollout
-  monkeypatch.setattr(train.groups_lib, "to_batch", recording_to_batch)
+  monkeypatch.setattr(rl_step_lib.groups_lib, "to_batch", recording_to_batch)
   metrics = [trainer.rl_step(step, jax.random.fold_in(trainer.rng, step))[0] for step in range(2)]
   jax.block_until_ready(trainer.params)
 

@@ -110,12 +110,12 @@ def test_a_run_with_a_gcs_workdir(gcs, tmp_path, monkeypatch):
   """train.run on gs://bucket/run: metrics, events, config, eval rows, summary, curves and the export
   are objects in the store; the export loads back. Checkpoints go to a local directory here: orbax writes
   gs:// through tensorstore's own GCS driver, which no fake reaches."""
-  from jaxghpo import checkpoint, models, train
+  from jaxghpo import checkpoint, hooks, models, train
   from tests.train_fixtures import make_tiny_policy, tiny_config
 
   monkeypatch.chdir(tmp_path)  # a gs:// path written with os/open would land in ./gs:/bucket/run
   local_ckpt = str(tmp_path / "checkpoints")
-  monkeypatch.setattr(train, "Checkpointer", lambda directory, **kw: checkpoint.Checkpointer(local_ckpt, **kw))
+  monkeypatch.setattr(hooks, "Checkpointer", lambda directory, **kw: checkpoint.Checkpointer(local_ckpt, **kw))
   config = tiny_config(make_tiny_policy(str(tmp_path / "policy")), num_steps=2, checkpoint_every_steps=2)
   workdir = "gs://bucket/run"
   summary = train.run(config, workdir)

@@ -27,8 +27,8 @@ def test_sft_run_alternates_hinted_batches_and_exports(tmp_path):
   config.num_steps = 4
   config.log_every_steps = 1
   config.sft.batch_size = 8
-  config.sft.levels = "1,2"
-  config.sft.hinted_levels = "4"
+  config.sft.levels = (1, 2)
+  config.sft.hinted_levels = (4,)
   config.sft.max_remaining = 2
   config.sft.max_len = 24
   config.sft.random_model = dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,

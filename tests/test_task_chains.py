@@ -199,7 +199,43 @@ def test_bad_arguments_name_the_input():
 
 
 def test_registry():
-  assert tasks.TASKS == {"chains": chains}
+  assert tasks.GENERATORS == {"chains": chains}
   assert tasks.get_task("chains") is chains
   with pytest.raises(KeyError, match="chains"):
     tasks.get_task("sudoku")
+  assert set(tasks.TASKS.names()) == {"chains", "files"}
+  with pytest.raises(KeyError, match=r"data\.task='sudoku' is not registered; known: \['chains', 'files'\]"):
+    tasks.TASKS.get("sudoku")
+
+
+def test_a_new_task_is_one_registered_class(tmp_path):
+  """The trainer's pieces know a task only through the interface: a new one registers and loads."""
+  from configs.base import get_base_config
+  from jaxghpo.data.example import Example
+  from jaxghpo.data.tasks import base
+
+  class Echo(base.Task):
+    name = "echo"
+    checks_traces = True
+
+    def load(self, train_seed=0):
+      train = [Example(problem_id=i, problem=f"say {i}", steps=(str(i),), answer=str(i)) for i in range(4)]
+      return base.Problems(train, {"all": train}, str.strip, [base.task_report("echo", train)],
+                           check_completion=self.check_completion)
+
+    def check_completion(self, problem, text):
+      return text.strip() == problem.split()[-1], text.strip() == problem.split()[-1]
+
+  tasks.TASKS.register("echo")(Echo)
+  try:
+    c = get_base_config()
+    c.data.task = "echo"
+    task = tasks.task_for(c)
+    problems = task.load()
+    assert [ex.problem for ex in problems.eval_sets["all"]] == ["say 0", "say 1", "say 2", "say 3"]
+    assert task.valid_success_groups(["say 1", "say 2"], ["", ""], ["1", "0", "3", "4"], 2).tolist() == [True, False]
+    with pytest.raises(KeyError, match=r"config\.data\.task_configs\.echo has unknown key\(s\) \['hard_levels'\]"):
+      c.data.task_configs.echo = {"hard_levels": (5,)}
+      tasks.task_for(c)
+  finally:
+    tasks.TASKS._entries.pop("echo")  # noqa: SLF001

@@ -45,7 +45,7 @@ def test_group_sampler_scores_the_hint_with_the_completion(tmp_path, corruption)
   """With the shipped base policy (which writes valid level-3 traces): a true hint in the prompt plus the
   completion is a valid trace; a garbled one is not, though the answer is right."""
   cfg = tiny_config("builtin:chains_base", **{"rewards.weights": {"valid_trace": 1.0},
-                                              "hints.corruption": corruption, "data.train_levels": {"4": 1.0},
+                                              "hints.corruption": corruption, "data.task_configs.chains.train_levels": {"4": 1.0},
                                               "rollout.max_prompt_len": 64, "rollout.max_new_tokens": 48})
   trainer = train.Trainer(cfg, str(tmp_path / "run"))
   examples = [ex for ex in trainer.setup.problems.train if ex.level == 4][:4]

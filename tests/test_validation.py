@@ -33,7 +33,7 @@ def _set(config, key, value):
     ("rewards.deadline_s", 0.0, r"config\.rewards\.deadline_s=0\.0: must be > 0"),
     ("eval.deepconf.percentile", 101.0, r"config\.eval\.deepconf\.percentile=101\.0: must be in \[0, 100\]"),
     ("curriculum.prior_alpha", 0.0, r"config\.curriculum\.prior_alpha=0\.0: must be > 0"),
-    ("data.num_train", 0, r"config\.data\.num_train=0: must be >= 1"),
+    ("data.task_configs.chains.num_train", 0, r"config\.data\.task_configs\.chains\.num_train=0: must be >= 1"),
     ("seed", 2**32, r"config\.seed=4294967296: must be in \[0, 2\*\*32\)"),
 ])
 def test_out_of_range_values_are_refused_naming_key_and_range(key, value, message):

@@ -30,9 +30,9 @@ def tiny_config(model_dir: str, **overrides):
   c.checkpoint_every_steps = 2
   c.rollout.max_new_tokens = 24
   c.rollout.max_prompt_len = 40
-  c.data.train_levels = {"2": 1.0, "3": 1.0}
-  c.eval.easy_levels = "2"
-  c.eval.hard_levels = "3"
+  c.data.task_configs.chains.train_levels = {"2": 1.0, "3": 1.0}
+  c.data.task_configs.chains.easy_levels = (2,)
+  c.data.task_configs.chains.hard_levels = (3,)
   c.eval.num_problems = 4
   c.export_at_end = True
   for key, value in overrides.items():

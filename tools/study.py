@@ -5,7 +5,7 @@
     python tools/study.py --out runs/study --arms grpo,ghpo --seeds 0,1,2,3,4
     python tools/study.py --out runs/study --report_only      # the table and plots from finished runs
 
-Arms (jaxghpo/arms.py, ARMS): GRPO (no hints), GRPO rewarded for a valid trace, DAPO-style filter,
+Arms (jaxghpo/experiments/chains/arms.py, ARMS): GRPO (no hints), GRPO rewarded for a valid trace, DAPO-style filter,
 GHPO (paper ladder 0.25/0.5/0.75), GHPO with the step ladder (one rung per remaining step), GHPO with
 the hint as a response prefix, adaptive, annealed hints, UFT (annealed Binomial hint length + hint
 NLL, response placement), and GHPO with corrupted hints (another problem's trace; shuffled steps;
@@ -69,7 +69,8 @@ import numpy as np  # noqa: E402
 
 from jaxghpo import report, seed_stats  # noqa: E402
 
-from jaxghpo.arms import ARM_LABELS, ARMS, parse_arms, set_dotted  # noqa: E402,F401  (the arms live with the trainer)
+from jaxghpo.experiments.chains import compare  # noqa: E402
+from jaxghpo.experiments.chains.arms import ARM_LABELS, ARMS, parse_arms, set_dotted  # noqa: E402,F401
 
 BASELINE = "grpo"
 # The one pre-declared primary comparison: unhinted valid pass@1 on the hard levels after training,
@@ -173,7 +174,7 @@ def plan(args) -> tuple[list[tuple[str, int, Any]], dict]:
   settings = {"config": args.config, "preset": "quick" if args.quick else "full", "steps": steps,
               "budget_tokens": budget, "max_steps": max_steps, "eval_every_steps": eval_every,
               "overrides": {k: v for k, v in overrides.items()}, "seeds": parse_ints(args.seeds),
-              "arms": parse_arms(args.arms or base.get("arms", "") or ",".join(ARMS)),
+              "arms": parse_arms(args.arms or base.get("arms", ()) or tuple(ARMS)),
               "baseline": BASELINE, "primary_arm": PRIMARY_ARM}
   runs = []
   for arm in settings["arms"]:
@@ -185,7 +186,7 @@ def plan(args) -> tuple[list[tuple[str, int, Any]], dict]:
         set_dotted(c, key, value)
       c.seed = int(seed)
       if "arms" in c:
-        c.arms = ""  # one run per (arm, seed): the side-by-side mode of the config is the study's job
+        c.arms = ()  # one run per (arm, seed): the side-by-side mode of the config is the study's job
       c.num_steps = max_steps  # the learning-rate schedule runs over the cap, the same for every arm
       c.max_gen_tokens = budget
       c.eval_every_steps = eval_every
@@ -442,20 +443,20 @@ def comparisons(summaries: Sequence[Mapping], arms: Sequence[str]) -> dict[str, 
   runs = by_arm(summaries)
   if BASELINE not in runs:
     return {}
-  base = {r["seed"]: report.per_problem_valid(r["workdir"], PRIMARY_SPLIT) for r in runs[BASELINE]}
+  base = {r["seed"]: compare.per_problem_valid(r["workdir"], PRIMARY_SPLIT) for r in runs[BASELINE]}
   out = {}
   for arm in arms:
     if arm == BASELINE or arm not in runs:  # an arm without finished runs has nothing to compare
       continue
     a_rows, b_rows = [], []
     for r in runs[arm]:
-      mine, theirs = report.per_problem_valid(r["workdir"], PRIMARY_SPLIT), base.get(r["seed"])
+      mine, theirs = compare.per_problem_valid(r["workdir"], PRIMARY_SPLIT), base.get(r["seed"])
       if mine and theirs and set(mine) == set(theirs):
         ids = sorted(mine)
         a_rows.append([theirs[i] for i in ids])
         b_rows.append([mine[i] for i in ids])
     if a_rows and len({len(r) for r in a_rows}) == 1:
-      out[arm] = report.paired_bootstrap(a_rows, b_rows)
+      out[arm] = compare.paired_bootstrap(a_rows, b_rows)
   return out
 
 

@@ -37,7 +37,7 @@ import study  # noqa: E402
 import trace_errors  # noqa: E402
 
 from jaxghpo import report, seed_stats  # noqa: E402
-from jaxghpo.arms import ARMS, parse_arms, set_dotted  # noqa: E402
+from jaxghpo.experiments.chains.arms import ARMS, parse_arms, set_dotted  # noqa: E402
 
 SPLIT = "hard"
 VALID_KEY = f"valid_pass@1/{SPLIT}/sampled/after"
@@ -56,7 +56,7 @@ def run_config(args, arm: str, seed: int, budget: int, model_path: str = ""):
   if model_path:
     c.model.path = model_path
   c.seed = int(seed)
-  c.arms = ""
+  c.arms = ()
   c.num_steps = int(args.max_steps)  # the learning-rate schedule runs over the cap in both phases
   c.max_gen_tokens = int(budget)
   c.eval_every_steps = 0

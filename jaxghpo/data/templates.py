@@ -7,7 +7,7 @@ Placements (where a hint, a prefix of the solution from curriculum/hints.py, goe
               can mark them as hint (no policy gradient, KL or entropy on them).
 
 Styles (answer formats):
-  "plain"         the procedural tasks (chains): no instructions, no chat template. Its vocabulary
+  "plain"         the procedural tasks (data/tasks/): no instructions, no chat template. Its vocabulary
                   has no English, so the in-prompt hint is marked by a single token:
                                  prompt (+ hint ids)                 model writes
                       no hint    <bos>k+3-5+2=                       k+3=n-5+2;n-5=i+2;i+2=k<eos>
@@ -170,7 +170,7 @@ def render_text(example: Example, hint_text: str, placement: str, tokenizer, sty
 def render(example: Example, hint_text: str, placement: str, tokenizer, style: str) -> Rendered:
   """Renders `example`'s prompt with `hint_text` ("" = no hint) at `placement` in `style`.
 
-  tokenizer: an HF tokenizer (the chains task's, or a real model's).
+  tokenizer: an HF tokenizer (a procedural task's, or a real model's).
   """
   text, add_special, prefix, chars = _layout(example, hint_text, placement, tokenizer, style)
   prompt_ids = tokenizer.encode(text, add_special_tokens=add_special)

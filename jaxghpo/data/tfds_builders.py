@@ -7,7 +7,7 @@ TensorFlow is never imported: TFDS writes array_record files and reads them back
 Each builder config gets a name derived from its content (task, seed, sizes, levels, generator
 version; or file names, file contents and field mapping), so different configs never share a
 directory and a changed file is rebuilt rather than read stale:
-  DATA_DIR/jaxghpo_task/chains_s0_<hash>/1.0.0/jaxghpo_task-train.array_record-00000-of-00001
+  DATA_DIR/jaxghpo_task/<task>_s0_<hash>/1.0.0/jaxghpo_task-train.array_record-00000-of-00001
 
 Build on one process (or on each host's local disk) before several processes read: TFDS writes
 to a temporary directory and renames it, but two concurrent builds of one config may collide.

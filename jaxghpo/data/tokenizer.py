@@ -1,10 +1,10 @@
-"""Tokenizers: the embedded task's character tokenizer, and one loader for every HF tokenizer dir.
+"""Tokenizers: a procedural task's character tokenizer, and one loader for every HF tokenizer dir.
 
-The chains task (jaxghpo/data/tasks/chains.py) ships its own tokenizer, saved in HF format under
-jaxghpo/assets/chains_tokenizer/, so the task tokenizer and a real model's tokenizer load through
+A procedural task (jaxghpo/data/tasks/) ships its own tokenizer (its module's ALPHABET, saved in HF format
+under jaxghpo/assets/<its TOKENIZER_DIR>/), so the task tokenizer and a real model's tokenizer load through
 the same call: `load(path)` -> `transformers.AutoTokenizer.from_pretrained(path)`.
 
-Vocabulary of the task tokenizer (ids are fixed; the shipped base policy depends on them):
+Vocabulary of the shipped task's tokenizer (ids are fixed; the shipped base policy depends on them):
   0 <pad>, 1 <eos>, 2 <bos>, 3 <unk>, 4 "|" (the hint marker of the in-prompt placement, see
   templates.py), 5..30 "a".."z", 31..40 "0".."9", 41 "+", 42 "-", 43 "=", 44 ";".
 Every character is one token; decoding concatenates tokens without spaces. No token is added
@@ -25,8 +25,6 @@ import transformers
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, BOS, UNK)  # ids 0..3, in this order
 HINT_MARKER = "|"
-CHAINS_ALPHABET = HINT_MARKER + "abcdefghijklmnopqrstuvwxyz" + "0123456789" + "+-=;"
-TASK_TOKENIZERS = {"chains": "chains_tokenizer"}  # task name -> dir under jaxghpo/assets/
 _MODEL_MAX_LENGTH = 4096
 
 
@@ -53,26 +51,37 @@ def build_char_tokenizer(alphabet: str, *, chat_template: str | None = None
   return tok
 
 
-def build_task_tokenizer() -> transformers.PreTrainedTokenizerFast:
-  """The chains task's tokenizer (45 tokens), built from scratch."""
-  return build_char_tokenizer(CHAINS_ALPHABET)
+def _task_module(task: str):
+  from jaxghpo.data import tasks  # noqa: PLC0415  (the task modules name their alphabet and assets dir)
+  return tasks.get_task(task)
+
+
+def task_names() -> tuple[str, ...]:
+  from jaxghpo.data import tasks  # noqa: PLC0415
+  return tuple(tasks.GENERATORS)
+
+
+def build_task_tokenizer(task: str | None = None) -> transformers.PreTrainedTokenizerFast:
+  """A procedural task's tokenizer (the shipped task's: 45 tokens), built from scratch."""
+  return build_char_tokenizer(HINT_MARKER + _task_module(task or task_names()[0]).ALPHABET)
 
 
 def assets_dir() -> pathlib.Path:
   return pathlib.Path(__file__).resolve().parent.parent / "assets"
 
 
-def task_tokenizer_path(task: str = "chains") -> str:
-  """The packaged HF tokenizer dir of a procedural task (default: chains)."""
-  if task not in TASK_TOKENIZERS:
-    raise KeyError(f"no packaged tokenizer for task {task!r}; known: {sorted(TASK_TOKENIZERS)}.")
-  return str(assets_dir() / TASK_TOKENIZERS[task])
+def task_tokenizer_path(task: str | None = None) -> str:
+  """The packaged HF tokenizer dir of a procedural task (default: the shipped one)."""
+  task = task or task_names()[0]
+  if task not in task_names():
+    raise KeyError(f"no packaged tokenizer for task {task!r}; known: {sorted(task_names())}.")
+  return str(assets_dir() / _task_module(task).TOKENIZER_DIR)
 
 
-def save_task_tokenizer(out_dir: str | os.PathLike | None = None) -> str:
-  """Builds the chains tokenizer and writes it in HF format (default: the packaged assets dir)."""
-  out_dir = str(out_dir) if out_dir is not None else task_tokenizer_path("chains")
-  tok = build_task_tokenizer()
+def save_task_tokenizer(out_dir: str | os.PathLike | None = None, task: str | None = None) -> str:
+  """Builds a procedural task's tokenizer and writes it in HF format (default: the packaged assets dir)."""
+  out_dir = str(out_dir) if out_dir is not None else task_tokenizer_path(task)
+  tok = build_task_tokenizer(task)
   tok.save_pretrained(out_dir)
   # transformers 5 writes its own class name "TokenizersBackend", which transformers 4 (and tools
   # pinned to it, e.g. vLLM) cannot resolve; "PreTrainedTokenizerFast" loads in both.
@@ -84,13 +93,13 @@ def save_task_tokenizer(out_dir: str | os.PathLike | None = None) -> str:
 
 
 def load(path_or_name: str | os.PathLike) -> transformers.PreTrainedTokenizerBase:
-  """Loads a tokenizer through AutoTokenizer: a task name ("chains") or an HF tokenizer dir.
+  """Loads a tokenizer through AutoTokenizer: a procedural task's name or an HF tokenizer dir.
 
   Anything that is not a task name goes to `AutoTokenizer.from_pretrained` unchanged (a local dir,
   or a hub id where the machine can reach the hub).
   """
   path = str(path_or_name)
-  if path in TASK_TOKENIZERS:
+  if path in task_names():
     path = task_tokenizer_path(path)
   return transformers.AutoTokenizer.from_pretrained(path)
 

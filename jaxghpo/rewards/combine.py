@@ -5,7 +5,7 @@
 GHPO used 1.0 * accuracy + 0.5 * format. Difficulty detection (and the learning-signal statistics)
 read the accuracy term alone, which is why it is returned separately from the total.
 
-"valid_trace" scores a whole written trace (the task's checker, e.g. the letter chains'); it reads
+"valid_trace" scores a whole written trace (the task's checker, data.tasks.base.Task.check_completion); it reads
 the keyword arguments problems= and contexts= (the prompt-side hint of each completion), which the
 group sampler passes to every kind, and check_trace= from the experiment's problems.
 
@@ -80,8 +80,8 @@ def _valid_trace(completions, answers, config, check_trace=None, problems=None, 
   """1 when the written trace is valid (every step right, and so the answer): check_trace(problem,
   context + completion) -> bool, with context the prompt-side hint the completion continues."""
   if check_trace is None or problems is None:
-    raise ValueError("rewards.weights.valid_trace needs problems with a trace checker (data.source='task', "
-                     "e.g. data.task='chains'); use the 'exact' or 'math' kind for other data.")
+    raise ValueError("rewards.weights.valid_trace needs problems with a trace checker (a task whose checks_traces "
+                     "is true); use the 'exact' or 'math' kind for other data.")
   contexts = [""] * len(completions) if contexts is None else contexts
   return np.asarray([float(bool(check_trace(p, str(c) + str(t))))
                      for p, c, t in zip(problems, contexts, completions)], np.float32)

@@ -45,6 +45,8 @@ from jaxghpo.data.example import Example, stable_id
 
 NAME = "chains"
 STEP_SEP = ";"
+ALPHABET = "abcdefghijklmnopqrstuvwxyz" + "0123456789" + "+-=;"  # the task tokenizer's characters (data/tokenizer.py)
+TOKENIZER_DIR = "chains_tokenizer"  # its HF files under jaxghpo/assets/
 SPLITS = ("train", "test", "ood", "ood_ops")
 DEFAULT_LEVELS = {"train": tuple(range(1, 7)), "test": tuple(range(1, 7)), "ood": (7, 8), "ood_ops": (3, 4)}
 TEST_BUCKETS = 10  # one problem text in TEST_BUCKETS belongs to the test split

@@ -4,7 +4,8 @@ An arm is a set of config overrides (dotted key -> value). `config.arms = "ghpo,
 `python -m jaxghpo.main --config=... --workdir=DIR` run each arm in DIR/ARM, one after another, from
 the same base policy, problems and seed, each until it has generated config.max_gen_tokens tokens
 (retries included: an equal budget), then write DIR/comparison.md and DIR/comparison.png
-(report.compare). tools/study.py runs the same arms over seeds.
+(compare.compare). tools/study.py runs the same arms over seeds. `python -m jaxghpo.main` calls
+run_side_by_side with train.run when config.arms names arms; the trainer itself never imports this module.
 """
 from __future__ import annotations
 
@@ -55,11 +56,13 @@ ARM_LABELS = {"grpo": "GRPO (no hints)", "grpo_valid": "GRPO, valid-trace reward
               "backfade": "backward fade (adaptive, response)", "guide": "Guide (hinted samples, unhinted context)"}
 
 
-def parse_arms(text: str) -> list[str]:
-  arms = [a.strip() for a in str(text).split(",") if a.strip()]
+def parse_arms(arms_or_text) -> list[str]:
+  """The arm names of config.arms (a tuple; a comma-separated string from a command-line flag also reads)."""
+  items = arms_or_text.split(",") if isinstance(arms_or_text, str) else list(arms_or_text)
+  arms = [str(a).strip() for a in items if str(a).strip()]
   unknown = [a for a in arms if a not in ARMS]
   if unknown or not arms:
-    raise ValueError(f"arms {text!r}: unknown arms {unknown}; choose from {list(ARMS)}")
+    raise ValueError(f"arms {arms_or_text!r}: unknown arms {unknown}; choose from {list(ARMS)}")
   return arms
 
 
@@ -80,7 +83,7 @@ def arm_config(config, arm: str):
   """A copy of `config` with the arm's overrides and no `arms` of its own."""
   c = copy.deepcopy(config)
   with c.unlocked():
-    c.arms = ""
+    c.arms = ()
     for key, value in ARMS[arm].items():
       set_dotted(c, key, value)
   return c
@@ -88,14 +91,14 @@ def arm_config(config, arm: str):
 
 def run_side_by_side(config, workdir: str, run_arm: Callable[..., dict], allow_config_change: bool = False) -> dict:
   """Runs each arm of config.arms in workdir/ARM with run_arm(arm config, arm workdir, allow_config_change=...) (the
-  trainer passes train.run: this module sits below train.py and never imports it), then report.compare of all of
-  them.
+  entry point passes train.run), then compare.compare of all of them.
 
   A stop signal (SIGTERM, SIGINT) ends the arm it came in (saved) and the command: a rerun of the same
   command skips the finished arms, resumes that one, runs the rest and compares. Several processes: every
   process trains every arm; the comparison is written by process 0 while the others wait for it at an
   agreed barrier (its outcome is shared, so an error there stops every process)."""
-  from jaxghpo import paths, report
+  from jaxghpo import paths
+  from jaxghpo.experiments.chains import compare
   arms = parse_arms(config.arms)
   if not int(config.max_gen_tokens):
     raise ValueError("config.arms compares arms at an equal budget of generated tokens: set config.max_gen_tokens > 0")
@@ -109,7 +112,7 @@ def run_side_by_side(config, workdir: str, run_arm: Callable[..., dict], allow_c
             "arms and compare", flush=True)
       return out
   runs = {arm: paths.join(workdir, arm) for arm in arms}
-  out["comparison"] = on_process_zero("arms_compare", lambda: report.compare(workdir, runs, labels=ARM_LABELS))
+  out["comparison"] = on_process_zero("arms_compare", lambda: compare.compare(workdir, runs, labels=ARM_LABELS))
   return out
 
 
