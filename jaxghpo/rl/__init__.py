@@ -51,5 +51,6 @@ __all__ = [
     "init_opt_state", "kl_penalty", "loss_agg", "loss_and_grads", "loss_counts", "make_batch", "make_grad_fn",
     "make_logprob_fn", "make_lr_schedule", "make_optimizer", "make_train_step", "merge_terms",
     "optimizer_shardings", "policy_loss", "policy_loss_terms", "register_estimator", "register_loss_agg",
-    "resolve_config", "sequence_logprobs", "token_entropy", "token_logprobs", "train_step", "validate_config", "weighted_loss",
+    "resolve_config", "sequence_logprobs", "token_entropy", "token_logprobs", "train_step", "validate_config",
+    "weighted_loss",
 ]
