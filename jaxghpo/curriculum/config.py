@@ -107,7 +107,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   # Ranges of single keys: the one table (jaxghpo/validation.py); choices and key relations below.
   validation.check_ranges(c, prefix="curriculum.")
   if c.mode not in MODES:  # the registry's names: a registered mode is valid here
-    fail(f"mode={c.mode!r} is not one of {MODES.names()} (register a new one with curriculum.register_mode)")
+    fail(f"mode={c.mode!r} is not one of {MODES.names()}")  # docs/hostile_inputs.md quotes this line
   mode = MODES.get(c.mode)
   ladder = tuple(c.ladder)
   if not ladder or any(b <= a for a, b in zip(ladder, ladder[1:])):
