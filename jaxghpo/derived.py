@@ -89,10 +89,12 @@ def validate(config) -> None:
     raise ValueError(f"config.rl.hint_nll_coef={config.rl.hint_nll_coef} needs config.hints.placement="
                      f"'response' (hint tokens in the prompt are context, not targets); got "
                      f"config.hints.placement={config.hints.placement!r}")
-  if bool(config.rl.get("guide", False)) and config.curriculum.mode in ("none", "filter"):
+  mode = config.curriculum.mode
+  if bool(config.rl.get("guide", False)) and mode in curriculum.MODES and curriculum.MODES.get(mode).hintless:
+    hinting = ", ".join(name for name in curriculum.MODES if not curriculum.MODES.get(name).hintless)
     raise ValueError(f"config.rl.guide=True trains hinted samples in the unhinted context, but "
-                     f"config.curriculum.mode={config.curriculum.mode!r} never hints; use a hinting mode "
-                     "(ghpo, adaptive, anneal) or set rl.guide=False")
+                     f"config.curriculum.mode={mode!r} never hints; use a hinting mode "
+                     f"({hinting}) or set rl.guide=False")
   if float(config.rollout.temperature) <= 0:
     raise ValueError(f"config.rollout.temperature={config.rollout.temperature} must be > 0 for RL: the loss "
                      "recomputes logprobs at the sampling temperature (greedy sampling has no ratio)")

@@ -36,6 +36,12 @@ class Registry(Generic[T]):
 
     return add
 
+  def unregister(self, name: str) -> T:
+    """Removes `name` and returns its entry (tests that register a temporary entry clean up with it)."""
+    if name not in self._entries:
+      raise KeyError(f"{self.key}={name!r} is not registered; known: {sorted(self._entries)}")
+    return self._entries.pop(name)
+
   def get(self, name: str) -> T:
     if name not in self._entries:
       raise KeyError(f"{self.key}={name!r} is not registered; known: {sorted(self._entries)}")

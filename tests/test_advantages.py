@@ -82,7 +82,7 @@ def test_registry_adds_an_estimator_by_name():
     cfg = rl.resolve_config({"advantage_estimator": "test_max_baseline"})
     assert cfg.advantage_estimator == "test_max_baseline"
   finally:
-    rl.ESTIMATORS.pop("test_max_baseline")
+    rl.ESTIMATORS.unregister("test_max_baseline")
 
 
 def test_errors_name_the_input():

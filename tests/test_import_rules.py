@@ -20,10 +20,10 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # Mirrored in docs/DESIGN.md ("Modules and what each may import"); lower floors first.
 FLOORS = {
     # 0: imports nothing of jaxghpo
-    "sections": 0, "faults": 0, "parallel": 0, "rewards": 0, "voting": 0, "disk_full": 0, "stopping": 0,
+    "sections": 0, "faults": 0, "parallel": 0, "voting": 0, "disk_full": 0, "stopping": 0,
     "seed_stats": 0, "health": 0, "budget": 0, "registry": 0,
-    "paths": 1, "deepconf": 1,
-    "logging_utils": 2, "checkpoint": 2, "validation": 2, "workdir_lock": 2, "models": 2,
+    "paths": 1, "rewards": 1,
+    "logging_utils": 2, "checkpoint": 2, "validation": 2, "workdir_lock": 2, "models": 2, "deepconf": 2,
     "curriculum": 3, "rl": 3, "resume_check": 3,
     "derived": 4, "data": 4,
     "rollout": 5, "memory_estimate": 5,
@@ -174,7 +174,7 @@ def test_the_checker_finds_upward_imports_cycles_and_unknown_units():
 
 
 def test_a_planted_upward_import_fails(tmp_path):
-  # A copy of the package where rewards (floor 0) imports train (floor 10), lazily inside a function.
+  # A copy of the package where rewards (floor 1) imports train (floor 10), lazily inside a function.
   copy = tmp_path / PACKAGE
   shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("__pycache__", "assets"))
   with open(copy / "rewards" / "simple.py", "a", encoding="utf-8") as f:

@@ -172,10 +172,10 @@ def test_registry_by_name_and_new_kinds():
     total, _, parts = rewards.combine(_exact_config(exact=1.0, length_penalty_test=1.0),
                                       ["<answer>ab</answer>", "ab"], ["ab", "ab"])
     np.testing.assert_allclose(total, [1.0 - 0.19, -0.02], rtol=1e-6)   # 19 and 2 characters
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
       rewards.register("length_penalty_test")(_length)
   finally:
-    del rewards.REGISTRY["length_penalty_test"]
+    rewards.REGISTRY.unregister("length_penalty_test")
   with pytest.raises(ValueError, match="unknown reward kind"):
     rewards.get("length_penalty_test")
 

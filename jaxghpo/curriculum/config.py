@@ -9,9 +9,8 @@ from __future__ import annotations
 import ml_collections
 
 from jaxghpo import sections, validation
+from jaxghpo.curriculum.modes import MODES  # the modes by name (curriculum/modes.py: register_mode)
 
-MODES = ("none", "filter", "ghpo", "adaptive", "anneal")
-HINTLESS_MODES = ("none", "filter")  # modes whose scheduler never puts a hint in a prompt
 ANNEAL_SCHEDULES = ("linear", "cosine")
 LADDER_KINDS = ("ratios", "steps")
 ADAPTIVE_RAISES = ("below_band", "all_fail")
@@ -21,7 +20,8 @@ def default_config() -> ml_collections.ConfigDict:
   """The scheduler's configuration with every key at its default."""
   c = ml_collections.ConfigDict()
   # "none" (plain GRPO) | "filter" (DAPO dynamic sampling) | "ghpo" (in-step hint ladder)
-  # | "adaptive" (per-problem ratio from running pass rates) | "anneal" (ratio decays over training).
+  # | "adaptive" (per-problem ratio from running pass rates) | "anneal" (ratio decays over training)
+  # | any name registered with curriculum.register_mode.
   c.mode = "none"
   c.seed = 0  # keys the random hint draws of "anneal" (a counter-based hash, see counter_rng.py)
   c.total_steps = 0  # a run derives it from config.num_steps (jaxghpo/derived.py); "anneal" uses it when anneal_steps == 0
@@ -106,8 +106,9 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
 
   # Ranges of single keys: the one table (jaxghpo/validation.py); choices and key relations below.
   validation.check_ranges(c, prefix="curriculum.")
-  if c.mode not in MODES:
-    fail(f"mode={c.mode!r} is not one of {MODES}")
+  if c.mode not in MODES:  # the registry's names: a registered mode is valid here
+    fail(f"mode={c.mode!r} is not one of {MODES.names()}")  # docs/hostile_inputs.md quotes this line
+  mode = MODES.get(c.mode)
   ladder = tuple(c.ladder)
   if not ladder or any(b <= a for a, b in zip(ladder, ladder[1:])):
     fail(f"ladder={ladder} must be non-empty, strictly increasing, within (0, 1]")
@@ -124,17 +125,19 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     fail(f"adaptive_raise={c.adaptive_raise!r} is not one of {ADAPTIVE_RAISES}")
   if c.anneal_schedule not in ANNEAL_SCHEDULES:
     fail(f"anneal_schedule={c.anneal_schedule!r} is not one of {ANNEAL_SCHEDULES}")
-  if c.mode == "anneal" and c.anneal_steps <= 0 and c.total_steps <= 0:
-    fail("mode='anneal' needs anneal_steps > 0 or total_steps > 0 (the trainer sets total_steps from num_steps)")
+  problem = mode.check(c) if mode.check is not None else None
+  if problem:
+    fail(problem)
   if isinstance(c.filter_refill, bool):
     fail(f"filter_refill={c.filter_refill} must be an integer >= 0 (the most refill rounds per step)")
 
 
 def highest_ratio(c) -> float:
   """The longest hint, as a fraction of the trace (below 1), that the scheduler of config `c` can ask for."""
-  if c.mode in HINTLESS_MODES:
+  mode = MODES.get(c.mode) if c.mode in MODES else None
+  if mode is not None and mode.hintless:
     return 0.0
-  if c.mode in ("ghpo", "adaptive") and c.get("ladder_kind", "ratios") == "steps":
+  if mode is not None and mode.may_use_ladder and c.get("ladder_kind", "ratios") == "steps":
     return 1.0 - 1e-6  # the last rung leaves one step: everything before the answer line
   top = max([float(c.max_ratio), float(c.anneal_start_ratio)] + [float(r) for r in c.ladder])
   return min(top, 1.0 - 1e-6)

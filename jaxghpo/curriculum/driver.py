@@ -125,7 +125,7 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
   keep = np.ones(B, bool)
   final_ids, final_levels, final_rows = ids.copy(), levels.copy(), np.arange(B)
   extra = {}
-  if sched.cfg.mode == "filter":
+  if sched.mode.refill:  # filter (DAPO dynamic sampling)
     keep = sched.keep_mask(rewards_of(groups))
     seen = [(ids, final_ratios.copy(), accuracy_of(groups), levels)]  # every group sampled, for update
     offset, rounds = B, 0

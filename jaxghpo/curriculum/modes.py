@@ -1,14 +1,25 @@
-"""The decision rules of the scheduler's modes, as pure numpy functions of arrays.
+"""The scheduler's modes by name (MODES, keyed curriculum.mode), and their decision rules as pure numpy
+functions of arrays.
 
 Ratios are fractions of the solution trace given as hint: 0 is no hint, 1 the whole trace.
+
+A mode is its first-attempt plan plus a few flags; a new one is one decorated function, and its name is then
+a valid curriculum.mode:
+
+    @register_mode("my_mode", ladder=True)        # difficult groups also climb the ladder within the step
+    def _my_mode(sched, ids_B, levels):           # the HintScheduler, int64 [B] ids, plan()'s levels (or None)
+      return np.full(ids_B.size, 0.25, np.float32)  # float32 [B] first-attempt ratios (after the cold start)
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, Callable
 
 import numpy as np
 
 from jaxghpo.curriculum import counter_rng
+from jaxghpo.registry import Registry
 
 _EPS = 1e-6  # ratios are float32; compare with this slack so 0.25 + float noise is still 0.25
 
@@ -101,3 +112,94 @@ def binomial_ratio(p: float, seed: int, step: int, ids_B: np.ndarray, num_draws:
   """
   u_BxN = counter_rng.uniforms(seed, step, ids_B, num_draws)
   return (np.count_nonzero(u_BxN < p, axis=1) / num_draws).astype(np.float32)
+
+
+# --- the modes by name -------------------------------------------------------------------------------
+PlanFn = Callable[[Any, np.ndarray, Any], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+  """A curriculum mode. plan(sched, ids_B, levels) -> float32 [B]: the first-attempt ratios once the cold
+  start is over (during it every mode plans 0); `levels` is plan()'s argument as given (None or int [B],
+  sched.level_array checks it).
+    hintless: never puts a hint in a prompt (plans 0, never retries; highest_ratio 0, no rl.guide).
+    ladder:   difficult groups are re-sampled at the next ladder rung within the step (scheduler.retry);
+              True, or a function of the curriculum config (adaptive: its adaptive_retry).
+    refill:   groups without signal are dropped and replaced by new problems (DAPO; driver.step_loop).
+    check:    check(cfg) -> None, or what is wrong with the config for this mode (validate_config says it).
+  """
+  name: str
+  plan: PlanFn
+  hintless: bool = False
+  ladder: bool | Callable[[Any], bool] = False
+  refill: bool = False
+  check: Callable[[Any], str | None] | None = None
+
+  def uses_ladder(self, cfg) -> bool:
+    return bool(self.ladder(cfg)) if callable(self.ladder) else bool(self.ladder)
+
+  @property
+  def may_use_ladder(self) -> bool:
+    """The ladder is used under some config (highest_ratio asks before the config's own flags)."""
+    return self.ladder is not False
+
+
+MODES: Registry[Mode] = Registry("curriculum.mode")
+
+
+def register_mode(name: str, *, hintless: bool = False, ladder: bool | Callable[[Any], bool] = False,
+                  refill: bool = False, check: Callable[[Any], str | None] | None = None
+                  ) -> Callable[[PlanFn], PlanFn]:
+  """Decorator: registers plan(sched, ids_B, levels) -> float32 [B] as curriculum mode `name` (see Mode)."""
+
+  def add(plan: PlanFn) -> PlanFn:
+    MODES.register(name)(Mode(name, plan, hintless=hintless, ladder=ladder, refill=refill, check=check))
+    return plan
+
+  return add
+
+
+def _no_hint(sched, ids_B, levels) -> np.ndarray:
+  del sched, levels
+  return np.zeros(ids_B.size, np.float32)
+
+
+register_mode("none", hintless=True)(_no_hint)                 # plain GRPO
+register_mode("filter", hintless=True, refill=True)(_no_hint)  # DAPO dynamic sampling
+register_mode("ghpo", ladder=True)(_no_hint)                   # GHPO: hints on retries only
+
+
+@register_mode("adaptive", ladder=lambda c: c.adaptive_retry)
+def _adaptive(sched, ids_B, levels) -> np.ndarray:
+  """Each problem's own ratio from its running pass rate; a problem never seen (or evicted) starts where its
+  level's problems currently are (or at initial_ratio)."""
+  c = sched.cfg
+  levels_B = sched.level_array(levels, ids_B.size)
+  slots = sched.problems.lookup(ids_B)
+  seen = slots >= 0
+  ratios = np.full(ids_B.size, c.initial_ratio, np.float32)
+  ratios[seen] = sched.problems.ratio[slots[seen]]
+  lv = levels_B + 1
+  from_level = ~seen & (levels_B >= 0)
+  from_level[from_level] = sched.levels.groups[lv[from_level]] > 0
+  ratios[from_level] = snap_to_grid(sched.levels.ratio_ema[lv[from_level]], c.ratio_grid, c.max_ratio)
+  return np.minimum(ratios, np.float32(c.max_ratio))
+
+
+def _anneal_check(c) -> str | None:
+  if c.anneal_steps <= 0 and c.total_steps <= 0:
+    return "mode='anneal' needs anneal_steps > 0 or total_steps > 0 (the trainer sets total_steps from num_steps)"
+  return None
+
+
+@register_mode("anneal", check=_anneal_check)
+def _anneal(sched, ids_B, levels) -> np.ndarray:
+  """One ratio for every problem that decays over training (anneal_random: a Binomial draw around it)."""
+  del levels
+  c = sched.cfg
+  p = anneal_ratio(sched.step, start_ratio=c.anneal_start_ratio,
+                   num_steps=c.anneal_steps if c.anneal_steps > 0 else c.total_steps, schedule=c.anneal_schedule)
+  if c.anneal_random:
+    return binomial_ratio(p, sched.seed, sched.step, ids_B, c.anneal_draw_n)
+  return np.full(ids_B.size, p, np.float32)

@@ -54,19 +54,30 @@ class HintScheduler:
     self._step = int(step)
 
   @property
+  def mode(self) -> modes.Mode:
+    """The configured mode: its plan and flags (curriculum/modes.py)."""
+    return modes.MODES.get(self.cfg.mode)
+
+  @property
+  def seed(self) -> int:
+    """The seed of the scheduler's counter-based draws (anneal_random)."""
+    return self._seed
+
+  @property
   def in_cold_start(self) -> bool:
     return self._step < self.cfg.cold_start_steps
 
   @property
   def uses_ladder(self) -> bool:
-    return self.cfg.mode == "ghpo" or (self.cfg.mode == "adaptive" and self.cfg.adaptive_retry)
+    return self.mode.uses_ladder(self.cfg)
 
   # --- decisions -----------------------------------------------------------------------------
   def plan(self, problem_ids, levels=None, *, step=None) -> np.ndarray:
     """float32 [B] in [0, max]: the hint ratio of each problem's first attempt this step.
 
     problem_ids: int [B] stable ids; levels: optional int [B] difficulty levels (-1 unknown), used
-    only for problems never seen (they start from their level's typical ratio in "adaptive").
+    only for problems never seen (they start from their level's typical ratio in "adaptive"), and by the
+    "steps" ladder. The ratios are those of the mode's plan (curriculum/modes.py), 0 during the cold start.
     Reads the state only: calling it does not change any later decision.
     """
     if step is not None:
@@ -75,34 +86,15 @@ class HintScheduler:
     c = self.cfg
     if levels is not None:  # the step ladder's rungs depend on each problem's number of steps
       self._step_levels.update(zip(ids.tolist(), np.asarray(levels, np.int64).reshape(-1).tolist()))
-    if c.mode in config_lib.HINTLESS_MODES or c.mode == "ghpo" or self.in_cold_start:  # ghpo: hints on retries only
+    if self.in_cold_start:
       ratios = np.zeros(ids.size, np.float32)
-    elif c.mode == "adaptive":
-      ratios = self._adaptive_plan(ids, self._levels(levels, ids.size, "levels"))
-    else:  # anneal
-      p = modes.anneal_ratio(self._step, start_ratio=c.anneal_start_ratio,
-                             num_steps=c.anneal_steps if c.anneal_steps > 0 else c.total_steps,
-                             schedule=c.anneal_schedule)
-      if c.anneal_random:
-        ratios = modes.binomial_ratio(p, self._seed, self._step, ids, c.anneal_draw_n)
-      else:
-        ratios = np.full(ids.size, p, np.float32)
+    else:  # the mode's own plan (curriculum/modes.py): none, filter and ghpo plan 0 (ghpo hints on retries only)
+      ratios = np.asarray(self.mode.plan(self, ids, levels), np.float32)
+      if ratios.shape != ids.shape:
+        raise ValueError(f"curriculum.mode={c.mode!r}: its plan returned shape {ratios.shape}, expected {ids.shape}")
     self._counters["plan_groups"] += ids.size
     self._counters["plan_ratio_sum"] += float(ratios.sum(dtype=np.float64))
     return ratios
-
-  def _adaptive_plan(self, ids: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    c = self.cfg
-    slots = self.problems.lookup(ids)
-    seen = slots >= 0
-    ratios = np.full(ids.size, c.initial_ratio, np.float32)
-    ratios[seen] = self.problems.ratio[slots[seen]]
-    # A problem never seen (or evicted) starts where its level's problems currently are.
-    lv = levels + 1
-    from_level = ~seen & (levels >= 0)
-    from_level[from_level] = self.levels.groups[lv[from_level]] > 0
-    ratios[from_level] = modes.snap_to_grid(self.levels.ratio_ema[lv[from_level]], c.ratio_grid, c.max_ratio)
-    return np.minimum(ratios, np.float32(c.max_ratio))
 
   def retry(self, problem_ids, ratios, rewards) -> np.ndarray:
     """float32 [B]: the ratio to re-sample each group with within this step, NaN for no retry.
@@ -175,7 +167,7 @@ class HintScheduler:
       raise ValueError("update: ratios and rewards must be finite (pass the final ratio of every group)")
     if ((ratios < 0) | (ratios > 1)).any():
       raise ValueError(f"update: ratios must lie in [0, 1], got {ratios[(ratios < 0) | (ratios > 1)][:5].tolist()}")
-    levels = self._levels(levels, ids.size, "levels")
+    levels = self.level_array(levels, ids.size)
     rows = multihost.allgather_rows({"ids": ids, "ratios": ratios, "rewards": rewards, "levels": levels})
     counters_per_process = multihost.allgather_rows({"c": self._counter_row()})["c"]
     counters = dict(zip(metrics_lib.COUNTERS, counters_per_process.sum(axis=0).tolist()))
@@ -228,7 +220,8 @@ class HintScheduler:
   def _counter_row(self) -> np.ndarray:
     return np.array([[self._counters[name] for name in metrics_lib.COUNTERS]], np.float64)
 
-  def _levels(self, levels, size: int, name: str) -> np.ndarray:
+  def level_array(self, levels, size: int, name: str = "levels") -> np.ndarray:
+    """int32 [size]: the levels given (checked against [-1, max_levels)), or -1 (unknown) for None."""
     if levels is None:
       return np.full(size, -1, np.int32)
     lv = _vector(levels, size, name, np.int64)

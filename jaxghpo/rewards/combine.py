@@ -9,9 +9,10 @@ read the accuracy term alone, which is why it is returned separately from the to
 the keyword arguments problems= and contexts= (the prompt-side hint of each completion), which the
 group sampler passes to every kind, and check_trace= from the experiment's problems.
 
-A new kind is a function (completions, answers, config, **kwargs) -> np.float32 [B] plus a name:
+A new kind is one decorated function (completions, answers, config, **kwargs) -> np.float32 [B]; its name
+is then a valid key of rewards.weights and value of rewards.accuracy:
 
-    @register("my_kind")
+    @rewards.register("my_kind")          # = rewards.REGISTRY.register
     def _my_kind(completions, answers, config, **kwargs): ...
 """
 
@@ -22,27 +23,35 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
+from jaxghpo.registry import Registry
 from jaxghpo.rewards import math as math_rewards
 from jaxghpo.rewards import simple
 
 RewardFn = Callable[..., np.ndarray]
-REGISTRY: dict[str, RewardFn] = {}
-
-
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
-  """Decorator: adds a reward kind to REGISTRY under `name`."""
-  def add(fn: RewardFn) -> RewardFn:
-    if name in REGISTRY:
-      raise ValueError(f"reward kind {name!r} is already registered ({REGISTRY[name]!r}).")
-    REGISTRY[name] = fn
-    return fn
-  return add
+# The reward kinds by name: the keys of rewards.weights (and rewards.accuracy's value) are looked up here.
+REGISTRY: Registry[RewardFn] = Registry("rewards.weights")
+register = REGISTRY.register  # decorator: @register("name") adds a reward kind
 
 
 def get(name: str) -> RewardFn:
+  """The reward kind registered as `name` (a ValueError listing the registered kinds otherwise)."""
   if name not in REGISTRY:
-    raise ValueError(f"unknown reward kind {name!r}; registered kinds: {sorted(REGISTRY)}.")
-  return REGISTRY[name]
+    raise ValueError(f"{REGISTRY.key}: unknown reward kind {name!r}; registered kinds: {sorted(REGISTRY)}.")
+  return REGISTRY.get(name)
+
+
+def validate_config(config) -> None:
+  """Checks the rewards section (or a config holding it): every weighted kind and the accuracy kind are
+  registered, every weight is finite. Each error names the key and the registered kinds."""
+  c = _section(config)
+  for name, w in dict(c.weights).items():
+    if name not in REGISTRY:
+      raise ValueError(f"rewards.weights.{name}: unknown reward kind; registered kinds: {sorted(REGISTRY)}.")
+    if not np.isfinite(float(w)):
+      raise ValueError(f"rewards.weights.{name}={w} must be a finite number.")
+  if c.accuracy not in REGISTRY:
+    raise ValueError(f"rewards.accuracy={c.accuracy!r}: unknown reward kind; "
+                     f"registered kinds: {sorted(REGISTRY)}.")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -104,22 +113,15 @@ def combine(config, completions: Sequence[str], answers: Sequence, **kwargs
   parts: kind -> float32 [B], every weighted kind and the accuracy kind). Each kind is computed once.
   """
   c = _section(config)
+  validate_config(c)
   weights = dict(c.weights)
   accuracy_kind = c.accuracy
-  for name, w in weights.items():
-    if name not in REGISTRY:
-      raise ValueError(f"rewards.weights.{name}: unknown reward kind; registered kinds: {sorted(REGISTRY)}.")
-    if not np.isfinite(float(w)):
-      raise ValueError(f"rewards.weights.{name}={w} must be a finite number.")
-  if accuracy_kind not in REGISTRY:
-    raise ValueError(f"rewards.accuracy={accuracy_kind!r}: unknown reward kind; "
-                     f"registered kinds: {sorted(REGISTRY)}.")
   n = len(completions)
   if len(answers) != n:
     raise ValueError(f"{n} completions but {len(answers)} answers; pass one gold answer per completion.")
   parts: dict[str, np.ndarray] = {}
   for name in list(weights) + ([accuracy_kind] if accuracy_kind not in weights else []):
-    part_B = np.asarray(REGISTRY[name](completions, answers, c, **kwargs), dtype=np.float32)
+    part_B = np.asarray(REGISTRY.get(name)(completions, answers, c, **kwargs), dtype=np.float32)
     if part_B.shape != (n,):
       raise ValueError(f"reward kind {name!r} returned shape {part_B.shape}, expected ({n},).")
     parts[name] = part_B

@@ -9,9 +9,8 @@ import ml_collections
 
 from jaxghpo import sections, validation
 from jaxghpo.rl.advantages import ESTIMATORS
+from jaxghpo.rl.losses import KL_ESTIMATORS, LOSS_AGG_MODES
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3")
 LR_SCHEDULES = ("warmup_cosine", "warmup_constant", "constant")
 
 
@@ -31,10 +30,11 @@ def default_config() -> ml_collections.ConfigDict:
 
   # KL to a frozen reference (computed only when kl_coef != 0) and entropy bonus.
   c.kl_coef = 0.0
-  c.kl_estimator = "k3"  # "k1" | "k2" | "k3" (k3 clamped to [-10, 10] as verl does)
+  c.kl_estimator = "k3"  # "k1" | "k2" | "k3" (k3 clamped to [-10, 10] as verl does), or any registered name
   c.entropy_coef = 0.0
 
-  # "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum" | "seq-mean-token-sum-norm".
+  # "token-mean" | "seq-mean-token-mean" | "seq-mean-token-sum" | "seq-mean-token-sum-norm" (or any registered
+  # name: rl.register_loss_agg).
   c.loss_agg = "token-mean"
   # seq-mean-token-sum-norm (Dr. GRPO) divides each sequence's token sum by this constant;
   # 0 = the batch's response length (max_new_tokens).
@@ -105,13 +105,16 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
 
   # Ranges of single keys: the one table (jaxghpo/validation.py); choices and key relations below.
   validation.check_ranges(c, prefix="rl.")
+  # Choices are the registries' names (rl/advantages.py, rl/losses.py): a registered entry is valid here.
   if c.advantage_estimator not in ESTIMATORS:
     fail(f"advantage_estimator={c.advantage_estimator!r} is not one of {sorted(ESTIMATORS)} "
-         "(register a new one with rl.register_estimator)")
+         "(register a new one with @rl.ESTIMATORS.register(name))")
   if c.kl_estimator not in KL_ESTIMATORS:
-    fail(f"kl_estimator={c.kl_estimator!r} is not one of {KL_ESTIMATORS}")
+    fail(f"kl_estimator={c.kl_estimator!r} is not one of {KL_ESTIMATORS.names()} "
+         "(register a new one with @rl.KL_ESTIMATORS.register(name))")
   if c.loss_agg not in LOSS_AGG_MODES:
-    fail(f"loss_agg={c.loss_agg!r} is not one of {LOSS_AGG_MODES}")
+    fail(f"loss_agg={c.loss_agg!r} is not one of {LOSS_AGG_MODES.names()} "
+         "(register a new one with @rl.register_loss_agg(name))")
   if c.guide and c.hint_nll_coef > 0:
     fail(f"guide=True trains the hint tokens by the policy gradient; hint_nll_coef={c.hint_nll_coef} would "
          "train them a second time by likelihood: set one of them (hint_nll_coef=0 or guide=False)")

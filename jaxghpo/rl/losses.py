@@ -34,8 +34,13 @@ Metrics (token means over the loss tokens unless said otherwise):
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+
+from jaxghpo.registry import Registry
 
 LOG_RATIO_CLAMP = 20.0  # |logp - old_logp| clamp before exp (verl)
 K3_CLAMP = 10.0  # k3 clamp (verl's low_var_kl)
@@ -94,40 +99,99 @@ def token_logprobs(hidden_BxNxD, head_DxV, targets_BxN, temperature: float = 1.0
   return unblock(logp_KxBxC), unblock(entropy_KxBxC)
 
 
-def kl_penalty(logp_BxT, ref_logp_BxT, estimator: str = "k3"):
-  """Per-token KL(policy || reference) estimate from the sampled tokens' logprobs.
+# KL estimators (config.rl.kl_estimator): fn(logp_BxT, ref_logp_BxT) -> per-token KL(policy || reference)
+# estimates from the sampled tokens' logprobs. A new one is one decorated function.
+KL_ESTIMATORS: Registry[Callable] = Registry("rl.kl_estimator")
 
-  k1 = logp - ref;  k2 = 0.5 (logp - ref)^2;  k3 = exp(ref - logp) - (ref - logp) - 1, with
-  ref - logp clamped to [-20, 20] and k3 clamped to [-10, 10] (verl's low_var_kl).
-  """
-  if estimator == "k1":
-    return logp_BxT - ref_logp_BxT
-  if estimator == "k2":
-    return 0.5 * jnp.square(logp_BxT - ref_logp_BxT)
-  if estimator == "k3":
-    d = jnp.clip(ref_logp_BxT - logp_BxT, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    return jnp.clip(jnp.exp(d) - d - 1.0, -K3_CLAMP, K3_CLAMP)
-  raise ValueError(f"kl_estimator={estimator!r} is not one of ('k1', 'k2', 'k3')")
+
+@KL_ESTIMATORS.register("k1")
+def kl_k1(logp_BxT, ref_logp_BxT):
+  """k1 = logp - ref."""
+  return logp_BxT - ref_logp_BxT
+
+
+@KL_ESTIMATORS.register("k2")
+def kl_k2(logp_BxT, ref_logp_BxT):
+  """k2 = 0.5 (logp - ref)^2."""
+  return 0.5 * jnp.square(logp_BxT - ref_logp_BxT)
+
+
+@KL_ESTIMATORS.register("k3")
+def kl_k3(logp_BxT, ref_logp_BxT):
+  """k3 = exp(ref - logp) - (ref - logp) - 1, with ref - logp clamped to [-20, 20] and k3 to [-10, 10]
+  (verl's low_var_kl)."""
+  d = jnp.clip(ref_logp_BxT - logp_BxT, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+  return jnp.clip(jnp.exp(d) - d - 1.0, -K3_CLAMP, K3_CLAMP)
+
+
+def kl_penalty(logp_BxT, ref_logp_BxT, estimator: str = "k3"):
+  """Per-token KL(policy || reference) estimate with the estimator registered as `estimator`."""
+  if estimator not in KL_ESTIMATORS:
+    raise ValueError(f"kl_estimator={estimator!r} is not one of {KL_ESTIMATORS.names()} ({KL_ESTIMATORS.key}; "
+                     "add one with @rl.KL_ESTIMATORS.register(name))")
+  return KL_ESTIMATORS.get(estimator)(logp_BxT, ref_logp_BxT)
 
 
 def _cfg(cfg, key, default):
   return cfg[key] if key in cfg else default
 
 
+@dataclasses.dataclass(frozen=True)
+class LossAgg:
+  """A loss aggregation: numerator(x_BxT, mask_BxT, norm_len) -> scalar over one (micro-)batch, with x already
+  zero outside the mask; denominator: the loss_counts key ("tokens" or "seqs") it is divided by."""
+  numerator: Callable
+  denominator: str
+
+
+# Loss aggregations (config.rl.loss_agg), see the module docstring. A new one is one decorated function.
+LOSS_AGG_MODES: Registry[LossAgg] = Registry("rl.loss_agg")
+
+
+def register_loss_agg(name: str, *, denominator: str = "seqs") -> Callable[[Callable], Callable]:
+  """Decorator: registers numerator(x_BxT, mask_BxT, norm_len) as loss aggregation `name`, divided by the
+  batch's count of `denominator` ("tokens": loss tokens, "seqs": sequences with >= 1 loss token)."""
+  if denominator not in ("tokens", "seqs"):
+    raise ValueError(f"{LOSS_AGG_MODES.key} {name!r}: denominator={denominator!r} is not 'tokens' or 'seqs'")
+
+  def add(numerator: Callable) -> Callable:
+    LOSS_AGG_MODES.register(name)(LossAgg(numerator, denominator))
+    return numerator
+
+  return add
+
+
+@register_loss_agg("token-mean", denominator="tokens")
+def _token_mean(x_BxT, mask_BxT, norm_len):
+  return jnp.sum(x_BxT)
+
+
+@register_loss_agg("seq-mean-token-mean")
+def _seq_mean_token_mean(x_BxT, mask_BxT, norm_len):
+  return jnp.sum(jnp.sum(x_BxT, axis=1) / jnp.maximum(jnp.sum(mask_BxT, axis=1), 1))
+
+
+@register_loss_agg("seq-mean-token-sum")
+def _seq_mean_token_sum(x_BxT, mask_BxT, norm_len):
+  return jnp.sum(jnp.sum(x_BxT, axis=1))
+
+
+@register_loss_agg("seq-mean-token-sum-norm")
+def _seq_mean_token_sum_norm(x_BxT, mask_BxT, norm_len):
+  return jnp.sum(jnp.sum(x_BxT, axis=1)) / norm_len
+
+
+def loss_agg(mode: str) -> LossAgg:
+  """The aggregation registered as `mode` (a ValueError naming rl.loss_agg and the known ones otherwise)."""
+  if mode not in LOSS_AGG_MODES:
+    raise ValueError(f"loss_agg={mode!r} is not one of {LOSS_AGG_MODES.names()} ({LOSS_AGG_MODES.key}; "
+                     "add one with @rl.register_loss_agg(name))")
+  return LOSS_AGG_MODES.get(mode)
+
+
 def _agg_numerator(x_BxT, mask_BxT, mode: str, norm_len: float):
   """The numerator of `mode` for per-token values x (mask already applied by the caller)."""
-  x_BxT = jnp.where(mask_BxT, x_BxT, 0.0)
-  if mode == "token-mean":
-    return jnp.sum(x_BxT)
-  tok_sum_B = jnp.sum(x_BxT, axis=1)
-  if mode == "seq-mean-token-mean":
-    return jnp.sum(tok_sum_B / jnp.maximum(jnp.sum(mask_BxT, axis=1), 1))
-  if mode == "seq-mean-token-sum":
-    return jnp.sum(tok_sum_B)
-  if mode == "seq-mean-token-sum-norm":
-    return jnp.sum(tok_sum_B) / norm_len
-  raise ValueError(f"loss_agg={mode!r} is not one of ('token-mean', 'seq-mean-token-mean', "
-                   "'seq-mean-token-sum', 'seq-mean-token-sum-norm')")
+  return loss_agg(mode).numerator(jnp.where(mask_BxT, x_BxT, 0.0), mask_BxT, norm_len)
 
 
 def loss_counts(mask_BxT, hint_mask_BxT=None) -> dict:
@@ -139,8 +203,8 @@ def loss_counts(mask_BxT, hint_mask_BxT=None) -> dict:
           "hint_tokens": jnp.asarray(hint, jnp.float32)}
 
 
-def agg_denominator(counts: dict, loss_agg: str):
-  return counts["tokens"] if loss_agg == "token-mean" else counts["seqs"]
+def agg_denominator(counts: dict, mode: str):
+  return counts[loss_agg(mode).denominator]
 
 
 def policy_loss_terms(logp, old_logp, advantages, mask, cfg, ref_logp=None, *, entropy=None, hint_mask=None,
