@@ -472,9 +472,8 @@ class Checkpointer:
         src = os.path.join(self.directory, str(step))
         if os.path.isdir(src):
           shutil.move(src, os.path.join(self.directory, CORRUPT_DIR, f"{step}-{int(time.time())}"))
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("jaxghpo_checkpoint_set_aside")
+    from jaxghpo.parallel import hosts
+    hosts.sync("jaxghpo_checkpoint_set_aside")
     self._manager.reload()
 
   def _restore(self, step: int | None = None, params_target=None, opt_state_target=None):

@@ -20,7 +20,6 @@ from flax import nnx
 from jaxghpo import (budget, curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, health,
                      models, parallel, paths, resume_check, rl, stopping, validation)
 from jaxghpo.checkpoint import Checkpointer, abstract_target
-from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
 from jaxghpo.parallel import hosts
 from jaxghpo.rollout import crn
@@ -184,8 +183,8 @@ class Trainer:
     t1 = time.perf_counter()
     key = jax.random.fold_in(rng, _UPDATE_KEY)
     self.params, self.opt_state, train_metrics = self.setup.train_step(self.params, self.opt_state, batch, key)
-    gen_tokens = multihost.agreed_sum(budget.generated_tokens(out.sampled))
-    budget_tokens = multihost.agreed_sum(budget.step_tokens(out.sampled, self.budget_rule))
+    gen_tokens = hosts.agreed_sum(budget.generated_tokens(out.sampled))
+    budget_tokens = hosts.agreed_sum(budget.step_tokens(out.sampled, self.budget_rule))
     self.gen_tokens_total += gen_tokens
     self.budget_tokens_total += budget_tokens
     metrics = self.host_metrics(out, gen_tokens, [drawn[i] for i in out.rows])
@@ -312,7 +311,7 @@ class Trainer:
 
   def stop_agreed(self) -> str | None:
     """The signal any host got (SIGTERM, SIGINT; None): a collective, called by every host at each step end."""
-    return stopping.SIGNAL_NAMES.get(multihost.agreed_max(int(self.signals.code)))
+    return stopping.SIGNAL_NAMES.get(hosts.agreed_max(int(self.signals.code)))
 
   def run(self) -> dict:
     """The loop (`_run`) with SIGTERM and SIGINT handled at step boundaries; prints why it stopped."""
