@@ -1,7 +1,7 @@
 """Non-finite numbers: where they are found and how the run reacts.
 
   leaf_digests(tree)            name -> shape, dtype, finite?, checksum of every array (one jitted pass, one
-                                fetch); checkpoint.py stores them with each step and checks them on restore
+                                fetch); checkpoint/ stores them with each step and checks them on restore
   nonfinite_leaves(tree)        names of the float leaves holding NaN or inf
   check_finite(tree, what)      raises NonFiniteError naming them
   SkipGuard(config)             the loop's watch on skipped updates (the train step skips an update whose

@@ -17,8 +17,8 @@ from flax import nnx
 
 from jaxghpo import faults, health, models, paths, rl, stopping
 from jaxghpo.checkpoint import Checkpointer, abstract_target
-from jaxghpo.curriculum import multihost
 from jaxghpo.logging_utils import DeferredMetrics, MetricWriter
+from jaxghpo.parallel import hosts
 
 
 class Checkpoints:
@@ -123,7 +123,7 @@ class Stopping:
 
   def agreed_signal(self) -> str | None:
     """The signal any host got (SIGTERM, SIGINT; None): a collective, called by every host at each step end."""
-    return stopping.SIGNAL_NAMES.get(multihost.agreed_max(int(self.signals.code)))
+    return stopping.SIGNAL_NAMES.get(hosts.agreed_max(int(self.signals.code)))
 
   def budget_spent(self, state) -> bool:
     """An equal budget (config.budget_rule's tokens, retries included) compares arms fairly; the count is

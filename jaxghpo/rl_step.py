@@ -17,7 +17,6 @@ import jax
 import numpy as np
 
 from jaxghpo import budget, curriculum, parallel, rl
-from jaxghpo.curriculum import multihost
 from jaxghpo.parallel import hosts
 from jaxghpo.rollout import crn
 from jaxghpo.rollout import groups as groups_lib
@@ -72,8 +71,8 @@ def rl_step(state, step: int, rng, *, setup, config) -> tuple[dict, dict]:
   key = jax.random.fold_in(rng, _UPDATE_KEY)
   state.params, state.opt_state, train_metrics = setup.train_step(state.params, state.opt_state, batch, key)
   rule = budget.check_rule(str(c.get("budget_rule", "generated")))
-  gen_tokens = multihost.agreed_sum(budget.generated_tokens(out.sampled))
-  budget_tokens = multihost.agreed_sum(budget.step_tokens(out.sampled, rule))
+  gen_tokens = hosts.agreed_sum(budget.generated_tokens(out.sampled))
+  budget_tokens = hosts.agreed_sum(budget.step_tokens(out.sampled, rule))
   host.gen_tokens_total += gen_tokens
   host.budget_tokens_total += budget_tokens
   metrics = host_metrics(out, gen_tokens, [drawn[i] for i in out.rows], setup=setup, config=config,

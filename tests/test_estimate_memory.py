@@ -91,7 +91,7 @@ def test_kv_cache_bytes_are_exact(mesh_shape, kv_heads, dtype):
   mesh = mesh_of(mesh_shape)
   model = models.abstract_model(cfg)  # the cache's layout needs the structure only
   sampler = Sampler(model, batch_size=4, max_prompt_len=24, max_new_tokens=8, num_samples=4, mesh=mesh)
-  cache = jax.jit(sampler._empty_cache)()  # the sampler's own cache layout and placement
+  cache = jax.jit(sampler.layout.empty_cache)()  # the sampler's own cache layout and placement
   expected = em.kv_cache_bytes_per_device(cfg, rows=16, slots=32, mesh_shape=mesh_shape)
   assert expected == shard_bytes(cache)
   # By hand for the first case: 2 (k, v) x 2 layers x 16/2 rows x 32 slots x 4/4 heads x 16 x 4 bytes.

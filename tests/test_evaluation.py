@@ -181,8 +181,8 @@ def test_valid_and_answer_pass_with_the_chains_checker_and_a_gather(monkeypatch)
   """Host 0 of two holds the first 2 of 3 problems (unequal shares), host 1 the last: host 0 makes the
   largest share's calls, and the metrics are over all 3 problems (rows gathered with their counts)."""
   import jax
-  from jaxghpo.curriculum import multihost
   from jaxghpo.data.tasks import chains
+  from jaxghpo.parallel import hosts
   exs = [chains.make_example("k+3-5+2="), chains.make_example("a+1="), chains.make_example("b+1=")]
   outs = {exs[0].problem: ["k+3=n-5+2;n-5=i+2;i+2=k", "k+3=n-5+2;n-5=k", "k+3=n-5+2;n-5=i+2;i+2=z", "x"],
           exs[1].problem: ["a+1=b", "a+1=b", "b", "a+1=c"], exs[2].problem: ["b+1=c"] * 4}
@@ -198,10 +198,10 @@ def test_valid_and_answer_pass_with_the_chains_checker_and_a_gather(monkeypatch)
     gathered.append({k: v.shape for k, v in arrays.items()})
     return {k: np.concatenate([v, other_host[k]]) for k, v in arrays.items()}
 
-  monkeypatch.setattr(multihost, "process_count", lambda: 2)
+  monkeypatch.setattr(hosts, "process_count", lambda: 2)
   monkeypatch.setattr(jax, "process_index", lambda: 0)
-  monkeypatch.setattr(multihost, "agreed_max", lambda x: max(int(x), 1))
-  monkeypatch.setattr(multihost, "allgather_rows", allgather_rows)
+  monkeypatch.setattr(hosts, "agreed_max", lambda x: max(int(x), 1))
+  monkeypatch.setattr(hosts, "allgather_rows", allgather_rows)
   m, rows = ev.evaluate(gen, exs, k=1, num_samples=4, batch_size=1, score_fn=score, check_fn=ev.chains_check,
                         multihost=True)
   assert calls == [1, 1] and len(rows) == 2  # host 0's share: problems 0 and 1
@@ -219,14 +219,14 @@ def test_valid_and_answer_pass_with_the_chains_checker_and_a_gather(monkeypatch)
 def test_more_calls_than_problems_and_scores_from_the_sampler(monkeypatch):
   """A host with fewer problems than the agreed calls still calls generate_fn (collectives), with an
   empty chunk; without score_fn the extras' scores are the samples' correctness."""
-  from jaxghpo.curriculum import multihost
+  from jaxghpo.parallel import hosts
   calls = []
 
   def gen(chunk, ratio, n):
     calls.append(len(chunk))
     return [["x"] * n for _ in chunk], None, [{"scores": [1.0, 0.0]} for _ in chunk]
 
-  monkeypatch.setattr(multihost, "agreed_max", lambda x: 3)
+  monkeypatch.setattr(hosts, "agreed_max", lambda x: 3)
   m, rows = ev.evaluate(gen, _examples()[:1], k=1, num_samples=2, batch_size=1, multihost=True)
   assert calls == [1, 0, 0] and rows[0]["correct"] == [True, False] and m["pass@1"] == 0.5
   with pytest.raises(ValueError, match="scores"):

@@ -24,8 +24,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxghpo.curriculum import multihost
-
 
 # ----------------------------------------------------------------------------- rows of groups
 def take_rows(groups, idx):
@@ -97,11 +95,12 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
   when no host has a dropped slot or after `refill_rounds`. `sched.update` then records every group
   sampled in the step (filter) or every final group (other modes).
   """
+  from jaxghpo.parallel import hosts  # here: a numpy-only user of the curriculum never imports jax
   ids = np.asarray(ids, np.int64)
   B = ids.size
   levels = np.full(B, -1, np.int64) if levels is None else np.asarray(levels, np.int64)
   ratios = sched.plan(ids, levels, step=step)
-  first = sample(np.arange(B), ratios, multihost.agreed_max(B))
+  first = sample(np.arange(B), ratios, hosts.agreed_max(B))
   sampled = [first]
   groups = take_rows(first, np.arange(B))  # a copy: retries write into it, `first` stays as sampled
   final_ratios = ratios.copy()
@@ -110,7 +109,7 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
   next_ratios = sched.retry(ids, ratios, accuracy_of(first))
   while True:
     idx = np.flatnonzero(np.isfinite(next_ratios))
-    width = multihost.agreed_max(idx.size)
+    width = hosts.agreed_max(idx.size)
     if width == 0:
       break
     new = sample(idx, next_ratios[idx], width)
@@ -131,7 +130,7 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
     offset, rounds = B, 0
     while rounds < int(refill_rounds):
       missing = np.flatnonzero(~keep)
-      width = multihost.agreed_max(missing.size)
+      width = hosts.agreed_max(missing.size)
       if width == 0:
         break
       if draw is None:
@@ -156,7 +155,7 @@ def step_loop(sched, ids, sample: Callable, *, levels=None, step=None, draw: Cal
       offset += new_ids.size
       rounds += 1
     extra = {"filter_refill_rounds": float(rounds),
-             "filter_groups_unfilled": float(multihost.agreed_sum(int((~keep).sum())))}
+             "filter_groups_unfilled": float(hosts.agreed_sum(int((~keep).sum())))}
     upd_ids, upd_ratios, upd_acc, upd_levels = (np.concatenate(x) for x in zip(*seen))
   else:
     upd_ids, upd_ratios, upd_acc, upd_levels = final_ids, final_ratios, accuracy_of(groups), final_levels

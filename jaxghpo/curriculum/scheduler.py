@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxghpo.curriculum import config as config_lib
 from jaxghpo.curriculum import metrics as metrics_lib
-from jaxghpo.curriculum import modes, multihost
+from jaxghpo.curriculum import modes
 from jaxghpo.curriculum.stats import LevelStats, ProblemStats
 
 STATE_VERSION = 1
@@ -168,8 +168,9 @@ class HintScheduler:
     if ((ratios < 0) | (ratios > 1)).any():
       raise ValueError(f"update: ratios must lie in [0, 1], got {ratios[(ratios < 0) | (ratios > 1)][:5].tolist()}")
     levels = self.level_array(levels, ids.size)
-    rows = multihost.allgather_rows({"ids": ids, "ratios": ratios, "rewards": rewards, "levels": levels})
-    counters_per_process = multihost.allgather_rows({"c": self._counter_row()})["c"]
+    from jaxghpo.parallel import hosts  # here: a numpy-only user of the scheduler never imports jax
+    rows = hosts.allgather_rows({"ids": ids, "ratios": ratios, "rewards": rewards, "levels": levels})
+    counters_per_process = hosts.allgather_rows({"c": self._counter_row()})["c"]
     counters = dict(zip(metrics_lib.COUNTERS, counters_per_process.sum(axis=0).tolist()))
     counters["retry_rounds"] = float(counters_per_process[:, metrics_lib.COUNTERS.index("retry_rounds")].max())
     self._record(rows["ids"], rows["ratios"], rows["rewards"], rows["levels"])
