@@ -258,7 +258,7 @@ class Trainer:
     return out
 
   def evaluate_exact(self) -> dict:
-    """eval/exact/level_L/<metric> (jaxghpo/exact_eval.py) for each level of config.eval.exact_levels: exact
+    """eval/exact/level_L/<metric> (jaxghpo/evaluation/exact.py) for each level of config.eval.exact_levels: exact
     teacher-forced measures, without sampling noise, on the first eval.num_problems problems of the fixed
     test set of that level (evaluation.fixed_level_set, "test" split: disjoint from training by the task's
     hash rule, also at trained levels)."""
@@ -268,8 +268,8 @@ class Trainer:
     if jax.process_count() > 1:
       raise ValueError("config.eval.exact_levels runs on one process only (it scores the whole set on every "
                        "host's copy); set it to '' for multi-process runs and score the export with "
-                       "jaxghpo.exact_eval instead")
-    from jaxghpo import exact_eval  # noqa: PLC0415
+                       "jaxghpo.evaluation.exact instead")
+    from jaxghpo.evaluation import exact as exact_eval  # noqa: PLC0415
     s = self.setup
     model = nnx.merge(s.graphdef, self.params)
     if self.config.data.source != "task":
