@@ -5,7 +5,7 @@ Every key can be overridden on the command line: --config.rollout.group_size=16.
 """
 import ml_collections
 
-from jaxghpo import curriculum, derived, rewards, rl
+from jaxghpo import curriculum, derived, evaluation, rewards, rl
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -119,15 +119,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.hard_levels = "5,6"     # the primary comparison: unhinted valid pass@1 on these
   c.eval.ood_levels = "7,8"      # length OOD: chains longer than any trained
   c.eval.ood_ops_levels = ""     # operator OOD, e.g. "3,4": offsets trained only in 1-2 step chains
-  c.eval.hint_ratios = "0.0,0.5"
-  c.eval.hint_splits = "hard"  # splits also evaluated with the hint ratios above 0
   # Levels (of the evaluated splits) whose exact teacher-forced measures are logged at every evaluation:
   # the probability of the unique valid trace, the log-probability of its first line, the exact pass@1 with
   # a one-step hint (jaxghpo/exact_eval.py; one process only). "" = none.
   c.eval.exact_levels = ""
   c.eval.sample_before = True  # False: no sampled evaluation before training (the exact measures still run)
-  c.eval.greedy = True  # also greedy pass@1 (without hint)
-  c.eval.temperature = 1.0
   c.eval.max_prompt_len = 0  # 0: config.rollout.max_prompt_len (evaluation may reach longer chains)
   c.eval.max_new_tokens = 0  # 0: config.rollout.max_new_tokens
   # DeepConf online (jaxghpo/deepconf.py): sampled evaluation also draws num_samples - warmup_traces
@@ -140,4 +136,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.deepconf.warmup_traces = 4  # < eval.num_samples
   c.eval.deepconf.window = 16  # tokens
   c.eval.deepconf.percentile = 10.0
+  # The named evaluators (jaxghpo/evaluation/specs.py), each {splits, hint_ratio, temperature, samples, every}:
+  # metrics eval/{split}/hint{hint_ratio:g}/{sampled|greedy}/..., rows DIR/eval/*.jsonl. Here one: sampled at
+  # T = 1, every evaluation set (splits=()), no hint, eval.num_samples samples (samples=0), at eval_every_steps
+  # (every=0) and before and after training. A config adds more, e.g.
+  #   c.evals.greedy = evaluation.evaluator_config(temperature=0.0, samples=1)
+  #   c.evals.hinted = evaluation.evaluator_config(splits=("hard",), hint_ratio=0.5)
+  c.evals = ml_collections.ConfigDict({"sampled": evaluation.evaluator_config()})
   return c

@@ -63,9 +63,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval.hard_levels = "7"
   c.eval.ood_levels = ""
   c.eval.ood_ops_levels = ""
-  c.eval.exact_levels = "1,2,3,4,5,6,7,8"
-  c.eval.greedy = False
-  c.eval.hint_ratios = "0.0"
+  c.eval.exact_levels = "1,2,3,4,5,6,7,8"  # config.evals: base's one evaluator (sampled, unhinted, every set)
   for kv in filter(None, arg.split(",,")):
     key, value = kv.split("=", 1)
     if key == "arms":

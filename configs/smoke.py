@@ -2,6 +2,7 @@
 import ml_collections
 
 from configs.base import get_base_config
+from jaxghpo import evaluation
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,6 +22,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.easy_levels = "2"
   c.eval.hard_levels = "5"
   c.eval.ood_levels = ""
-  c.eval.hint_ratios = "0.0"
+  c.evals.greedy = evaluation.evaluator_config(temperature=0.0, samples=1)  # greedy pass@1 beside the sampled one
   c.export_at_end = False
   return c

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxghpo import (budget, curriculum, deepconf, derived, diagnostics, evaluation, experiment, faults, health,
+from jaxghpo import (budget, curriculum, derived, diagnostics, evaluation, experiment, faults, health,
                      models, parallel, paths, resume_check, rl, stopping, validation)
 from jaxghpo.checkpoint import Checkpointer, abstract_target
 from jaxghpo.curriculum import multihost
@@ -62,6 +62,7 @@ class Trainer:
     s = self.setup = experiment.setup(config)
     self.scheduler, self.pipeline, self.rl_cfg = s.scheduler, s.pipeline, s.rl_cfg
     self.params, self.opt_state = s.params, s.opt_state
+    self.evaluator = evaluation.Evaluator(config, s, workdir)  # config.evals and the exact sets
     self.P = int(config.data.prompts_per_step)  # problems per step, all hosts
     self.G = int(config.rollout.group_size)
     self.rng = jax.random.key(derived.seed(config, "train_rng"))
@@ -231,74 +232,9 @@ class Trainer:
     return metrics
 
   # ------------------------------------------------------------------------------------ evaluation
-  def evaluate(self, step: int, sampled: bool = True) -> dict:
-    """Every eval split without a hint, and the splits in config.eval.hint_splits with each hint ratio;
-    sampled (avg@k, pass@k at config.eval.temperature) and, with config.eval.greedy, greedy pass@1; then the
-    exact measures of config.eval.exact_levels. sampled=False: the exact measures only."""
-    c = self.config.eval
-    if not sampled:
-      return self.evaluate_exact()
-    ratios = [float(r) for r in str(c.hint_ratios).split(",") if r.strip()]
-    hint_splits = {s.strip() for s in str(c.get("hint_splits", "")).split(",") if s.strip()}
-    out = {}
-    for name, examples in self.setup.problems.eval_sets.items():
-      for ratio in ratios:
-        if ratio > 0 and name not in hint_splits:
-          continue
-        modes = [("sampled", float(c.temperature), int(c.num_samples))]
-        if c.get("greedy", False) and ratio == 0:
-          modes.append(("greedy", 0.0, 1))
-        for mode, temperature, k in modes:
-          metrics, rows = self.eval_split(examples, ratio, temperature, k, step)
-          out.update({f"eval/{name}/hint{ratio:g}/{mode}/{key}": v for key, v in metrics.items()})
-          rows = [row for share in hosts.allgather_json(rows) for row in share]  # every host's, in order
-          if jax.process_index() == 0:
-            evaluation.write_rows(evaluation.eval_rows_path(self.workdir, name, step, ratio, tag=mode), rows)
-    out.update(self.evaluate_exact())
-    return out
-
-  def evaluate_exact(self) -> dict:
-    """eval/exact/level_L/<metric> (jaxghpo/evaluation/exact.py) for each level of config.eval.exact_levels: exact
-    teacher-forced measures, without sampling noise, on the first eval.num_problems problems of the fixed
-    test set of that level (evaluation.fixed_level_set, "test" split: disjoint from training by the task's
-    hash rule, also at trained levels)."""
-    levels = experiment.parse_levels(self.config.eval.get("exact_levels", ""))
-    if not levels:
-      return {}
-    if jax.process_count() > 1:
-      raise ValueError("config.eval.exact_levels runs on one process only (it scores the whole set on every "
-                       "host's copy); set it to '' for multi-process runs and score the export with "
-                       "jaxghpo.evaluation.exact instead")
-    from jaxghpo.evaluation import exact as exact_eval  # noqa: PLC0415
-    s = self.setup
-    model = nnx.merge(s.graphdef, self.params)
-    if self.config.data.source != "task":
-      raise ValueError("config.eval.exact_levels needs data.source='task' (a task whose valid trace is unique)")
-    task = experiment.get_task(self.config.data.task)
-    out = {}
-    for level in levels:
-      examples = evaluation.fixed_level_set(task, "test", int(level), int(self.config.eval.num_problems))
-      metrics = exact_eval.trace_metrics(model, s.tokenizer, examples, style=self.config.data.style)
-      out.update({f"eval/exact/level_{level}/{k}": v for k, v in metrics.items()})
-    return out
-
-  def eval_split(self, examples, ratio, temperature, k, step):
-    """pass@1, pass@k and avg@k of `examples` (over all hosts) with hint `ratio`; and this host's rows.
-
-    evaluation.evaluate (the one evaluator) on the evaluation GroupSampler: the problems are split over
-    hosts in contiguous shares that may differ by one; every host runs the same number of sampler calls
-    (the largest share's), a shorter share with inactive rows. Sampled evaluation (temperature > 0) with
-    config.eval.deepconf.enabled also runs DeepConf online (metrics deepconf/*)."""
-    s, c = self.setup, self.config
-    per_call = self.P // jax.process_count()
-    rng = jax.random.fold_in(jax.random.key(derived.seed(c, "eval_sampling")), step)
-    generate = evaluation.group_generate(s.eval_rollout, self.params, rng, width=per_call, temperature=temperature)
-    task = c.data.source == "task"
-    return evaluation.evaluate(
-        generate, examples, k=k, num_samples=k, batch_size=per_call, hint_ratio=ratio,
-        check_fn=evaluation.chains_check if task else None, hint_is_context=c.hints.placement == "prompt",
-        multihost=True, deepconf=s.deepconf if temperature > 0 else None,
-        vote_fn=deepconf.answer_fn(c.data.style, s.problems.extract_answer))
+  def evaluate(self, step: int, sampled: bool = True, due_only: bool = False) -> dict:
+    """The run's evaluation at `step` (evaluation.Evaluator: config.evals, then the exact sets)."""
+    return self.evaluator(self.params, step, sampled=sampled, due_only=due_only)
 
   # ------------------------------------------------------------------------------------ the loop
   def write(self, ready, extra=None) -> None:
@@ -356,7 +292,6 @@ class Trainer:
       # (cheap, exact) measures are logged at step 0.
       summary["eval_before"] = self.evaluate(0, sampled=bool(c.eval.get("sample_before", True)))
       self.writer.write(0, summary["eval_before"])
-    eval_every = int(c.eval_every_steps)
     t_prev = time.perf_counter()
     stop = None
     self.stop_reason = "finished steps"
@@ -372,9 +307,9 @@ class Trainer:
       # is spent (budget_tokens_total is summed over hosts, so every host reads the same).
       if bool(c.max_gen_tokens) and self.budget_tokens_total >= int(c.max_gen_tokens):
         num_steps, self.stop_reason = done, "token budget"
-      evaluate_now = done == num_steps or (eval_every and done % eval_every == 0)
+      evaluate_now = done == num_steps or self.evaluator.due(done)
       if done % int(c.checkpoint_every_steps) == 0 or evaluate_now or stop:
-        extra = self.evaluate(done) if evaluate_now else {}
+        extra = self.evaluate(done, due_only=done != num_steps) if evaluate_now else {}
         if done == num_steps:
           summary["eval_after"] = extra
         self.write(self.deferred.flush(), extra)

@@ -150,12 +150,15 @@ RANGES: dict[str, Range] = {
     # evaluation
     "eval.num_problems": _n(1),
     "eval.num_samples": _n(1),
-    "eval.temperature": _nonneg(),
     "eval.max_prompt_len": _n(0, "0: the rollout's value"),
     "eval.max_new_tokens": _n(0, "0: the rollout's value"),
     "eval.deepconf.warmup_traces": _n(1),
     "eval.deepconf.window": _n(1, "tokens"),
     "eval.deepconf.percentile": Range(0.0, 100.0),
+    "evals.*.hint_ratio": _unit(),
+    "evals.*.temperature": _nonneg(note="0: greedy"),
+    "evals.*.samples": _n(0, "0: eval.num_samples"),
+    "evals.*.every": _n(0, "0: eval_every_steps"),
     # sft
     "sft.batch_size": _n(1),
     "sft.max_remaining": _n(0),

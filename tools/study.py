@@ -85,7 +85,7 @@ PROVENANCE = "## Provenance"  # a hand-written last section of study.md that --f
 FULL = {"steps": None, "overrides": {"export_at_end": False}, "eval_every": None}
 QUICK = {"steps": 10, "eval_every": 0,
          "overrides": {"export_at_end": False, "data.prompts_per_step": 8, "eval.num_problems": 8,
-                       "eval.num_samples": 4, "eval.hint_ratios": "0.0"}}
+                       "eval.num_samples": 4}}
 
 # The table's metrics: (key in the run summary, column label).
 OUTCOMES = (("valid_pass@1/hard/sampled/before", "hard valid before"),

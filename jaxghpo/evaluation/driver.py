@@ -67,7 +67,7 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
   answer_fn(completion) -> the extracted answer or None: adds majority voting, ``maj@{n}``; with
     confidences also ``conf_maj@{n}`` (confidence_filtered_vote keeping ``keep_frac``).
   check_fn(example, hint_text, completion) -> (valid, answer_right): the task's trace checker
-    (procedural tasks; see chains_check). Adds ``valid_pass@1`` (answer right AND every written
+    (experiment.Problems.check_completion; runner.Evaluator builds it). Adds ``valid_pass@1`` (answer right AND every written
     step valid: the primary metric, no chance floor) and ``answer_pass@1`` (the answer alone) to
     the metrics, and "valid" to the rows. Without it ``answer_pass@1`` is pass@1 of score_fn.
     hint_is_context: the row's "hint" is context the completion continues (prompt placement: the
@@ -200,11 +200,3 @@ def _deepconf_online(generate_fn, chunk, rows, hint_ratio, n, dc, vote_fn, score
         offline_conf_N=conf[i], offline_lengths=lengths[i], online_answers=[vote(t) for t in completions[i]],
         online_correct=(scores[i] >= correct_threshold).tolist(), online_stopped=list(extras[i]["stopped"]),
         online_lengths=on_lengths, threshold=float(thresholds[i]))
-
-
-def chains_check(example, hint_text: str, completion: str) -> tuple[bool, bool]:
-  """check_fn of the letter-chains task: chains.check_completion of the hint's steps (prompt
-  placement: the hint is context the model continues) followed by the completion."""
-  from jaxghpo.data.tasks import chains
-  valid, right, _ = chains.check_completion(str(field(example, "problem")), str(hint_text) + str(completion))
-  return valid, right
