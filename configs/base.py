@@ -121,7 +121,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.ood_ops_levels = ""     # operator OOD, e.g. "3,4": offsets trained only in 1-2 step chains
   # Levels (of the evaluated splits) whose exact teacher-forced measures are logged at every evaluation:
   # the probability of the unique valid trace, the log-probability of its first line, the exact pass@1 with
-  # a one-step hint (jaxghpo/exact_eval.py; one process only). "" = none.
+  # a one-step hint (jaxghpo/evaluation/exact.py; one process only). "" = none.
   c.eval.exact_levels = ""
   c.eval.sample_before = True  # False: no sampled evaluation before training (the exact measures still run)
   c.eval.max_prompt_len = 0  # 0: config.rollout.max_prompt_len (evaluation may reach longer chains)

@@ -541,7 +541,7 @@ def seed_tests_markdown(summaries: Sequence[Mapping], arms: Sequence[str]) -> li
   return lines
 
 
-# Exact teacher-forced measures (config.eval.exact_levels; jaxghpo/exact_eval.py): summary keys
+# Exact teacher-forced measures (config.eval.exact_levels; jaxghpo/evaluation/exact.py): summary keys
 # exact/level_L/<metric>/{before,after}. The levels of the primary split get every metric tested over seeds;
 # the others their p_valid (the expected unhinted valid pass@1 of that level, without sampling noise).
 EXACT_LABELS = {"p_valid": "exact valid p", "trace_logp": "trace log p", "first_line_logp": "first-line log p",
