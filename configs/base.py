@@ -5,7 +5,7 @@ Every key can be overridden on the command line: --config.rollout.group_size=16.
 """
 import ml_collections
 
-from jaxghpo import curriculum, derived, rewards, rl
+from jaxghpo import curriculum, derived, evaluation, rewards, rl
 from jaxghpo.data import tasks
 
 
@@ -119,11 +119,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.files = ""  # data.source="files": comma-separated eval JSONL/Parquet paths, one split each (file name)
   c.eval.num_problems = 64  # per level of each eval split (data.source="files": per file)
   c.eval.num_samples = 8  # k of pass@k / avg@k
-  c.eval.hint_ratios = "0.0,0.5"
-  c.eval.hint_splits = "hard"  # splits also evaluated with the hint ratios above 0
   c.eval.sample_before = True  # False: no sampled evaluation before training (the exact measures still run)
-  c.eval.greedy = True  # also greedy pass@1 (without hint)
-  c.eval.temperature = 1.0
   c.eval.max_prompt_len = 0  # 0: config.rollout.max_prompt_len (evaluation may reach longer chains)
   c.eval.max_new_tokens = 0  # 0: config.rollout.max_new_tokens
   # DeepConf online (jaxghpo/deepconf.py): sampled evaluation also draws num_samples - warmup_traces
@@ -136,4 +132,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.deepconf.warmup_traces = 4  # < eval.num_samples
   c.eval.deepconf.window = 16  # tokens
   c.eval.deepconf.percentile = 10.0
+  # The named evaluators (jaxghpo/evaluation/specs.py), each {splits, hint_ratio, temperature, samples, every}:
+  # metrics eval/{split}/hint{hint_ratio:g}/{sampled|greedy}/..., rows DIR/eval/*.jsonl. Here one: sampled at
+  # T = 1, every evaluation set (splits=()), no hint, eval.num_samples samples (samples=0), at eval_every_steps
+  # (every=0) and before and after training. A config adds more, e.g.
+  #   c.evals.greedy = evaluation.evaluator_config(temperature=0.0, samples=1)
+  #   c.evals.hinted = evaluation.evaluator_config(splits=("hard",), hint_ratio=0.5)
+  c.evals = ml_collections.ConfigDict({"sampled": evaluation.evaluator_config()})
   return c

@@ -50,9 +50,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.task_configs.chains.hard_levels = (5, 6)
   c.data.task_configs.chains.ood_levels = (7, 8)
   c.data.task_configs.chains.ood_ops_levels = (3, 4)
-  c.eval.greedy = False
-  c.eval.num_samples = 4
-  c.eval.hint_ratios = "0.0"
+  c.eval.num_samples = 4  # config.evals: base's one evaluator (sampled, unhinted, every set)
   # Evaluations during training (the comparison figure's curves); they use their own random stream, so
   # training and the final table are those of a run that evaluates only at the start and end.
   c.eval_every_steps = 10

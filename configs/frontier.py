@@ -64,8 +64,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.data.task_configs.chains.ood_levels = ()
   c.data.task_configs.chains.ood_ops_levels = ()
   c.data.task_configs.chains.exact_levels = (1, 2, 3, 4, 5, 6, 7, 8)
-  c.eval.greedy = False
-  c.eval.hint_ratios = "0.0"
   for kv in filter(None, arg.split(",,")):
     key, value = kv.split("=", 1)
     if key == "arms":

@@ -58,6 +58,7 @@ Plain GRPO for comparison: `--config.curriculum.mode=none`.
 import ml_collections
 
 from configs.base import get_base_config
+from jaxghpo import evaluation
 
 # The shape of Qwen2.5-Math-7B's config.json: tools/estimate_memory.py and tests/test_configs.py use it
 # to size and check this config without the weights. The run itself reads config.json from model.path.
@@ -130,7 +131,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.files = ""
   c.eval.num_problems = 500
   c.eval.num_samples = 8
-  c.eval.hint_ratios = "0.0"
   c.data.task_configs.files.hard_levels = (5,)  # MATH level 5: the training metrics' */hard groups
-  c.eval.temperature = 1.0
+  c.evals.sampled.temperature = 1.0
+  c.evals.greedy = evaluation.evaluator_config(temperature=0.0, samples=1)  # greedy pass@1 beside the sampled one
   return c

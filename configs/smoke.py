@@ -2,6 +2,7 @@
 import ml_collections
 
 from configs.base import get_base_config
+from jaxghpo import evaluation
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,6 +22,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.task_configs.chains.easy_levels = (2,)
   c.data.task_configs.chains.hard_levels = (5,)
   c.data.task_configs.chains.ood_levels = ()
-  c.eval.hint_ratios = "0.0"
+  c.evals.greedy = evaluation.evaluator_config(temperature=0.0, samples=1)  # greedy pass@1 beside the sampled one
   c.export_at_end = False
   return c

@@ -131,11 +131,8 @@ def validate_values(config) -> None:
   e = c.eval
   need(int(e.num_samples) <= int(r.group_size), "eval.num_samples",
        f"must be <= config.rollout.group_size={int(r.group_size)} (evaluation draws one group per problem)")
-  try:
-    ratios = [float(x) for x in str(e.hint_ratios).split(",") if x.strip()]
-  except ValueError:
-    ratios = [-1.0]
-  need(all(0.0 <= x <= 1.0 for x in ratios), "eval.hint_ratios", "must be comma-separated numbers in [0, 1]")
+  from jaxghpo.evaluation import specs as eval_specs
+  eval_specs.specs(c)  # config.evals: each named evaluator's fields (errors name config.evals.NAME.KEY)
   if c.mode == "rl":
     derived.derive(c)  # the module configs' own named errors, and derived keys that were set
   else:
@@ -166,8 +163,8 @@ def check_prompt_room(config, problems: Problems, tokenizer) -> None:
   """Every row's prompt, with the longest hint the config can ask for, must fit its prompt bucket.
 
   Training rows are measured with the hint at curriculum.highest_ratio against
-  config.rollout.max_prompt_len; evaluation rows with the largest of config.eval.hint_ratios (for the
-  splits in config.eval.hint_splits, else no hint) against the evaluation bucket. A row that does not
+  config.rollout.max_prompt_len; evaluation rows with the largest hint ratio of the evaluators of
+  config.evals that evaluate their split (else no hint) against the evaluation bucket. A row that does not
   fit (or renders to no token at all) stops the run here, naming file:line and the numbers, with
   config.data.on_bad_row="error"; with "skip" it is dropped and counted under prompt_too_long in the
   load report. So no prompt fails at sampling. `problems` is changed in place.
@@ -185,15 +182,15 @@ def check_prompt_room(config, problems: Problems, tokenizer) -> None:
   problems.train = _keep_fitting(problems.train, lengths, exact, reports, train_limit, top, c.data.on_bad_row,
                                  "config.rollout.max_prompt_len", "config.curriculum (ladder / max_ratio)")
   eval_limit = int(c.eval.get("max_prompt_len", 0) or train_limit)
-  ratios = [float(r) for r in str(c.eval.hint_ratios).split(",") if r.strip()] or [0.0]
-  hint_splits = {x.strip() for x in str(c.eval.get("hint_splits", "")).split(",") if x.strip()}
+  from jaxghpo.evaluation import specs as eval_specs
+  ratios = eval_specs.split_hint_ratios(c, list(problems.eval_sets))
   for name, examples in list(problems.eval_sets.items()):
-    ratio = max(ratios) if name in hint_splits else 0.0
+    ratio = ratios[name]
     report = problems.eval_reports.setdefault(name, _task_report(f"eval/{name}", examples))
     lengths, exact = prompt_room.prompt_lengths(examples, ratio, limit=eval_limit, **kwargs)
     key = "config.eval.max_prompt_len" if c.eval.get("max_prompt_len", 0) else "config.rollout.max_prompt_len"
     problems.eval_sets[name] = _keep_fitting(examples, lengths, exact, [report], eval_limit, ratio, c.data.on_bad_row,
-                                             key, "config.eval.hint_ratios")
+                                             key, "the hint_ratio of config.evals")
 
 
 def _keep_fitting(examples, lengths_N, exact_N, reports, limit: int, ratio: float, on_bad_row: str, limit_key: str,

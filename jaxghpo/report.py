@@ -22,7 +22,7 @@ Keys of the summary (T = before | after; S = easy | hard | ood, or whatever spli
   gen_tokens, steps, retries, time/steps_s (sum of time/step_s), time/wall_s (train.run's wall clock)
   complete (the run reached its last step or token budget and evaluated), diag/... (jaxghpo.diagnostics)
   budget_spent                            the budget's tokens spent (config.budget_rule; jaxghpo/budget.py)
-  exact/level_L/<metric>/T                exact teacher-forced measures (config.eval.exact_levels, exact_eval.py)
+  exact/level_L/<metric>/T                exact teacher-forced measures (the task's exact sets, evaluation/exact.py)
 Values that a run cannot give (a split not evaluated, no hard groups drawn) are None.
 """
 from __future__ import annotations
@@ -175,7 +175,7 @@ def summarize(workdir: str, config=None, summary: Mapping | None = None, *,
         continue
       where = f"{split}/{mode}" if float(ratio) == 0.0 else f"{split}/hint{ratio}/{mode}"
       out[f"{name}/{where}/{when}" + (f"/{level}" if level else "")] = value
-  # Exact teacher-forced measures (config.eval.exact_levels; jaxghpo/exact_eval.py).
+  # Exact teacher-forced measures (the task's exact sets; jaxghpo/evaluation/exact.py).
   step0 = evals[0] if evals and int(evals[0]["step"]) == 0 else None
   for when, row in (("before", step0), ("after", after_row)):
     for key, value in (row or {}).items():

@@ -13,10 +13,8 @@ from __future__ import annotations
 import time
 
 import jax
-from flax import nnx
 
-from jaxghpo import budget, deepconf, derived, evaluation, experiment, hooks, paths, resume_check, validation
-from jaxghpo.parallel import hosts
+from jaxghpo import budget, derived, evaluation, experiment, hooks, paths, resume_check, validation
 from jaxghpo.rl_step import rl_step
 from jaxghpo.train_state import HostState, TrainState
 
@@ -32,7 +30,7 @@ class Trainer:
     validation.check_workdir(workdir)  # a file or read-only workdir: one line naming it
     budget.check_rule(str(config.get("budget_rule", "generated")))
     s = self.setup = experiment.setup(config)
-    self.P = int(config.data.prompts_per_step)  # problems per step, all hosts
+    self.evaluator = evaluation.Evaluator(config, s, workdir)  # config.evals and the task's exact sets
     self.state = TrainState(s.params, s.opt_state,
                             HostState(s.scheduler, s.pipeline, jax.random.key(derived.seed(config, "train_rng"))))
     self.checkpoints = hooks.Checkpoints(config, workdir, s)
@@ -60,68 +58,9 @@ class Trainer:
     return rl_step(self.state, step, rng, setup=self.setup, config=self.config)
 
   # ------------------------------------------------------------------------------------ evaluation
-  def evaluate(self, step: int, sampled: bool = True) -> dict:
-    """Every eval split without a hint, and the splits in config.eval.hint_splits with each hint ratio;
-    sampled (avg@k, pass@k at config.eval.temperature) and, with config.eval.greedy, greedy pass@1; then the
-    exact measures of config.eval.exact_levels. sampled=False: the exact measures only."""
-    c = self.config.eval
-    if not sampled:
-      return self.evaluate_exact()
-    ratios = [float(r) for r in str(c.hint_ratios).split(",") if r.strip()]
-    hint_splits = {s.strip() for s in str(c.get("hint_splits", "")).split(",") if s.strip()}
-    out = {}
-    for name, examples in self.setup.problems.eval_sets.items():
-      for ratio in ratios:
-        if ratio > 0 and name not in hint_splits:
-          continue
-        modes = [("sampled", float(c.temperature), int(c.num_samples))]
-        if c.get("greedy", False) and ratio == 0:
-          modes.append(("greedy", 0.0, 1))
-        for mode, temperature, k in modes:
-          metrics, rows = self.eval_split(examples, ratio, temperature, k, step)
-          out.update({f"eval/{name}/hint{ratio:g}/{mode}/{key}": v for key, v in metrics.items()})
-          rows = [row for share in hosts.allgather_json(rows) for row in share]  # every host's, in order
-          if jax.process_index() == 0:
-            evaluation.write_rows(evaluation.eval_rows_path(self.workdir, name, step, ratio, tag=mode), rows)
-    out.update(self.evaluate_exact())
-    return out
-
-  def evaluate_exact(self) -> dict:
-    """eval/exact/NAME/<metric> (jaxghpo/exact_eval.py) for each of the task's exact sets (Problems.exact_sets,
-    e.g. "level_7": the fixed test set of that level): exact teacher-forced measures, without sampling noise."""
-    s = self.setup
-    if not s.problems.exact_sets:
-      return {}
-    if jax.process_count() > 1:
-      raise ValueError("exact measures (the task's exact sets) run on one process only (they score the whole set "
-                       "on every host's copy); turn them off for multi-process runs and score the export with "
-                       "jaxghpo.exact_eval instead")
-    from jaxghpo import exact_eval  # noqa: PLC0415
-    model = nnx.merge(s.graphdef, self.params)
-    out = {}
-    for name, examples in s.problems.exact_sets.items():
-      metrics = exact_eval.trace_metrics(model, s.tokenizer, examples, style=self.config.data.style)
-      out.update({f"eval/exact/{name}/{k}": v for k, v in metrics.items()})
-    return out
-
-  def eval_split(self, examples, ratio, temperature, k, step):
-    """pass@1, pass@k and avg@k of `examples` (over all hosts) with hint `ratio`; and this host's rows.
-
-    evaluation.evaluate (the one evaluator) on the evaluation GroupSampler: the problems are split over
-    hosts in contiguous shares that may differ by one; every host runs the same number of sampler calls
-    (the largest share's), a shorter share with inactive rows. Sampled evaluation (temperature > 0) with
-    config.eval.deepconf.enabled also runs DeepConf online (metrics deepconf/*)."""
-    s, c = self.setup, self.config
-    per_call = self.P // jax.process_count()
-    rng = jax.random.fold_in(jax.random.key(derived.seed(c, "eval_sampling")), step)
-    generate = evaluation.group_generate(s.eval_rollout, self.params, rng, width=per_call, temperature=temperature)
-    check = s.problems.check_completion
-    check_fn = None if check is None else (lambda ex, hint, completion: check(ex.problem, str(hint) + str(completion)))
-    return evaluation.evaluate(
-        generate, examples, k=k, num_samples=k, batch_size=per_call, hint_ratio=ratio,
-        check_fn=check_fn, hint_is_context=c.hints.placement == "prompt",
-        multihost=True, deepconf=s.deepconf if temperature > 0 else None,
-        vote_fn=deepconf.answer_fn(c.data.style, s.problems.extract_answer))
+  def evaluate(self, step: int, sampled: bool = True, due_only: bool = False) -> dict:
+    """The run's evaluation at `step` (evaluation.Evaluator: config.evals, then the exact sets)."""
+    return self.evaluator(self.params, step, sampled=sampled, due_only=due_only)
 
   # ------------------------------------------------------------------------------------ the loop
   def run(self) -> dict:
@@ -165,7 +104,7 @@ class Trainer:
       # (cheap, exact) measures are logged at step 0.
       summary["eval_before"] = self.evaluate(0, sampled=bool(c.eval.get("sample_before", True)))
       self.writer.write(0, summary["eval_before"])
-    eval_every, save_every = int(c.eval_every_steps), int(c.checkpoint_every_steps)
+    save_every = int(c.checkpoint_every_steps)
     t_prev = time.perf_counter()
     stop = None
     self.stopping.reason = "finished steps"
@@ -179,9 +118,9 @@ class Trainer:
       stop = self.stopping.agreed_signal()
       if self.stopping.budget_spent(state):
         num_steps, self.stopping.reason = done, "token budget"
-      evaluate_now = done == num_steps or (eval_every and done % eval_every == 0)
+      evaluate_now = done == num_steps or self.evaluator.due(done)
       if done % save_every == 0 or evaluate_now or stop:
-        extra = self.evaluate(done) if evaluate_now else {}
+        extra = self.evaluate(done, due_only=done != num_steps) if evaluate_now else {}
         if done == num_steps:
           summary["eval_after"] = extra
         self.metrics.flush(extra)

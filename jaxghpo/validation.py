@@ -5,7 +5,7 @@
     check_workdir("runs/x")                the workdir is a directory this process can write (one-line error)
 
 A key's entry is a `Range` (bounds, open or closed, whole numbers or not, the config modes it applies
-to, what the value means). Keys with "*" take any name at that level (data.task_configs.chains.train_levels.4). Checks that
+to, what the value means). Keys with "*" take any name at that level (data.task_configs.NAME.train_levels.4). Checks that
 relate keys (eval.num_samples <= rollout.group_size, target_low < target_high) and choices from a list
 stay with their modules; tests/test_validation.py checks that every numeric key of configs/base.py and of
 the module configs has an entry here.
@@ -87,9 +87,13 @@ RANGES: dict[str, Range] = {
     "log_every_steps": _n(1),
     "eval_every_steps": _n(0, "0: at the start and end only"),
     # data
-    "data.task_configs.chains.num_train": _n(1),
+    "data.task_configs.*.num_train": _n(1),
     "data.prompts_per_step": _n(1),
-    "data.task_configs.chains.train_levels.*": _nonneg("a level's sampling weight"),
+    "data.task_configs.*.train_levels.*": _nonneg("a level's sampling weight"),
+    # a task's named sets of levels (easy_levels, hard_levels, exact_levels, ...; tuples, one entry per level)
+    "data.task_configs.*.*_levels.*": _n(0, "a level"),
+    "sft.levels.*": _n(1, "a level"),
+    "sft.hinted_levels.*": _n(1, "a level"),
     # rollout
     "rollout.group_size": _n(2, "group-relative advantages need at least 2 samples", modes=("rl",)),
     "rollout.max_prompt_len": _n(1),
@@ -150,12 +154,15 @@ RANGES: dict[str, Range] = {
     # evaluation
     "eval.num_problems": _n(1),
     "eval.num_samples": _n(1),
-    "eval.temperature": _nonneg(),
     "eval.max_prompt_len": _n(0, "0: the rollout's value"),
     "eval.max_new_tokens": _n(0, "0: the rollout's value"),
     "eval.deepconf.warmup_traces": _n(1),
     "eval.deepconf.window": _n(1, "tokens"),
     "eval.deepconf.percentile": Range(0.0, 100.0),
+    "evals.*.hint_ratio": _unit(),
+    "evals.*.temperature": _nonneg(note="0: greedy"),
+    "evals.*.samples": _n(0, "0: eval.num_samples"),
+    "evals.*.every": _n(0, "0: eval_every_steps"),
     # sft
     "sft.batch_size": _n(1),
     "sft.max_remaining": _n(0),

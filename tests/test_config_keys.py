@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from jaxghpo import curriculum, derived, experiment, rewards, rl, train
+from jaxghpo import curriculum, derived, evaluation, experiment, rewards, rl, train
 from jaxghpo.rl.config import LR_SCHEDULES
 from tests import config_reads
 from tests.train_fixtures import make_tiny_policy, tiny_config
@@ -38,7 +38,7 @@ def policy(tmp_path_factory):
 
 def _rl_config(policy):
   c = tiny_config(policy, num_steps=1, checkpoint_every_steps=1)
-  c.eval.hint_ratios = "0.0,0.5"
+  c.evals.hinted = evaluation.evaluator_config(splits=("hard",), hint_ratio=0.5)  # a hinted evaluator too
   c.rollout[CANARY.split(".")[1]] = 1
   # TIP in evaluation, strong enough that the switch tokens can never be chosen there (checked below).
   c.rollout.tip_penalty, c.rollout.tip_window, c.rollout.tip_phrases = 1e4, 10**6, TIP_LETTERS

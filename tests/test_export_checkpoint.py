@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory):
   # Two steps, a checkpoint after each; no hints and no evaluation, so only one sampler compiles.
   config = tiny_config(policy, num_steps=2, checkpoint_every_steps=1)
   config.curriculum.mode = "none"
-  config.eval.easy_levels = config.data.task_configs.chains.hard_levels = ()
+  config.data.task_configs.chains.easy_levels = config.data.task_configs.chains.hard_levels = ()
   workdir = str(tmp_path_factory.mktemp("run"))
   train.run(config, workdir)
   return workdir

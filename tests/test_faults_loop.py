@@ -17,7 +17,7 @@ def policy(tmp_path_factory):
 def config(policy, **kw):
   c = tiny_config(policy, checkpoint_every_steps=1, keep_checkpoints=2, export_at_end=False, **kw)
   c.rl.lr_schedule = "warmup_constant"  # so that a resume may raise num_steps (jaxghpo/resume_check.py)
-  c.eval.easy_levels = c.data.task_configs.chains.hard_levels = ()
+  c.data.task_configs.chains.easy_levels = c.data.task_configs.chains.hard_levels = ()
   return c
 
 

@@ -45,7 +45,7 @@ def test_a_skip_streak_rolls_back_past_a_wrecked_checkpoint(tmp_path, monkeypatc
   policy = make_tiny_policy(str(tmp_path / "policy"))
   config = tiny_config(policy, num_steps=6, checkpoint_every_steps=1, keep_checkpoints=6, export_at_end=False,
                        max_skipped_updates_in_a_row=2)
-  config.eval.easy_levels = config.data.task_configs.chains.hard_levels = ()
+  config.data.task_configs.chains.easy_levels = config.data.task_configs.chains.hard_levels = ()
   real = rl.make_train_step
   calls = []
 

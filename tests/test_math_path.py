@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from jaxghpo import rewards, rl, train
+from jaxghpo import evaluation, rewards, rl, train
 from jaxghpo import rl_step as rl_step_lib
 from tests import hf_fixtures
 
@@ -51,7 +51,7 @@ def setup(tmp_path_factory):
   c.eval.files = str(root / "eval.jsonl")
   c.eval.num_problems = 8
   c.eval.num_samples = 2
-  c.eval.hint_ratios = "0.0"
+  c.evals.greedy = evaluation.evaluator_config(temperature=0.0, samples=1)
   return c, str(root / "run")
 
 

@@ -14,9 +14,7 @@ def finished_run(tmp_path_factory):
   policy = make_tiny_policy(str(tmp_path_factory.mktemp("policy")))
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(policy, num_steps=4, export_at_end=False)
-  config.eval.hint_ratios = "0.0,0.5"
-  config.eval.hint_splits = "hard"
-  config.eval.greedy = True
+  config.evals.hinted = evaluation.evaluator_config(splits=("hard",), hint_ratio=0.5)  # smoke's has greedy already
   summary = train.run(config, workdir)  # train.run calls report.finish
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
@@ -49,7 +47,7 @@ def test_summary_numbers_equal_the_metrics_file(finished_run):
       assert s[f"pass@1/{split}/{mode}/before"] == first[f"eval/{split}/hint0/{mode}/pass@1"]
       assert s[f"pass@1/{split}/{mode}/after"] == last[f"eval/{split}/hint0/{mode}/pass@1"]
   assert s["pass@1/hard/hint0.5/sampled/after"] == last["eval/hard/hint0.5/sampled/pass@1"]
-  assert "pass@1/easy/hint0.5/sampled/after" not in s  # easy is not evaluated with hints (eval.hint_splits)
+  assert "pass@1/easy/hint0.5/sampled/after" not in s  # easy is not evaluated with hints (evals.hinted.splits)
   assert s["eval_k"] == 2 and s["pass@k/hard/sampled/after"] == last["eval/hard/hint0/sampled/pass@2"]
   train_rows = rows[1:]
   yields = [r["frac_groups_nonzero_adv/hard"] for r in train_rows]

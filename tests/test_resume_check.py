@@ -34,7 +34,7 @@ def started(tmp_path_factory):
 
   def config(**kw):
     c = tiny_config(policy, num_steps=2, checkpoint_every_steps=2, export_at_end=False, **kw)
-    c.eval.easy_levels = c.data.task_configs.chains.hard_levels = ()
+    c.data.task_configs.chains.easy_levels = c.data.task_configs.chains.hard_levels = ()
     return c
 
   workdir = str(root / "run")

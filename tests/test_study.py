@@ -22,7 +22,7 @@ TINY = ["--config", "configs/smoke.py", "--steps", "2", "--max_steps", "2", "--e
         "--set", "rollout.max_new_tokens=24", "--set", "rollout.max_prompt_len=40",
         "--set", "data.task_configs.chains.train_levels={'2': 1.0, '3': 1.0}", "--set", "data.task_configs.chains.num_train=64",
         "--set", "data.task_configs.chains.easy_levels=(2,)", "--set", "data.task_configs.chains.hard_levels=(3,)", "--set", "eval.num_problems=2",
-        "--set", "eval.num_samples=2", "--set", "eval.hint_ratios=0.0"]
+        "--set", "eval.num_samples=2"]
 # 4 prompts x 4 samples x 24 tokens = 384 tokens at most per sampling round: GRPO needs 2 steps for this budget,
 # GHPO spends it in its first step (a random policy fails every group, so every group climbs the ladder).
 BUDGET = ["--budget_tokens", "385"]

@@ -59,7 +59,7 @@ def test_no_compilation_after_warmup(policy, tmp_path):
       compiles.append(event)
 
   cfg = tiny_config(policy, num_steps=6, checkpoint_every_steps=100, eval_every_steps=0)
-  cfg.eval.easy_levels = cfg.data.task_configs.chains.hard_levels = ()
+  cfg.data.task_configs.chains.easy_levels = cfg.data.task_configs.chains.hard_levels = ()
   trainer = train.Trainer(cfg, str(tmp_path / "run"))
   trainer.restore()
   jax.monitoring.register_event_duration_secs_listener(listener)

@@ -86,7 +86,7 @@ PROVENANCE = "## Provenance"  # a hand-written last section of study.md that --f
 FULL = {"steps": None, "overrides": {"export_at_end": False}, "eval_every": None}
 QUICK = {"steps": 10, "eval_every": 0,
          "overrides": {"export_at_end": False, "data.prompts_per_step": 8, "eval.num_problems": 8,
-                       "eval.num_samples": 4, "eval.hint_ratios": "0.0"}}
+                       "eval.num_samples": 4}}
 
 # The table's metrics: (key in the run summary, column label).
 OUTCOMES = (("valid_pass@1/hard/sampled/before", "hard valid before"),
@@ -542,7 +542,7 @@ def seed_tests_markdown(summaries: Sequence[Mapping], arms: Sequence[str]) -> li
   return lines
 
 
-# Exact teacher-forced measures (config.eval.exact_levels; jaxghpo/exact_eval.py): summary keys
+# Exact teacher-forced measures (the task's exact sets; jaxghpo/evaluation/exact.py): summary keys
 # exact/level_L/<metric>/{before,after}. The levels of the primary split get every metric tested over seeds;
 # the others their p_valid (the expected unhinted valid pass@1 of that level, without sampling noise).
 EXACT_LABELS = {"p_valid": "exact valid p", "trace_logp": "trace log p", "first_line_logp": "first-line log p",
