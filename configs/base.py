@@ -60,7 +60,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # set, the levels of exact measures; the files task's: the levels its training metrics call hard.
   c.data.task_configs = ml_collections.ConfigDict({name: tasks.TASKS.get(name).default_config()
                                                    for name in tasks.TASKS.names()})
-  c.data.files = ""  # comma-separated paths for source="files"
+  c.data.files = ()  # JSONL / Parquet paths for source="files" (a tuple; one path on the command line reads)
   c.data.fields = ml_collections.ConfigDict({"problem": "problem", "solution": "solution", "answer": "answer",
                                              "solution_hint": "solution_hint", "level": "level"})
   c.data.on_bad_row = "error"  # "error" | "skip" (skipped rows are counted and reported)
@@ -78,7 +78,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # switch phrases' tokens while the current thought is younger than tip_window tokens. Paper: 3 and 600.
   c.rollout.tip_penalty = 0.0  # alpha, logit units; 0 = off
   c.rollout.tip_window = 600  # beta, tokens
-  c.rollout.tip_phrases = "Alternatively,Wait"  # comma-separated, tokenised with the run's tokenizer
+  c.rollout.tip_phrases = ("Alternatively", "Wait")  # tokenised with the run's tokenizer
   c.rollout.tip_apply = "eval"  # "eval" | "train" | "both": which sampling decodes with it
 
   # Hints: how a hint is cut from the trace and where it goes.
@@ -116,7 +116,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       max_position_embeddings=512))
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.files = ""  # data.source="files": comma-separated eval JSONL/Parquet paths, one split each (file name)
+  c.eval.files = ()  # data.source="files": eval JSONL/Parquet paths (a tuple), one split each (file name)
   c.eval.num_problems = 64  # per level of each eval split (data.source="files": per file)
   c.eval.num_samples = 8  # k of pass@k / avg@k
   c.eval.sample_before = True  # False: no sampled evaluation before training (the exact measures still run)

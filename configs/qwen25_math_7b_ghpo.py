@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.shape = (1, 8, 4)
 
   c.data.source = "files"
-  c.data.files = ""  # required: --config.data.files=/path/to/math3to5.jsonl (comma-separated for several)
+  c.data.files = ()  # required: --config.data.files=/path/to/math3to5.jsonl (several: "('a.jsonl', 'b.jsonl')")
   c.data.style = "boxed"
   c.data.prompts_per_step = 64
   c.data.on_bad_row = "error"
@@ -127,8 +127,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.curriculum.ladder = (0.25, 0.5, 0.75)
   c.curriculum.cold_start_steps = 20
 
-  # Evaluation on held-out MATH-style files (--config.eval.files=a.jsonl,b.jsonl); none by default.
-  c.eval.files = ""
+  # Evaluation on held-out MATH-style files (--config.eval.files="('a.jsonl', 'b.jsonl')"); none by default.
+  c.eval.files = ()
   c.eval.num_problems = 500
   c.eval.num_samples = 8
   c.data.task_configs.files.hard_levels = (5,)  # MATH level 5: the training metrics' */hard groups

@@ -23,7 +23,7 @@ from tests import config_reads
 from tests.train_fixtures import make_tiny_policy, tiny_config
 
 CANARY = "rollout.never_read_canary"
-TIP_LETTERS = "a,b,c,d,e,f"
+TIP_LETTERS = ("a", "b", "c", "d", "e", "f")
 
 # Keys read only by code that another change wires (an entry is removed once that code is merged).
 PENDING = {}
@@ -95,7 +95,7 @@ def _exercise_value_dependent_keys(rec, tmp_path):
   path.write_text(json.dumps({"problem": "What is 1+1?", "solution": "1+1=2.\n\nSo $\\boxed{2}$.",
                               "answer": "2"}) + "\n")
   c = config()
-  c.data.source, c.data.files = "files", str(path)
+  c.data.source, c.data.files = "files", (str(path),)
   experiment.load_problems(c)
 
   c = config()
@@ -137,7 +137,7 @@ def test_every_base_key_is_read(policy, tmp_path):
     text = "".join(texts)
     for special in ("<unk>", "<bos>", "<eos>", "<pad>"):  # the letters of special tokens' names are no letters
       text = text.replace(special, "")
-    assert len(text) > 100 and not set(text) & set(TIP_LETTERS.split(",")), f"TIP did not reach {kind}"
+    assert len(text) > 100 and not set(text) & set(TIP_LETTERS), f"TIP did not reach {kind}"
   exempt = set(PENDING) | set(EXEMPT)
   # Keys of the host loop, the memory savers and the embedded study, named so that losing one is loud.
   assert {"model.attention", "model.remat", "rl.logprob_chunk_tokens", "rl.hint_nll_coef", "arms",

@@ -64,7 +64,7 @@ def test_evaluate_tool_decodes_with_tip_and_deepconf_online():
   """The tool's evaluator with the config's TIP penalty (strong enough that the penalised letters never
   appear) and DeepConf online (its metrics beside the offline vote)."""
   config = load_config("configs/default.py")
-  config.rollout.tip_penalty, config.rollout.tip_window, config.rollout.tip_phrases = 1e4, 10**6, "a,b,c"
+  config.rollout.tip_penalty, config.rollout.tip_window, config.rollout.tip_phrases = 1e4, 10**6, ("a", "b", "c")
   config.eval.deepconf.enabled, config.eval.deepconf.warmup_traces, config.eval.deepconf.window = True, 2, 4
   t = config.data.task_configs.chains
   t.easy_levels = t.mid_levels = t.ood_levels = t.ood_ops_levels = ()

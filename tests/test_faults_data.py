@@ -41,9 +41,9 @@ def row(i, steps, answer=None):
 def files_config(paths, max_prompt_len=64, on_bad_row="error"):
   c = default_config()
   c.data.source = "files"
-  c.data.files = ",".join(paths)
+  c.data.files = tuple(paths)
   c.data.on_bad_row = on_bad_row
-  c.eval.files = ""
+  c.eval.files = ()
   c.rollout.max_prompt_len = max_prompt_len
   c.curriculum.mode = "ghpo"  # ladder up to 0.75
   return c

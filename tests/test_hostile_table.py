@@ -35,8 +35,8 @@ CASES = [
     ("a model that does not exist", {"model.path": "builtin:nope"}, "dir"),
     ("an empty model path", {"model.path": ""}, "dir"),
     ("data files without a path", {"data.source": "files"}, "dir"),
-    ("a data row without an answer", {"data.source": "files", "data.files": "DATA/bad.jsonl"}, "dir"),
-    ("a data file that does not exist", {"data.source": "files", "data.files": "DATA/missing.jsonl"}, "dir"),
+    ("a data row without an answer", {"data.source": "files", "data.files": ("DATA/bad.jsonl",)}, "dir"),
+    ("a data file that does not exist", {"data.source": "files", "data.files": ("DATA/missing.jsonl",)}, "dir"),
     ("a workdir that is a file", {}, "file"),
     ("a workdir below a file", {}, "below_file"),
 ]
@@ -81,6 +81,8 @@ def build_table(tmp_path, monkeypatch) -> tuple[str, list]:
     config = default_config()
     config.arms = ()
     for key, value in overrides.items():
+      if isinstance(value, tuple):
+        value = tuple(v.replace("DATA", str(data)) if isinstance(v, str) else v for v in value)
       _set(config, key, value.replace("DATA", str(data)) if isinstance(value, str) else value)
     workdir = str(tmp_path / f"run{i}")
     if kind in ("file", "below_file"):

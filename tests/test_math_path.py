@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
   c.num_steps = 2
   c.checkpoint_every_steps = 100
   c.export_at_end = False
-  c.data.source, c.data.files, c.data.style = "files", str(root / "train.jsonl"), "boxed"
+  c.data.source, c.data.files, c.data.style = "files", (str(root / "train.jsonl"),), "boxed"
   c.data.prompts_per_step = P
   c.rollout.group_size = G
   c.rollout.max_prompt_len = 224
@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
   c.rewards.format_pattern = "boxed"
   c.curriculum.mode = "ghpo"
   c.rl.learning_rate = 1e-4
-  c.eval.files = str(root / "eval.jsonl")
+  c.eval.files = (str(root / "eval.jsonl"),)
   c.eval.num_problems = 8
   c.eval.num_samples = 2
   c.evals.greedy = evaluation.evaluator_config(temperature=0.0, samples=1)

@@ -15,7 +15,7 @@ V, DRAWS, PROMPT = 16, 4000, [3, 1, 4, 1, 5]
 
 
 def tip_config(**kw):
-  c = ml_collections.ConfigDict(dict(tip_penalty=3.0, tip_window=600, tip_phrases="Alternatively,Wait",
+  c = ml_collections.ConfigDict(dict(tip_penalty=3.0, tip_window=600, tip_phrases=("Alternatively", "Wait"),
                                      tip_apply="eval"))
   c.update(kw)
   return c
@@ -23,30 +23,33 @@ def tip_config(**kw):
 
 def test_switch_phrases_tokenised_with_the_run_tokenizer():
   bpe = hf_fixtures.make_math_tokenizer()
-  ids = penalties.switch_token_ids(bpe, "Alternatively, Wait")
+  ids = penalties.switch_token_ids(bpe, ("Alternatively", "Wait"))
   assert ids and len(ids) <= 4
   for i in ids:  # the first non-blank token of a phrase, as written or after a space
     piece = bpe.decode([i]).strip()
     assert "Alternatively".startswith(piece) or "Wait".startswith(piece), piece
   chains = task_tokenizer.load("chains")
-  assert penalties.switch_token_ids(chains, "k,=,k") == tuple(sorted(chains.convert_tokens_to_ids(["k", "="])))
-  assert penalties.switch_token_ids(chains, " , ") == ()
+  assert penalties.switch_token_ids(chains, ("k", "=", "k")) == tuple(sorted(chains.convert_tokens_to_ids(["k", "="])))
+  assert penalties.switch_token_ids(chains, (" ", " ")) == ()
 
 
 def test_penalty_from_config_per_sampling_kind():
   tok = task_tokenizer.load("chains")
-  c = tip_config(tip_phrases="a,b")
+  c = tip_config(tip_phrases=("a", "b"))
   pen = penalties.from_config(c, tok, "eval")
   assert pen == penalties.ThoughtSwitchPenalty(token_ids=tuple(tok.convert_tokens_to_ids(["a", "b"])), alpha=3.0,
                                                beta=600)
   assert penalties.from_config(c, tok, "train") is None
-  assert penalties.from_config(tip_config(tip_phrases="a", tip_apply="both"), tok, "train") == pen.__class__(
+  assert penalties.from_config(tip_config(tip_phrases=("a",), tip_apply="both"), tok, "train") == pen.__class__(
       token_ids=(tok.convert_tokens_to_ids("a"),), alpha=3.0, beta=600)
-  assert penalties.from_config(tip_config(tip_penalty=0.0, tip_phrases="a"), tok, "eval") is None
+  assert penalties.from_config(tip_config(tip_penalty=0.0, tip_phrases=("a",)), tok, "eval") is None
   with pytest.raises(ValueError, match="tip_apply='always'"):
-    penalties.from_config(tip_config(tip_phrases="a", tip_apply="always"), tok, "eval")
-  with pytest.raises(ValueError, match="tip_phrases=' '"):
-    penalties.from_config(tip_config(tip_phrases=" "), tok, "eval")
+    penalties.from_config(tip_config(tip_phrases=("a",), tip_apply="always"), tok, "eval")
+  with pytest.raises(ValueError, match=r"tip_phrases=\(' ',\)"):
+    penalties.from_config(tip_config(tip_phrases=(" ",)), tok, "eval")
+  with pytest.raises(ValueError, match="give a tuple of phrases"):  # a plain dict config is not type-checked
+    penalties.from_config(ml_collections.ConfigDict({**tip_config().to_dict(), "tip_phrases": "a,b"},
+                                                    type_safe=False), tok, "eval")
 
 
 def _p_value(counts, probs):

@@ -30,8 +30,8 @@ def field(example, name: str, default=None):
 
 def host_share(examples: Sequence) -> list:
   """This process's contiguous share of `examples` (shares of all processes differ by at most one)."""
-  from jaxghpo.curriculum import multihost
-  n_proc = multihost.process_count()
+  from jaxghpo.parallel import hosts
+  n_proc = hosts.process_count()
   if n_proc == 1:
     return list(examples)
   import jax
@@ -89,14 +89,14 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
   completions, scores, correct, and the generate_fn's extras, validity, confidences, answers and
   voted answers when available).
   """
-  from jaxghpo.curriculum import multihost as mh
+  from jaxghpo.parallel import hosts
   n = int(k if num_samples is None else num_samples)
   if n < k:
     raise ValueError(f"num_samples={n} is below k={k}: pass@{k} needs at least k samples per problem")
   examples = host_share(examples) if multihost else list(examples)
   batch_size = max(len(examples) if batch_size is None else int(batch_size), 1)
   # With several hosts, every host makes the largest share's number of calls (generate_fn is collective).
-  calls = -(-(mh.agreed_max(len(examples)) if multihost else len(examples)) // batch_size)
+  calls = -(-(hosts.agreed_max(len(examples)) if multihost else len(examples)) // batch_size)
   vote_fn = vote_fn or answer_fn
   rows: list[dict] = []
   for start in range(0, calls * batch_size, batch_size):
@@ -146,7 +146,7 @@ def evaluate(generate_fn: Callable, examples: Sequence, *, k: int, score_fn: Cal
     arrays["deepconf"] = np.asarray([[float(r["deepconf"][name]) for name in dc_lib.RECORD_NUMBERS] for r in rows],
                                     np.float64).reshape(len(rows), len(dc_lib.RECORD_NUMBERS))
   if multihost:
-    arrays = mh.allgather_rows(arrays)
+    arrays = hosts.allgather_rows(arrays)
   merged = [{"level": int(lv), **{key: arrays[key][i].tolist() for key in keys}}
             for i, lv in enumerate(arrays["level"])]
   if answer_fn is not None and not multihost:  # votes are per row (not gathered)

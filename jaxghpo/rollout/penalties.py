@@ -63,7 +63,7 @@ TIP_APPLY = ("eval", "train", "both")
 
 
 def switch_token_ids(tokenizer, phrases) -> tuple[int, ...]:
-  """The thought-switch token ids of `phrases` (a comma-separated string or a list) in `tokenizer`.
+  """The thought-switch token ids of `phrases` (a tuple of strings) in `tokenizer`.
 
   Each phrase is encoded as written and after a space (how it appears mid-text for byte-level BPE
   tokenizers); the first token of each encoding that is neither whitespace alone nor a special token
@@ -71,7 +71,8 @@ def switch_token_ids(tokenizer, phrases) -> tuple[int, ...]:
   "Alternatively" is in Qwen's, gives exactly that token). Sorted, without repeats.
   """
   if isinstance(phrases, str):
-    phrases = phrases.split(",")
+    raise ValueError(f"config.rollout.tip_phrases={phrases!r}: give a tuple of phrases, e.g. "
+                     "('Alternatively', 'Wait')")
   ids = set()
   special = set(getattr(tokenizer, "all_special_ids", ()) or ())  # <unk> for a space a vocabulary lacks, ...
   for phrase in (p.strip() for p in phrases):
@@ -88,7 +89,7 @@ def switch_token_ids(tokenizer, phrases) -> tuple[int, ...]:
 def from_config(rollout_cfg, tokenizer, where: str) -> ThoughtSwitchPenalty | None:
   """The TIP penalty of a run's config.rollout for sampling `where` ("eval" or "train"); None when off.
 
-  Keys: tip_penalty (alpha, logit units; 0 = off), tip_window (beta, tokens), tip_phrases (comma-separated
+  Keys: tip_penalty (alpha, logit units; 0 = off), tip_window (beta, tokens), tip_phrases (a tuple of
   switch phrases, tokenised with the run's tokenizer by switch_token_ids) and tip_apply ("eval" | "train"
   | "both": which sampling uses it).
   """
@@ -103,7 +104,7 @@ def from_config(rollout_cfg, tokenizer, where: str) -> ThoughtSwitchPenalty | No
   ids = switch_token_ids(tokenizer, phrases)
   if alpha > 0 and not ids:
     raise ValueError(f"config.rollout.tip_penalty={alpha} but config.rollout.tip_phrases={phrases!r} gives no "
-                     "token; name the switch phrases, e.g. 'Alternatively,Wait'")
+                     "token; name the switch phrases, e.g. ('Alternatively', 'Wait')")
   if alpha == 0 or beta == 0 or apply not in (where, "both"):
     return None
   return ThoughtSwitchPenalty(token_ids=ids, alpha=alpha, beta=beta)

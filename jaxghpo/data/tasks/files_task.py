@@ -15,10 +15,12 @@ from jaxghpo.data import files as files_lib
 from jaxghpo.data.tasks import base
 
 
-def _paths(text) -> list[str]:
-  if isinstance(text, (list, tuple)):
-    return [str(p).strip() for p in text if str(p).strip()]
-  return [p.strip() for p in str(text or "").split(",") if p.strip()]
+def _paths(paths, key: str) -> list[str]:
+  """The paths of a tuple-valued config key (a comma-separated string is refused: a path may hold a comma)."""
+  if isinstance(paths, str):
+    raise ValueError(f"config.{key}={paths!r}: give a tuple of paths, e.g. ('a.jsonl', 'b.jsonl') (on the "
+                     f"command line one path reads as is: --config.{key}=a.jsonl)")
+  return [str(p).strip() for p in paths if str(p).strip()]
 
 
 def drop_duplicates_across_files(train: list, reports: list) -> list:
@@ -56,9 +58,9 @@ class FilesTask(base.Task):
 
   def load(self, train_seed: int = 0) -> base.Problems:
     d, e = self.config.data, self.config.eval
-    paths = _paths(d.files)
+    paths = _paths(d.files, "data.files")
     if not paths:
-      raise ValueError("config.data.source='files' needs config.data.files (comma-separated JSONL/Parquet paths)")
+      raise ValueError("config.data.source='files' needs config.data.files (a tuple of JSONL/Parquet paths)")
     train, reports = [], []
     for p in paths:
       exs, report = files_lib.load_file(p, fields=dict(d.fields), on_bad_row=d.on_bad_row)
@@ -69,7 +71,7 @@ class FilesTask(base.Task):
       reports.append(report)
     train = drop_duplicates_across_files(train, reports)
     eval_sets, eval_reports = {}, {}
-    for p in _paths(e.get("files", "")):
+    for p in _paths(e.get("files", ()), "eval.files"):
       exs, report = files_lib.load_file(p, fields=dict(d.fields), on_bad_row=d.on_bad_row)
       if not exs:
         raise ValueError(f"{report}: no row of this evaluation file was kept; fix it or remove it from "
