@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sft.batch_size = 128
   c.sft.levels = (1, 2, 3, 4)
   c.sft.hint_prob = 0.5
-  c.sft.max_len = 34
+  c.sft.hinted_levels = ()  # levels 1-4 only (the base's recipe of hinted-only levels: tools/make_base_policy.py)
+  c.sft.max_len = 56  # a level-4 prompt with a 3-step in-prompt hint, its target and EOS: 48 tokens
   c.sft.learning_rate = 3e-3
   return c

@@ -24,8 +24,10 @@ from jaxghpo.parallel import hosts
 class Checkpoints:
   """Params, optimizer state and host state on disk; the skip guard and its roll-back."""
 
-  def __init__(self, config, workdir: str, setup):
+  def __init__(self, config, workdir: str, setup, abstract=None):
     self.setup = setup
+    # state -> (params, opt_state) restore targets; default: the RL set-up's shardings
+    self._abstract = abstract or self._abstract_rl
     self.checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), max_to_keep=int(config.keep_checkpoints))
     self.skip_guard = faults.SkipGuard(config, before_stop=self.checkpointer.wait, on_limit=self._roll_back)
     self.health = None  # health.HealthTracker, made in restore(): each checkpoint's health record
@@ -33,7 +35,7 @@ class Checkpoints:
     self._rolled_back_to: set[int] = set()
     self._last_rollback_step: int | None = None  # the step of the last roll-back (a streak right after it stops)
 
-  def _abstract(self, state):
+  def _abstract_rl(self, state):
     s = self.setup
     opt_shardings = rl.optimizer_shardings(s.optimizer, state.params, s.param_shardings, s.mesh)
     return abstract_target(state.params, s.param_shardings), abstract_target(state.opt_state, opt_shardings)

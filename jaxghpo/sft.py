@@ -9,6 +9,8 @@ model knows the hinted format before GHPO ever shows it one.
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from typing import Sequence
 
 import jax
@@ -17,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxghpo import models, paths
+from jaxghpo import loop, models, paths
 from jaxghpo.curriculum import hints as hints_lib
 from jaxghpo.data import templates
 from jaxghpo.data.example import Example
@@ -89,21 +91,42 @@ def make_sft_step(graphdef, optimizer: optax.GradientTransformation):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def run(config, workdir: str) -> dict:
-  """``config.mode = "sft"``: teacher-forced training on full traces of the configured problems.
+@dataclasses.dataclass
+class SFTHost:
+  """SFT's host state: the RNG of hint draws (batches themselves are a function of the step)."""
+  rng: np.random.Generator
+  budget_tokens_total: int = 0  # no token budget in SFT (hooks.Stopping reads it)
+
+  def state_dict(self) -> dict:
+    return {"rng": json.dumps(self.rng.bit_generator.state)}
+
+  def load_state_dict(self, host: dict) -> None:
+    self.rng.bit_generator.state = json.loads(str(host["rng"]))
+
+
+@dataclasses.dataclass
+class SFTSetup:
+  """What the loop and the SFT step read (the loop's export: graphdef, model_cfg, tokenizer)."""
+  graphdef: object
+  model_cfg: object
+  tokenizer: object
+  step_fn: object  # make_sft_step
+  draw: object  # (step, levels) -> examples
+  levels: list
+  hinted: list
+  hinted_len: int
+  problems: object = None  # no data report: SFT draws from the task (or the files' training rows)
+
+
+def build(config):
+  """(SFTSetup, params, opt_state) of ``config.mode = "sft"``.
 
   The model comes from config.model.path (HF dir or builtin:NAME), or is built at random from
-  config.sft.random_model (a dict of ModelConfig fields) when config.model.path is "random".
-  Writes DIR/metrics.jsonl (step, loss) and the trained policy to DIR/export (HF format).
-  """
-  import json
-  import time
-
+  config.sft.random_model (a dict of ModelConfig fields) when config.model.path is "random"."""
   from jaxghpo import derived, experiment
   from jaxghpo.data import tokenizer as tok_lib
   from jaxghpo.data.tasks import get_task
 
-  paths.makedirs(workdir)
   c = config.sft
   if config.model.path == "random":
     tokenizer = tok_lib.load(config.model.tokenizer or tok_lib.task_tokenizer_path(config.data.task))
@@ -137,28 +160,60 @@ def run(config, workdir: str) -> dict:
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.98, weight_decay=0.01))
   graphdef, params = nnx.split(model)
   opt_state = optimizer.init(params)
-  step_fn = make_sft_step(graphdef, optimizer)
-  rng = np.random.default_rng(derived.seed(config, "sft"))
-  t0 = time.time()
-  log_rows = []
-  for step in range(1, steps + 1):
-    fmt = dict(placement=config.hints.placement, style=config.data.style, hint_unit=config.hints.unit)
-    hinted_batch = bool(hinted) and step % 2 == 0
+  setup = SFTSetup(graphdef, cfg, tokenizer, make_sft_step(graphdef, optimizer), draw, levels, hinted, hinted_len)
+  return setup, params, opt_state
+
+
+class SFTTrainer(loop.Loop):
+  """Supervised training on the RL loop (jaxghpo/loop.py): checkpoints and resume (params, optimizer state, the
+  hint RNG), metrics a step late, SIGTERM / SIGINT at step boundaries, export from process 0. No evaluation."""
+
+  evaluates = False
+
+  def __init__(self, config, workdir: str, allow_config_change: bool = False):
+    from jaxghpo import derived, hooks, validation
+    from jaxghpo.checkpoint import abstract_target
+    from jaxghpo.train_state import TrainState
+
+    self.config, self.workdir, self.allow_config_change = config, workdir, allow_config_change
+    validation.check_workdir(workdir)
+    self.setup, params, opt_state = build(config)
+    self.state = TrainState(params, opt_state, SFTHost(np.random.default_rng(derived.seed(config, "sft"))))
+    self.checkpoints = hooks.Checkpoints(config, workdir, self.setup, abstract=lambda state: (
+        abstract_target(state.params), abstract_target(state.opt_state)))
+    self.stopping = hooks.Stopping(config)
+    self._t0 = time.time()
+
+  def step(self, step: int) -> tuple[dict, dict]:
+    """One supervised batch: hinted levels every other step (config.sft.hinted_levels), else config.sft.levels."""
+    c, s, state = self.config.sft, self.setup, self.state
+    fmt = dict(placement=self.config.hints.placement, style=self.config.data.style, hint_unit=self.config.hints.unit)
+    number = step + 1  # batches count from 1 (a batch's problems are a function of it)
+    hinted_batch = bool(s.hinted) and number % 2 == 0
     if hinted_batch:
-      b = encode_examples(draw(step, hinted), tokenizer, max_len=hinted_len, rng=rng,
+      b = encode_examples(s.draw(number, s.hinted), s.tokenizer, max_len=s.hinted_len, rng=state.host.rng,
                           max_remaining=int(c.max_remaining), **fmt)
     else:
-      b = encode_examples(draw(step, levels), tokenizer, max_len=int(c.max_len), rng=rng,
+      b = encode_examples(s.draw(number, s.levels), s.tokenizer, max_len=int(c.max_len), rng=state.host.rng,
                           hint_prob=float(c.hint_prob), **fmt)
-    params, opt_state, loss = step_fn(params, opt_state, b.tokens_BxT, b.loss_mask_BxT, b.valid_BxT)
-    if step % int(config.log_every_steps) == 0 or step == steps:
-      row = {"step": step, "loss": float(loss), "hinted_batch": hinted_batch, "seq_len": int(b.tokens_BxT.shape[1]),
-             "time/elapsed_s": time.time() - t0}
-      log_rows.append(json.dumps(row) + "\n")
-      paths.write_text(paths.join(workdir, "metrics.jsonl"), "".join(log_rows))
-      print(f"sft step {step}/{steps} loss {row['loss']:.4f} ({row['time/elapsed_s']:.0f}s)", flush=True)
+    state.params, state.opt_state, loss = s.step_fn(state.params, state.opt_state, b.tokens_BxT, b.loss_mask_BxT,
+                                                    b.valid_BxT)
+    return ({"hinted_batch": hinted_batch, "seq_len": int(b.tokens_BxT.shape[1]),
+             "time/elapsed_s": time.time() - self._t0}, {"loss": loss})
+
+  def evaluate(self, step: int, sampled: bool = True, due_only: bool = False) -> dict:
+    return {}
+
+
+def run(config, workdir: str, allow_config_change: bool = False) -> dict:
+  """``config.mode = "sft"``: teacher-forced training on full traces of the configured problems, on the RL loop
+  (jaxghpo/loop.py): DIR/metrics.jsonl (step, loss, ...), DIR/checkpoints (a rerun resumes), DIR/export."""
+  trainer = SFTTrainer(config, workdir, allow_config_change)
+  summary = trainer.run()
+  loss = None
+  rows = [json.loads(line) for line in paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines() if line]
+  if rows:
+    loss = rows[-1].get("loss")
   out = paths.join(workdir, "export")
-  models.save_pretrained(nnx.merge(graphdef, params), cfg, out, tokenizer=tokenizer)
-  from jaxghpo import stopping
-  print(stopping.stop_line("finished steps", step=steps, num_steps=steps), flush=True)  # no checkpoints: no signals
-  return {"export": out, "loss": float(loss), "time_s": time.time() - t0}
+  return {**summary, "export": out, "loss": loss, "time_s": time.time() - trainer._t0,  # noqa: SLF001
+          "stop_reason": trainer.stop_reason}

@@ -29,7 +29,7 @@ FLOORS = {
     "rollout": 5, "memory_estimate": 5,
     "evaluation": 6, "memory_check": 6,
     "diagnostics": 7, "experiment": 7,
-    "report": 8, "sft": 8, "aot": 8,
+    "report": 8, "loop": 8, "sft": 9, "aot": 8,
     "experiments": 9, "preflight": 9, "train_state": 0, "rl_step": 6, "hooks": 4,
     "train": 10,
     "main": 11,
