@@ -95,9 +95,10 @@ def validate(config) -> None:
     raise ValueError(f"config.rl.guide=True trains hinted samples in the unhinted context, but "
                      f"config.curriculum.mode={mode!r} never hints; use a hinting mode "
                      f"({hinting}) or set rl.guide=False")
-  if float(config.rollout.temperature) <= 0:
-    raise ValueError(f"config.rollout.temperature={config.rollout.temperature} must be > 0 for RL: the loss "
-                     "recomputes logprobs at the sampling temperature (greedy sampling has no ratio)")
+  if float(config.rollout.temperature) <= 0:  # the one check (experiment.validate_values reaches it through derive)
+    raise ValueError(f"config.rollout.temperature={config.rollout.temperature!r}: RL needs sampling: at "
+                     "temperature 0 the G responses of a group are identical, no group has a reward spread and "
+                     "nothing is learned (and the loss recomputes logprobs at the sampling temperature); use e.g. 1.0")
 
 
 def rl_config(config) -> ml_collections.ConfigDict:

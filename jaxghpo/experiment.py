@@ -63,16 +63,17 @@ def reward_fn(config, problems: Problems):
   return score
 
 
-def validate(config, num_devices: int, num_processes: int) -> None:
+def validate(config, num_devices: int, num_processes: int):
   """Fails at start with a message naming the conflicting keys (every value that could only fail later).
 
-  Raises validation.StartupError (a ValueError), which `python -m jaxghpo.main` prints as one line."""
+  Raises validation.StartupError (a ValueError), which `python -m jaxghpo.main` prints as one line. Returns the
+  module configs with their derived keys (derived.derive, computed once; None outside RL)."""
   with validation.startup_errors():
-    _validate(config, num_devices, num_processes)
+    return _validate(config, num_devices, num_processes)
 
 
-def _validate(config, num_devices: int, num_processes: int) -> None:
-  validate_values(config)
+def _validate(config, num_devices: int, num_processes: int):
+  modules = validate_values(config)
   shape = parallel.validate_mesh_shape(tuple(config.mesh.shape), num_devices)
   P, G = int(config.data.prompts_per_step), int(config.rollout.group_size)
   batch_shards = shape[0] * shape[1]
@@ -91,9 +92,10 @@ def _validate(config, num_devices: int, num_processes: int) -> None:
     if key not in config:
       raise ValueError(f"config.{key} is missing; every config needs num_steps, checkpoint_every_steps, seed")
   derived.check_not_set(config)
+  return modules
 
 
-def validate_values(config) -> None:
+def validate_values(config):
   """Ranges of single values that would otherwise fail only later (a division by zero after the first
   evaluation, a sampler error at the first sample, a run that cannot learn); each error names the key."""
   from jaxghpo.curriculum import hints as hints_lib
@@ -124,19 +126,15 @@ def validate_values(config) -> None:
        f"the valid_trace reward checks a written trace with a task's checker; task {tasks.task_name(c)!r} has none "
        "(use 'exact' or 'math' for its data)")
   r = c.rollout
-  if c.mode == "rl":
-    need(float(r.temperature) > 0.0, "rollout.temperature",
-         "RL needs sampling: at temperature 0 the G responses of a group are identical, no group has a "
-         "reward spread and nothing is learned; use e.g. 1.0")
   e = c.eval
   need(int(e.num_samples) <= int(r.group_size), "eval.num_samples",
        f"must be <= config.rollout.group_size={int(r.group_size)} (evaluation draws one group per problem)")
   from jaxghpo.evaluation import specs as eval_specs
   eval_specs.specs(c)  # config.evals: each named evaluator's fields (errors name config.evals.NAME.KEY)
   if c.mode == "rl":
-    derived.derive(c)  # the module configs' own named errors, and derived keys that were set
-  else:
-    derived.curriculum_config(c)
+    return derived.derive(c)  # the module configs' own named errors (temperature > 0 among them), once
+  derived.curriculum_config(c)
+  return None
 
 
 def _float_leaves(c, prefix: str = ""):
@@ -301,7 +299,7 @@ def setup(config) -> Setup:
   from jaxghpo.rollout import penalties
   from flax import nnx
 
-  validate(config, jax.device_count(), jax.process_count())
+  modules = validate(config, jax.device_count(), jax.process_count())  # with the derived keys (computed once)
   mesh = make_mesh(config)
   with validation.startup_errors():  # before any weight is loaded or program compiled
     memory_check.check(config, tuple(mesh.devices.shape), jax.devices())
@@ -314,7 +312,6 @@ def setup(config) -> Setup:
   P = int(config.data.prompts_per_step)
   pipeline = pipeline_lib.make_pipeline(problems.train, batch_size_per_process=P // jax.process_count(),
                                         seed=derived.seed(config, "data_order"), shuffle=True)
-  modules = derived.derive(config)  # the module configs with their derived keys (seeds, total_steps, temperature)
   scheduler = curriculum.HintScheduler(modules.curriculum)
 
   rl_cfg = modules.rl

@@ -97,6 +97,8 @@ def _exercise_value_dependent_keys(rec, tmp_path):
   c = config()
   c.data.source, c.data.files = "files", (str(path),)
   experiment.load_problems(c)
+  from jaxghpo.data import tasks
+  tasks.task_for(c).hard_levels()  # the training metrics' */hard groups of a files run (rl_step.host_metrics)
 
   c = config()
   c.rewards.weights = {"math": 1.0, "format": 0.5, "exact": 1.0}

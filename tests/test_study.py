@@ -63,7 +63,7 @@ def test_plan_builds_every_arm_at_an_equal_budget():
   assert by[("ghpo_steps", 0)].curriculum.ladder_kind == "steps" and by[("ghpo", 0)].curriculum.ladder_kind == "ratios"
   assert by[("ghpo_response", 0)].hints.placement == "response"
   assert by[("uft", 0)].rl.hint_nll_coef > 0 and by[("uft", 0)].curriculum.anneal_random
-  assert {c.arms for c in by.values()} == {""}  # one run per (arm, seed), never the side-by-side mode
+  assert {c.arms for c in by.values()} == {()}  # one run per (arm, seed), never the side-by-side mode
   assert by[("adaptive", 1)].seed == 1 and by[("adaptive", 1)].model.path == "/some/policy"
 
 

@@ -35,7 +35,7 @@ def test_valid_trace_scores_whole_traces_with_their_hint():
 
 def test_valid_trace_needs_the_chains_task_at_start():
   cfg = tiny_config("builtin:chains_base", **{"rewards.weights": {"valid_trace": 1.0}, "data.source": "files",
-                                              "data.files": "x.jsonl"})
+                                              "data.files": ("x.jsonl",)})
   with pytest.raises(ValueError, match="config.rewards.weights.*valid_trace"):
     experiment.validate(cfg, num_devices=8, num_processes=1)
 
