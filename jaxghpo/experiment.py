@@ -121,6 +121,7 @@ def validate_values(config):
   need(c.hints.unit in hints_lib.UNITS, "hints.unit", f"must be one of {hints_lib.UNITS}")
   need(c.hints.corruption in ("none", "other", "shuffle", "garble"), "hints.corruption",
        "must be none, other, shuffle or garble")
+  rewards.validate_config(c.rewards)  # every reward kind registered (a misspelt one fails here, not at step 1)
   uses_trace = "valid_trace" in c.rewards.weights or c.rewards.accuracy == "valid_trace"
   need(not uses_trace or tasks.TASKS.get(tasks.task_name(c)).checks_traces, "rewards.weights",
        f"the valid_trace reward checks a written trace with a task's checker; task {tasks.task_name(c)!r} has none "

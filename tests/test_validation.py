@@ -171,3 +171,12 @@ def test_library_info_logs_are_off_unless_verbose():
     for n, level in saved.items():
       logging.getLogger(n).setLevel(level)
     absl_logging.set_verbosity(verbosity)
+
+
+def test_a_misspelt_reward_kind_fails_at_start():
+  from configs.base import get_base_config
+  from jaxghpo import experiment
+  c = get_base_config()
+  c.rewards.weights = {"exactt": 1.0}
+  with pytest.raises(ValueError, match=r"rewards\.weights\.exactt: unknown reward kind; registered kinds: \["):
+    experiment.validate_values(c)
