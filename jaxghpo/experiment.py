@@ -307,7 +307,7 @@ def setup(config) -> Setup:
   model, model_cfg, tokenizer = load_policy(config, mesh)
   with validation.startup_errors():  # a bad row, a missing file, a prompt that does not fit: one line
     task = tasks.task_for(config)
-    problems = task.load(train_seed=derived.seed(config, "train_problems"))
+    problems = load_problems(config)  # the module-level seam (tests and tools wrap it)
     check_prompt_room(config, problems, tokenizer)
   score = reward_fn(config, problems)
   P = int(config.data.prompts_per_step)
