@@ -70,7 +70,7 @@ import numpy as np  # noqa: E402
 from jaxghpo import report, seed_stats  # noqa: E402
 
 from jaxghpo.experiments.chains import compare  # noqa: E402
-from jaxghpo.experiments.chains.arms import ARM_LABELS, ARMS, parse_arms, set_dotted  # noqa: E402,F401
+from jaxghpo.experiments.chains.arms import ARM_LABELS, ARMS, arm_config, parse_arms, set_dotted  # noqa: E402,F401
 
 BASELINE = "grpo"
 # The one pre-declared primary comparison: unhinted valid pass@1 on the hard levels after training,
@@ -182,11 +182,8 @@ def plan(args) -> tuple[list[tuple[str, int, Any]], dict]:
       c = load_config(args.config)
       for key, value in overrides.items():
         set_dotted(c, key, value)
-      for key, value in ARMS[arm].items():
-        set_dotted(c, key, value)
+      c = arm_config(c, arm)  # the arm's overrides, no side-by-side arms: one run per (arm, seed)
       c.seed = int(seed)
-      if "arms" in c:
-        c.arms = ()  # one run per (arm, seed): the side-by-side mode of the config is the study's job
       c.num_steps = max_steps  # the learning-rate schedule runs over the cap, the same for every arm
       c.max_gen_tokens = budget
       c.eval_every_steps = eval_every

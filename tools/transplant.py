@@ -37,7 +37,7 @@ import study  # noqa: E402
 import trace_errors  # noqa: E402
 
 from jaxghpo import report, seed_stats  # noqa: E402
-from jaxghpo.experiments.chains.arms import ARMS, parse_arms, set_dotted  # noqa: E402
+from jaxghpo.experiments.chains.arms import arm_config, parse_arms, set_dotted  # noqa: E402
 
 SPLIT = "hard"
 VALID_KEY = f"valid_pass@1/{SPLIT}/sampled/after"
@@ -51,12 +51,10 @@ def run_config(args, arm: str, seed: int, budget: int, model_path: str = ""):
   for item in args.set or []:
     key, _, value = item.partition("=")
     set_dotted(c, key, study.parse_value(value, study.get_dotted(c, key)))
-  for key, value in ARMS[arm].items():
-    set_dotted(c, key, value)
+  c = arm_config(c, arm)
   if model_path:
     c.model.path = model_path
   c.seed = int(seed)
-  c.arms = ()
   c.num_steps = int(args.max_steps)  # the learning-rate schedule runs over the cap in both phases
   c.max_gen_tokens = int(budget)
   c.eval_every_steps = 0
