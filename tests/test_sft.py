@@ -24,18 +24,10 @@ def test_encode_with_max_remaining_always_hints_long_problems():
 
 
 def test_sft_run_alternates_hinted_batches_and_exports(tmp_path):
-  config = tiny_config("random")
-  config.mode = "sft"
-  config.num_steps = 4
+  config = _sft_config()
   config.log_every_steps = 1
-  config.sft.batch_size = 8
-  config.sft.levels = (1, 2)
   config.sft.hinted_levels = (4,)
   config.sft.max_remaining = 2
-  config.sft.max_len = 24
-  config.sft.random_model = dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
-                                 num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16,
-                                 tie_word_embeddings=True, attention_bias=True)
   out = sft.run(config, str(tmp_path))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in rows)
