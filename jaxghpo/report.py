@@ -33,6 +33,7 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
+import ml_collections
 import numpy as np
 
 from jaxghpo import diagnostics, paths
@@ -270,27 +271,9 @@ def task_of(config):
   names none this code knows (a run from before the task interface: the generic diagnostics only)."""
   from jaxghpo.data import tasks  # noqa: PLC0415
   try:
-    return tasks.task_for(config if hasattr(config, "data") else _ConfigView(config))
+    return tasks.task_for(config if hasattr(config, "data") else ml_collections.ConfigDict(config))
   except (KeyError, ValueError, TypeError, AttributeError):
     return None
-
-
-class _ConfigView:
-  """Attribute access over a config.json dict (what task_for reads: data.source, data.task, data.task_configs)."""
-
-  def __init__(self, d):
-    self._d = d
-
-  def __getattr__(self, name):
-    value = self._d[name]
-    return _ConfigView(value) if isinstance(value, dict) else value
-
-  def get(self, name, default=None):
-    value = self._d.get(name, default)
-    return _ConfigView(value) if isinstance(value, dict) else value
-
-  def to_dict(self):
-    return dict(self._d)
 
 
 def markdown(s: Mapping[str, Any], task=None) -> str:
