@@ -53,8 +53,8 @@ def reward_fn(config, problems: Problems):
   kwargs = {}
   if problems.extract_answer is not None:
     kwargs["extract"] = problems.extract_answer
-  if problems.check_trace is not None:
-    kwargs["check_trace"] = problems.check_trace
+  if problems.check_completion is not None:  # the valid_trace reward: the task checker's "valid"
+    kwargs["check_trace"] = lambda problem, text: problems.check_completion(problem, text)[0]
 
   def score(completions, answers, **context):
     total, accuracy, _ = rewards.combine(config.rewards, completions, answers, **kwargs, **context)

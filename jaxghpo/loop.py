@@ -8,8 +8,8 @@
   export at the end (process 0 writes; every process joins the gather)
 
 A subclass sets config, workdir, allow_config_change, setup (graphdef, model_cfg, tokenizer; problems or None),
-state (train_state.TrainState), checkpoints, stopping, evaluator (when `evaluates`) and defines step(step) ->
-(host metrics, device metrics) and evaluate(step, sampled=, due_only=).
+state (train_state.TrainState), checkpoints, stopping, and defines step(step) -> (host metrics, device metrics);
+a subclass that `evaluates` also sets evaluator and defines evaluate(step, sampled=, due_only=).
 """
 from __future__ import annotations
 

@@ -201,9 +201,6 @@ class SFTTrainer(loop.Loop):
     return ({"hinted_batch": hinted_batch, "seq_len": int(b.tokens_BxT.shape[1]),
              "time/elapsed_s": time.time() - self._t0}, {"loss": loss})
 
-  def evaluate(self, step: int, sampled: bool = True, due_only: bool = False) -> dict:
-    return {}
-
 
 def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   """``config.mode = "sft"``: teacher-forced training on full traces of the configured problems, on the RL loop

@@ -18,8 +18,6 @@ from jaxghpo import budget, derived, evaluation, experiment, hooks, loop, valida
 from jaxghpo.rl_step import rl_step
 from jaxghpo.train_state import HostState, TrainState
 
-export = hooks.export  # re-exported: tools/export_checkpoint.py and tests call train.export
-
 
 class Trainer(loop.Loop):
   """RL: the run's pieces (experiment.setup), its state and hooks; `run()` is the loop (jaxghpo/loop.py)."""

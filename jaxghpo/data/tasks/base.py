@@ -29,7 +29,6 @@ class Problems:
   extract_answer: object  # completion -> answer string, for the exact-match reward (None: math-verify)
   load_report: object = None  # list[files.LoadReport] of `train`, one per source (file or task), in order
   eval_reports: dict = dataclasses.field(default_factory=dict)  # eval set name -> files.LoadReport
-  check_trace: object = None  # (problem, written trace) -> bool: every step valid (a task's checker), or None
   # (problem text, written text: hint + completion) -> (valid trace, right answer): the task's checker, or None
   # (a task without a trace check: evaluation reports answer pass@k only).
   check_completion: object = None

@@ -45,14 +45,6 @@ class ChainsTask(base.Task):
     c.exact_levels = ()
     return c
 
-  @classmethod
-  def resolve(cls, task_config) -> ml_collections.ConfigDict:
-    out = super().resolve(task_config)
-    for key in ("easy_levels", "mid_levels", "hard_levels", "ood_levels", "ood_ops_levels", "exact_levels"):
-      if isinstance(out[key], str):
-        raise ValueError(f"config.data.task_configs.chains.{key}={out[key]!r}: give a tuple of levels, e.g. (5, 6)")
-    return out
-
   def load(self, train_seed: int = 0) -> base.Problems:
     t, e = self.task_config, self.config.eval
     weights = {int(k): float(v) for k, v in t.train_levels.items()}
@@ -66,8 +58,7 @@ class ChainsTask(base.Task):
         eval_reports[name] = base.task_report(f"task:{self.name}/{name}", eval_sets[name])
     exact_sets = {f"level_{level}": fixed_level_set(chains, "test", level, n) for level in _levels(t.exact_levels)}
     return base.Problems(train, eval_sets, chains.extract_answer, [base.task_report(f"task:{self.name}/train", train)],
-                         eval_reports, check_trace=lambda p, text: self.check_completion(p, text)[0],
-                         check_completion=self.check_completion, exact_sets=exact_sets)
+                         eval_reports, check_completion=self.check_completion, exact_sets=exact_sets)
 
   def check_completion(self, problem: str, text: str) -> tuple[bool, bool]:
     valid, right, _ = chains.check_completion(problem, text)
