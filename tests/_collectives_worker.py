@@ -2,7 +2,6 @@
 own (unequal) data and writes what came back to --out (JSON), for tests/test_hosts_collectives.py."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,15 +21,9 @@ def host_data(process_id: int) -> dict:
 
 
 def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--port", type=int, required=True)
-  parser.add_argument("--process_id", type=int, required=True)
-  parser.add_argument("--num_processes", type=int, required=True)
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args()
+  from tests import hosts_harness
+  args = hosts_harness.init_worker()
   import jax
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
-                             process_id=args.process_id)
   from jaxghpo.parallel import hosts
   assert hosts.process_count() == args.num_processes
   d = host_data(args.process_id)

@@ -6,7 +6,6 @@ test imports `run_scenario` to make the same run in one process over the whole b
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -85,15 +84,9 @@ def flatten(tree, prefix=""):
 
 
 def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--port", type=int, required=True)
-  parser.add_argument("--process_id", type=int, required=True)
-  parser.add_argument("--num_processes", type=int, required=True)
-  parser.add_argument("--out", required=True)
-  args = parser.parse_args()
+  from tests import hosts_harness
+  args = hosts_harness.init_worker()
   import jax
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
-                             process_id=args.process_id)
   assert jax.process_count() == args.num_processes
   sched, plans, finals, metrics = run_scenario(args.process_id, args.num_processes)
   arrays = flatten(sched.state_dict(), "state/")

@@ -20,6 +20,22 @@ WORKER = os.path.join(ROOT, "tests", "_hosts_worker.py")
 NEVER = 99  # a plan's `fails` that fails through the whole retry ladder
 
 
+def init_worker():
+  """The command line of a loopback worker that writes one file (--port, --process_id, --num_processes, --out),
+  with jax.distributed started on it: the head of tests/_collectives_worker.py and tests/_scheduler_worker.py."""
+  import argparse  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--port", type=int, required=True)
+  parser.add_argument("--process_id", type=int, required=True)
+  parser.add_argument("--num_processes", type=int, required=True)
+  parser.add_argument("--out", required=True)
+  args = parser.parse_args()
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
+                             process_id=args.process_id)
+  return args
+
+
 def launch(workdir: str, num_processes: int, devices: int, **spec) -> list[subprocess.Popen]:
   """Starts the processes of one run (stdout and stderr to WORKDIR/log_p{i}.txt)."""
   os.makedirs(workdir, exist_ok=True)

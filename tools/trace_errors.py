@@ -60,7 +60,7 @@ def after_training_files(run_dir: str, split: str) -> list[str]:
   return files[-1:] if files and eval_step(files[-1]) > 0 else []
 
 
-def _classify(path: str, kinds: collections.Counter) -> tuple[int, int]:
+def classify(path: str, kinds: collections.Counter) -> tuple[int, int]:
   """Adds the file's right-but-invalid completions to `kinds`; returns (completions, valid ones)."""
   completions = valid_count = 0
   with open(path) as f:
@@ -80,7 +80,7 @@ def by_step(out: str, arm: str, split: str) -> list[dict]:
   for run_dir in sorted(glob.glob(os.path.join(out, arm, "seed*"))):
     for path in sorted(glob.glob(os.path.join(run_dir, "eval", f"{split}_step*_hint0.00_sampled.jsonl"))):
       kinds = collections.Counter()
-      completions, valid_count = _classify(path, kinds)
+      completions, valid_count = classify(path, kinds)
       step = eval_step(path)
       rows.append({"arm": arm, "run": os.path.basename(run_dir), "step": step,
                    "valid_pass@1": valid_count / max(completions, 1),
@@ -93,7 +93,7 @@ def count(out: str, arm: str, split: str) -> dict:
   for run_dir in sorted(glob.glob(os.path.join(out, arm, "seed*"))):
     for path in after_training_files(run_dir, split):
       runs += 1
-      completions += _classify(path, kinds)[0]
+      completions += classify(path, kinds)[0]
   return {"arm": arm, "runs": runs, "completions": completions,
           "right_but_invalid": sum(kinds.values()), **{k: kinds.get(k, 0) for k in KINDS}}
 

@@ -85,7 +85,7 @@ def run_metrics(workdir: str) -> dict[str, float]:
   if not files:
     raise FileNotFoundError(f"{workdir}: no sampled {SPLIT} evaluation after training")
   kinds = collections.Counter()
-  completions, _ = trace_errors._classify(files[0], kinds)  # noqa: SLF001  (the tool's own classifier)
+  completions, _ = trace_errors.classify(files[0], kinds)
   return {"valid": float(summary[VALID_KEY]), "tail_share": kinds["tail"] / max(completions, 1),
           "hint_ratio": float(summary.get("hint_ratio/all/mean", 0.0)), "steps": float(summary["steps"]),
           "gen_tokens": float(summary["gen_tokens"])}
